@@ -1,0 +1,119 @@
+# mtls-rotator Makefile. Everything is built from the Go module proxy; see README.md.
+
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+
+GO ?= go
+GO_MIN_MINOR := 26
+CONTROLLER_GEN_VERSION ?= v0.23.0
+
+BIN := $(CURDIR)/bin
+ASSETS := $(BIN)/k8s/assets
+LOCAL_DIR := $(BIN)/local
+KUBECONFIG_LOCAL := $(LOCAL_DIR)/kubeconfig
+CONTROLLER_GEN := $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
+KUBECTL := $(ASSETS)/kubectl
+TEST_FLAGS ?=
+
+export GOTOOLCHAIN := local
+export KUBEBUILDER_ASSETS := $(ASSETS)
+export CERT_MANAGER_CONTROLLER := $(BIN)/cert-manager-controller
+
+# Refuse to run with a missing or too old Go, before anything else.
+GO_VERSION := $(shell $(GO) env GOVERSION 2>/dev/null)
+ifeq ($(GO_VERSION),)
+$(error Go is not installed or not on PATH: mtls-rotator needs Go 1.$(GO_MIN_MINOR) or newer)
+endif
+GO_OK := $(shell echo "$(GO_VERSION)" | sed -E 's/^go([0-9]+)\.([0-9]+).*/\1 \2/' | awk '{ print ($$1 > 1 || ($$1 == 1 && $$2 >= $(GO_MIN_MINOR))) ? "yes" : "no" }')
+ifneq ($(GO_OK),yes)
+$(error $(GO_VERSION) is too old: mtls-rotator needs Go 1.$(GO_MIN_MINOR) or newer)
+endif
+
+.PHONY: all
+all: build
+
+##@ Development
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## Generate DeepCopy methods.
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## Generate the CRD and the RBAC role from markers.
+	$(CONTROLLER_GEN) crd rbac:roleName=mtls-rotator-manager paths=./api/... paths=./controllers/... \
+		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+
+.PHONY: fmt
+fmt: ## go fmt.
+	$(GO) fmt ./...
+
+.PHONY: vet
+vet: ## go vet.
+	$(GO) vet ./...
+
+.PHONY: build
+build: ## Build the operator binary into bin/.
+	$(GO) build -o $(BIN)/mtls-rotator .
+
+.PHONY: run
+run: ## Run the operator in the foreground against the local cluster (bin/local/kubeconfig).
+	@test -f $(KUBECONFIG_LOCAL) || { echo "no local cluster: run 'make cluster-up' first" >&2; exit 1; }
+	KUBECONFIG=$(KUBECONFIG_LOCAL) $(GO) run . --metrics-addr=127.0.0.1:0 --health-addr=127.0.0.1:0
+
+##@ Tests
+
+.PHONY: test
+test: binaries cert-manager-controller ## Run every test (unit and e2e on a local cluster) with -race.
+	$(GO) test -race -count=1 -timeout=40m $(TEST_FLAGS) ./...
+
+.PHONY: e2e
+e2e: binaries cert-manager-controller ## Run only the e2e suites on a local cluster.
+	$(GO) test -race -count=1 -timeout=40m $(TEST_FLAGS) ./e2e/...
+
+.PHONY: bench
+bench: ## Run the benchmarks.
+	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+##@ Local cluster
+
+.PHONY: binaries
+binaries: ## Build etcd, kube-*, kubectl and kwok from the Go module proxy into bin/k8s (once).
+	hack/build-binaries.sh
+
+.PHONY: cert-manager-controller
+cert-manager-controller: ## Build the cert-manager controllers program.
+	$(GO) build -o $(CERT_MANAGER_CONTROLLER) ./e2e/cmd/cert-manager-controller
+
+.PHONY: localcluster
+localcluster:
+	$(GO) build -o $(BIN)/localcluster ./e2e/cmd/localcluster
+
+.PHONY: cluster-up
+cluster-up: binaries cert-manager-controller localcluster ## Start the local cluster in the background.
+	$(BIN)/localcluster --dir $(LOCAL_DIR) up
+
+.PHONY: cluster-down
+cluster-down: localcluster ## Stop the local cluster and remove its state.
+	$(BIN)/localcluster --dir $(LOCAL_DIR) down
+
+.PHONY: fixture
+fixture: localcluster ## Install the Dapr fixture into the running local cluster.
+	$(BIN)/localcluster --dir $(LOCAL_DIR) fixture --apps 10
+
+.PHONY: demo
+demo: ## Bring up the local cluster with the Dapr fixture and show it.
+	@if [[ -f $(LOCAL_DIR)/state.json ]]; then echo "a local cluster is already running; 'make cluster-down' first for a fresh demo" >&2; exit 1; fi
+	$(MAKE) cluster-up
+	$(MAKE) fixture
+	$(KUBECTL) --kubeconfig $(KUBECONFIG_LOCAL) get pods -A -o wide
+	$(KUBECTL) --kubeconfig $(KUBECONFIG_LOCAL) get mtlsrotations -A
+	@echo
+	@echo "The cluster is still running: export KUBECONFIG=$(KUBECONFIG_LOCAL); stop it with 'make cluster-down'."
+
+$(CONTROLLER_GEN):
+	GOBIN=$(BIN)/tmp-controller-gen $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+	mv $(BIN)/tmp-controller-gen/controller-gen $@ && rmdir $(BIN)/tmp-controller-gen
+
+.PHONY: help
+help: ## Show the targets.
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*?##/ { printf "  %-24s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)

@@ -1,0 +1,162 @@
+// Command localcluster runs the local Kubernetes cluster of the e2e package from
+// the command line ('make cluster-up', 'make cluster-down', 'make fixture').
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+)
+
+const usage = `usage: localcluster [--dir DIR] COMMAND [flags]
+
+Commands:
+  up        start etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+            kwok and cert-manager in the background; return when ready
+  down      stop exactly the processes 'up' (and 'fixture') started, remove DIR
+  fixture   start the Dapr sidecar injector stand-in and install the Dapr fixture
+  injector  serve the injector webhook in the foreground (used by 'fixture')
+`
+
+func main() {
+	fs := flag.NewFlagSet("localcluster", flag.ContinueOnError)
+	dir := fs.String("dir", "bin/local", "state directory of the local cluster")
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	if fs.NArg() < 1 {
+		fs.Usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	var err error
+	switch cmd, args := fs.Arg(0), fs.Args()[1:]; cmd {
+	case "up":
+		err = up(ctx, *dir)
+	case "down":
+		err = cluster.StopDetached(*dir, os.Stdout)
+	case "fixture":
+		err = installFixture(ctx, *dir, args)
+	case "injector":
+		err = serveInjector(ctx, args)
+	default:
+		fmt.Fprintf(os.Stderr, "localcluster: unknown command %q\n", cmd)
+		fs.Usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "localcluster: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func up(ctx context.Context, dir string) error {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return err
+	}
+	opts, err := cluster.DefaultOptions(ctx, root, dir)
+	if err != nil {
+		return err
+	}
+	opts.Detach = true
+	opts.Progress = os.Stdout
+	c, err := cluster.Start(ctx, opts)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("local cluster is up; try: kubectl --kubeconfig %s get nodes\nstop it with: make cluster-down\n", c.Kubeconfig)
+	return nil
+}
+
+func newClient(kubeconfig string) (client.Client, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("loading %s: %w", kubeconfig, err)
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	return client.New(cfg, client.Options{Scheme: scheme})
+}
+
+func installFixture(ctx context.Context, dir string, args []string) error {
+	fs := flag.NewFlagSet("fixture", flag.ContinueOnError)
+	apps := fs.Int("apps", 10, "number of application Deployments (every second one is Dapr-enabled)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	readyFile := filepath.Join(dir, "injector.ready")
+	fmt.Println("starting the Dapr sidecar injector stand-in")
+	if err := cluster.StartDetachedProcess(ctx, dir, "dapr-injector", self,
+		[]string{"injector", "--kubeconfig=" + kubeconfig, "--ready-file=" + readyFile}, readyFile); err != nil {
+		return err
+	}
+	c, err := newClient(kubeconfig)
+	if err != nil {
+		return err
+	}
+	opts := fixture.Options{Apps: *apps}
+	fmt.Printf("installing the Dapr control plane fixture and %d applications\n", *apps)
+	if err := fixture.Install(ctx, c, opts); err != nil {
+		return err
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := fixture.WaitRolledOut(waitCtx, c, opts); err != nil {
+		return err
+	}
+	fmt.Println("Dapr fixture is ready")
+	return nil
+}
+
+func serveInjector(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("injector", flag.ContinueOnError)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the cluster")
+	readyFile := fs.String("ready-file", "", "file written once the webhook is registered")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c, err := newClient(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	inj := &fixture.Injector{Client: c}
+	if err := inj.Start(ctx, c); err != nil {
+		return err
+	}
+	fmt.Printf("injector webhook serving at %s\n", inj.URL())
+	if *readyFile != "" {
+		if err := os.WriteFile(*readyFile, []byte(inj.URL()+"\n"), 0o644); err != nil {
+			return err
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
