@@ -59,6 +59,7 @@ type Cluster struct {
 	Config *rest.Config
 
 	dir       string
+	kubectl   string
 	processes []*process
 }
 
@@ -96,7 +97,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 		return nil, err
 	}
 
-	c := &Cluster{dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig")}
+	c := &Cluster{dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig"), kubectl: filepath.Join(opts.AssetsDir, "kubectl")}
 	defer func() {
 		if retErr != nil {
 			_ = c.Stop()
@@ -291,6 +292,17 @@ func (c *Cluster) Cleanup() error {
 		return err
 	}
 	return os.RemoveAll(c.dir)
+}
+
+// Kubectl runs the kubectl built with the cluster against it, returning its
+// combined output.
+func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, c.kubectl, append([]string{"--kubeconfig=" + c.Kubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
 }
 
 // LogTails returns the last lines of every component's log, for failure reports.

@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+)
+
+// TestMTLSRotationsCRDInstalled proves that our CRD is installed and established,
+// that 'kubectl get mtlsrotations' answers with our printer columns, that
+// 'kubectl explain' documents the fields, and that the status defaults
+// observedGeneration to -1 (nothing observed yet).
+func TestMTLSRotationsCRDInstalled(t *testing.T) {
+	g := NewWithT(t)
+	ctx := t.Context()
+
+	extClient, err := client.New(testCluster.Config, client.Options{Scheme: scheme.Scheme})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(apiextensionsv1.AddToScheme(extClient.Scheme())).To(Succeed())
+	crd := &apiextensionsv1.CustomResourceDefinition{}
+	g.Expect(extClient.Get(ctx, types.NamespacedName{Name: "mtlsrotations.mtls.rotator.dev"}, crd)).To(Succeed())
+	g.Expect(crd.Spec.Scope).To(Equal(apiextensionsv1.NamespaceScoped))
+	g.Expect(crd.Status.Conditions).To(ContainElement(And(
+		HaveField("Type", apiextensionsv1.Established), HaveField("Status", apiextensionsv1.ConditionTrue))))
+
+	out, err := testCluster.Kubectl(ctx, "get", "mtlsrotations", "-A")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(out).To(ContainSubstring("No resources found"))
+
+	root, err := cluster.RepoRoot()
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = testCluster.Kubectl(ctx, "apply", "-f", filepath.Join(root, "config", "samples", "mtls_v1alpha1_mtlsrootrotation.yaml"))
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Cleanup(func() {
+		_, _ = testCluster.Kubectl(t.Context(), "delete", "mtlsrotations", "--all", "-n", fixture.ControlPlaneNamespace, "--wait=false")
+	})
+
+	g.Eventually(func(g Gomega) {
+		out, err := testCluster.Kubectl(ctx, "get", "mtlsrotations", "-n", fixture.ControlPlaneNamespace)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(out).To(MatchRegexp(`(?m)^NAME\s+READY\s+AGE`))
+		g.Expect(out).To(MatchRegexp(`(?m)^dapr\s`))
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+
+	out, err = testCluster.Kubectl(ctx, "get", "mtlsrot", "-n", fixture.ControlPlaneNamespace, "-o", "name")
+	g.Expect(err).NotTo(HaveOccurred(), "the short name answers")
+	g.Expect(out).To(ContainSubstring("mtlsrootrotation.mtls.rotator.dev/dapr"))
+
+	out, err = testCluster.Kubectl(ctx, "explain", "mtlsrotations.spec.trigger")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(out).To(ContainSubstring("changing it starts a new rotation"))
+
+	obj := &rotatorv1.MTLSRootRotation{}
+	g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: "dapr"}, obj)).To(Succeed())
+	g.Expect(obj.Status.ObservedGeneration).To(Equal(int64(-1)))
+}

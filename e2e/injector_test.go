@@ -1,0 +1,121 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+)
+
+// TestInjectorStampsTrustAnchors proves that the fixture's injector gives each
+// Dapr-enabled pod the ConfigMap's ca.crt at creation, and only at creation:
+// pods created before a change keep what they had, as daprd does.
+func TestInjectorStampsTrustAnchors(t *testing.T) {
+	g := NewWithT(t)
+	ctx := t.Context()
+
+	var daprApp, plainApp fixture.App
+	for _, app := range fixtureOpts.AppList() {
+		if app.Dapr && daprApp.Name == "" {
+			daprApp = app
+		}
+		if !app.Dapr && plainApp.Name == "" {
+			plainApp = app
+		}
+	}
+	g.Expect(daprApp.Name).NotTo(BeEmpty())
+	g.Expect(plainApp.Name).NotTo(BeEmpty())
+
+	// The fixture starts with the chart's empty bundle.
+	for _, p := range appPods(t, daprApp) {
+		anchors, injected := fixture.TrustAnchors(&p)
+		g.Expect(injected).To(BeTrue(), "pod %s has no daprd sidecar", p.Name)
+		g.Expect(anchors).To(BeEmpty())
+	}
+	for _, p := range appPods(t, plainApp) {
+		_, injected := fixture.TrustAnchors(&p)
+		g.Expect(injected).To(BeFalse(), "non-Dapr pod %s was injected", p.Name)
+	}
+
+	anchorsPEM := selfSignedPEM(t)
+	cm := &corev1.ConfigMap{}
+	key := types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: fixture.TrustBundleName}
+	g.Expect(k8sClient.Get(ctx, key, cm)).To(Succeed())
+	original := cm.DeepCopy()
+	cm.Data = map[string]string{"ca.crt": anchorsPEM}
+	g.Expect(k8sClient.Update(ctx, cm)).To(Succeed())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		latest := &corev1.ConfigMap{}
+		if err := k8sClient.Get(ctx, key, latest); err == nil {
+			latest.Data = original.Data
+			_ = k8sClient.Update(ctx, latest)
+		}
+	})
+
+	before := appPods(t, daprApp)
+	for _, p := range before {
+		anchors, _ := fixture.TrustAnchors(&p)
+		g.Expect(anchors).To(BeEmpty(), "a running pod %s must keep the anchors it started with", p.Name)
+	}
+
+	restart(t, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: daprApp.Namespace, Name: daprApp.Name}}, "injector-test")
+	waitDeploymentRolledOut(t, daprApp.Namespace, daprApp.Name)
+	g.Eventually(func(g Gomega) {
+		pods := appPods(t, daprApp)
+		g.Expect(pods).To(HaveLen(int(daprApp.Replicas)))
+		for _, p := range pods {
+			anchors, injected := fixture.TrustAnchors(&p)
+			g.Expect(injected).To(BeTrue())
+			g.Expect(anchors).To(Equal(anchorsPEM), "pod %s", p.Name)
+		}
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+}
+
+func appPods(t *testing.T, app fixture.App) []corev1.Pod {
+	t.Helper()
+	pods := &corev1.PodList{}
+	NewWithT(t).Expect(k8sClient.List(t.Context(), pods, client.InNamespace(app.Namespace),
+		client.MatchingLabels{"app": app.Name})).To(Succeed())
+	var live []corev1.Pod
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			live = append(live, p)
+		}
+	}
+	return live
+}
+
+func selfSignedPEM(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test-root"},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
