@@ -1,60 +1,329 @@
 package v1alpha1
 
 import (
-	"github.com/fluxcd/pkg/apis/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // MTLSRootRotationKind is the kind of MTLSRootRotation objects.
 const MTLSRootRotationKind = "MTLSRootRotation"
 
-// MTLSRootRotationSpec declares the trust material a Dapr control plane should
-// have. The full rotation API (root, issuer, target, control plane and
-// application settings) is designed with the same-key rotation feature.
+// MTLSRootRotationSpec declares the trust material of one Dapr control plane:
+// how its root and issuer certificates are made, where Dapr Sentry reads them,
+// and what must restart, in which order, after they change.
+// +kubebuilder:validation:XValidation:rule="!has(self.issuer) || !has(self.root) || !has(self.issuer.duration) || !has(self.root.duration) || duration(self.issuer.duration) <= duration(self.root.duration)",message="issuer.duration must not exceed root.duration: an issuer cannot outlive the root that signs it"
 type MTLSRootRotationSpec struct {
+	// TrustDomain is the SPIFFE trust domain of the Dapr control plane
+	// (Dapr's global.mtls.controlPlaneTrustDomain).
+	// +kubebuilder:default="cluster.local"
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$')",message="trustDomain must be a SPIFFE trust domain: lowercase letters, digits, '.', '-' and '_', starting and ending with a letter or digit"
+	// +optional
+	TrustDomain string `json:"trustDomain,omitempty"`
+
+	// Root configures the root certificate, the trust anchor every Dapr sidecar holds.
+	// +kubebuilder:default={}
+	// +optional
+	Root RootSpec `json:"root,omitempty"`
+
+	// Issuer configures the issuer certificate Sentry signs workload certificates with.
+	// +kubebuilder:default={}
+	// +optional
+	Issuer IssuerSpec `json:"issuer,omitempty"`
+
+	// Target names the Secret and ConfigMap Dapr Sentry reads, in this object's namespace.
+	// +kubebuilder:default={}
+	// +optional
+	Target TargetSpec `json:"target,omitempty"`
+
+	// ControlPlane lists the Dapr control-plane workloads restarted, one at a
+	// time and in this order, after the trust bundle changes.
+	// +kubebuilder:default={}
+	// +optional
+	ControlPlane ControlPlaneSpec `json:"controlPlane,omitempty"`
+
+	// Applications selects the Dapr-enabled workloads restarted, in bounded
+	// waves, after the control plane, so that their sidecars pick up the new
+	// trust anchors.
+	// +kubebuilder:default={}
+	// +optional
+	Applications ApplicationsSpec `json:"applications,omitempty"`
+
 	// Trigger is an opaque string; changing it starts a new rotation, so that one
-	// Git commit is one rotation.
+	// Git commit is one rotation. Creating the object on an install whose bundle
+	// is empty performs the first issuance whatever its value.
 	// +kubebuilder:validation:MaxLength=253
 	// +optional
 	Trigger string `json:"trigger,omitempty"`
 
-	// Suspend tells the operator to leave this rotation alone: no certificate is
-	// issued and no workload restarted while it is true.
+	// Suspend tells the operator to leave this rotation alone: nothing is issued,
+	// written or restarted while it is true. A rotation in flight resumes where
+	// it stopped when Suspend is cleared.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
 }
 
-// MTLSRootRotationStatus is the observed state of an MTLSRootRotation.
-type MTLSRootRotationStatus struct {
-	meta.ReconcileRequestStatus `json:",inline"`
+// KeyPolicy says what a rotation does with the root private key.
+// +kubebuilder:validation:Enum=Reuse;Rotate
+type KeyPolicy string
 
-	// ObservedGeneration is the last generation of the spec the operator acted on.
-	// +optional
-	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+const (
+	// KeyPolicyReuse keeps the root private key: the renewed root has the same
+	// public key and subject, so certificates signed under the old root keep
+	// verifying and no trust overlap is needed.
+	KeyPolicyReuse KeyPolicy = "Reuse"
+	// KeyPolicyRotate makes a new root key, which needs a trust-overlap rotation.
+	KeyPolicyRotate KeyPolicy = "Rotate"
+)
 
-	// Conditions hold the Ready, Reconciling and Stalled conditions in kstatus
-	// semantics.
-	// +listType=map
-	// +listMapKey=type
+// RootSpec configures the root certificate.
+type RootSpec struct {
+	// Duration is the validity of the root certificate; at least one hour.
+	// Defaults to one year, as Dapr's own root.
+	// +kubebuilder:default="8760h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="root.duration must be at least 1h"
 	// +optional
-	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	Duration *metav1.Duration `json:"duration,omitempty"`
+
+	// PrivateKey is the algorithm and size of the root key.
+	// +kubebuilder:default={}
+	// +optional
+	PrivateKey PrivateKeySpec `json:"privateKey,omitempty"`
+
+	// Subject of the root certificate. The common name defaults to the trust domain.
+	// +optional
+	Subject *Subject `json:"subject,omitempty"`
+
+	// KeyPolicy is Reuse (keep the root private key; the default and Dapr's own
+	// advice) or Rotate (a new key through a trust-overlap rotation).
+	// +kubebuilder:default=Reuse
+	// +optional
+	KeyPolicy KeyPolicy `json:"keyPolicy,omitempty"`
+}
+
+// IssuerSpec configures the issuer certificate.
+type IssuerSpec struct {
+	// Duration is the validity of the issuer certificate; at least one hour and
+	// no longer than the root's. Defaults to one year.
+	// +kubebuilder:default="8760h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="issuer.duration must be at least 1h"
+	// +optional
+	Duration *metav1.Duration `json:"duration,omitempty"`
+
+	// PrivateKey is the algorithm and size of the issuer key.
+	// +kubebuilder:default={}
+	// +optional
+	PrivateKey PrivateKeySpec `json:"privateKey,omitempty"`
+}
+
+// KeyAlgorithm is a private key algorithm Dapr Sentry accepts.
+// +kubebuilder:validation:Enum=ECDSA;RSA;Ed25519
+type KeyAlgorithm string
+
+const (
+	// ECDSA keys; size 256 (P-256, the default), 384 or 521.
+	ECDSA KeyAlgorithm = "ECDSA"
+	// RSA keys; size 2048 (the default) or more.
+	RSA KeyAlgorithm = "RSA"
+	// Ed25519 keys; no size.
+	Ed25519 KeyAlgorithm = "Ed25519"
+)
+
+// PrivateKeySpec is the algorithm and size of a private key.
+// +kubebuilder:validation:XValidation:rule="self.algorithm != 'RSA' || !has(self.size) || self.size >= 2048",message="RSA keys must be at least 2048 bits"
+// +kubebuilder:validation:XValidation:rule="self.algorithm != 'ECDSA' || !has(self.size) || self.size in [256, 384, 521]",message="ECDSA key size must be 256, 384 or 521"
+// +kubebuilder:validation:XValidation:rule="self.algorithm != 'Ed25519' || !has(self.size)",message="Ed25519 keys have no size"
+type PrivateKeySpec struct {
+	// Algorithm is ECDSA (default), RSA or Ed25519.
+	// +kubebuilder:default=ECDSA
+	// +optional
+	Algorithm KeyAlgorithm `json:"algorithm,omitempty"`
+
+	// Size in bits: 256 (default), 384 or 521 for ECDSA; 2048 (default) or more for RSA.
+	// +kubebuilder:validation:Maximum=8192
+	// +optional
+	Size int32 `json:"size,omitempty"`
+}
+
+// Subject is the distinguished name of a certificate.
+type Subject struct {
+	// CommonName; defaults to the trust domain.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	CommonName string `json:"commonName,omitempty"`
+	// Organizations.
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MaxLength=64
+	// +optional
+	Organizations []string `json:"organizations,omitempty"`
+	// OrganizationalUnits.
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MaxLength=64
+	// +optional
+	OrganizationalUnits []string `json:"organizationalUnits,omitempty"`
+	// Countries.
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MaxLength=64
+	// +optional
+	Countries []string `json:"countries,omitempty"`
+}
+
+// TargetSpec names where Dapr Sentry reads its credentials.
+type TargetSpec struct {
+	// SecretName is the Secret holding the root, the issuer certificate and its key.
+	// +kubebuilder:default=dapr-trust-bundle
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="target.secretName must be a valid Kubernetes object name"
+	// +optional
+	SecretName string `json:"secretName,omitempty"`
+
+	// ConfigMapName is the ConfigMap holding the trust anchors (the root), which
+	// sidecars are injected with. It must hold exactly the Secret's root.
+	// +kubebuilder:default=dapr-trust-bundle
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="target.configMapName must be a valid Kubernetes object name"
+	// +optional
+	ConfigMapName string `json:"configMapName,omitempty"`
+
+	// Keys are the data keys, as Dapr's global.issuerFilenames sets them.
+	// +kubebuilder:default={}
+	// +optional
+	Keys TargetKeys `json:"keys,omitempty"`
+}
+
+// TargetKeys are the data keys of the trust bundle.
+// +kubebuilder:validation:XValidation:rule="!has(self.ca) || !has(self.issuerCert) || !has(self.issuerKey) || (self.ca != self.issuerCert && self.ca != self.issuerKey && self.issuerCert != self.issuerKey)",message="target.keys must be three different key names"
+type TargetKeys struct {
+	// CA is the key of the trust anchors, in the Secret and in the ConfigMap.
+	// +kubebuilder:default="ca.crt"
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[-._a-zA-Z0-9]+$')",message="keys.ca must consist of alphanumerics, '-', '_' or '.'"
+	// +optional
+	CA string `json:"ca,omitempty"`
+	// IssuerCert is the key of the issuer certificate chain in the Secret.
+	// +kubebuilder:default="issuer.crt"
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[-._a-zA-Z0-9]+$')",message="keys.issuerCert must consist of alphanumerics, '-', '_' or '.'"
+	// +optional
+	IssuerCert string `json:"issuerCert,omitempty"`
+	// IssuerKey is the key of the issuer private key in the Secret.
+	// +kubebuilder:default="issuer.key"
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[-._a-zA-Z0-9]+$')",message="keys.issuerKey must consist of alphanumerics, '-', '_' or '.'"
+	// +optional
+	IssuerKey string `json:"issuerKey,omitempty"`
+}
+
+// WorkloadKind is a kind of workload the operator restarts.
+// +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet
+type WorkloadKind string
+
+const (
+	// Deployment is apps/v1 Deployment.
+	Deployment WorkloadKind = "Deployment"
+	// StatefulSet is apps/v1 StatefulSet.
+	StatefulSet WorkloadKind = "StatefulSet"
+	// DaemonSet is apps/v1 DaemonSet.
+	DaemonSet WorkloadKind = "DaemonSet"
+)
+
+// ControlPlaneWorkload names one control-plane workload in this object's namespace.
+type ControlPlaneWorkload struct {
+	// Kind is Deployment, StatefulSet or DaemonSet.
+	// +required
+	Kind WorkloadKind `json:"kind"`
+	// Name of the workload.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Name string `json:"name"`
+	// Optional workloads that do not exist are skipped with an event (older
+	// Dapr versions have no scheduler); a missing required one stops the rotation.
+	// +optional
+	Optional bool `json:"optional,omitempty"`
+}
+
+// ControlPlaneSpec lists the control-plane workloads in restart order.
+type ControlPlaneSpec struct {
+	// Workloads in restart order; each is restarted once its predecessor has
+	// fully rolled out. Defaults to Dapr's: sentry, sidecar injector, operator,
+	// placement, scheduler (optional).
+	// +kubebuilder:default={{kind: Deployment, name: dapr-sentry}, {kind: Deployment, name: dapr-sidecar-injector}, {kind: Deployment, name: dapr-operator}, {kind: StatefulSet, name: dapr-placement-server}, {kind: StatefulSet, name: dapr-scheduler-server, optional: true}}
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:XValidation:rule="self.all(w, self.exists_one(x, x.kind == w.kind && x.name == w.name))",message="controlPlane.workloads must not list a workload twice"
+	// +listType=atomic
+	// +optional
+	Workloads []ControlPlaneWorkload `json:"workloads,omitempty"`
+
+	// RolloutTimeout bounds the wait for one workload's rollout; when it passes
+	// the rotation stops as Stalled, naming the workload.
+	// +kubebuilder:default="10m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="controlPlane.rolloutTimeout must be positive"
+	// +optional
+	RolloutTimeout *metav1.Duration `json:"rolloutTimeout,omitempty"`
+}
+
+// ApplicationsSpec selects the Dapr applications to restart.
+type ApplicationsSpec struct {
+	// Restart says whether applications are restarted at all. Sidecars read
+	// their trust anchors only at pod start, so turning this off leaves them on
+	// the old anchors until their pods are recreated some other way.
+	// +kubebuilder:default=true
+	// +optional
+	Restart *bool `json:"restart,omitempty"`
+
+	// NamespaceSelector selects the namespaces searched for applications; empty
+	// selects every namespace.
+	// +optional
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+
+	// Selector narrows, by workload label, the Dapr applications restarted. An
+	// application is a Deployment, StatefulSet or DaemonSet whose pod template is
+	// annotated dapr.io/enabled: "true"; empty selects all of them.
+	// +optional
+	Selector *metav1.LabelSelector `json:"selector,omitempty"`
+
+	// MaxConcurrent is the most applications restarted at once (one wave).
+	// +kubebuilder:default=5
+	// +kubebuilder:validation:XValidation:rule="self >= 1",message="applications.maxConcurrent must be at least 1"
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	MaxConcurrent int32 `json:"maxConcurrent,omitempty"`
+
+	// RolloutTimeout bounds the wait for one wave; when it passes no further wave
+	// starts and the rotation is Stalled, naming the applications not rolled out;
+	// it resumes when they recover.
+	// +kubebuilder:default="10m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="applications.rolloutTimeout must be positive"
+	// +optional
+	RolloutTimeout *metav1.Duration `json:"rolloutTimeout,omitempty"`
 }
 
 // MTLSRootRotation declares the root and issuer certificates of a Dapr control
-// plane; the operator issues them, publishes them to Dapr Sentry and restarts
-// the control plane and Dapr applications in order.
+// plane; the operator issues them through cert-manager, publishes them to Dapr
+// Sentry and restarts the control plane and the Dapr applications in order.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:path=mtlsrotations,singular=mtlsrotation,shortName=mtlsrot,categories=dapr
 // +kubebuilder:printcolumn:name="Ready",type="string",JSONPath=".status.conditions[?(@.type==\"Ready\")].status"
-// +kubebuilder:printcolumn:name="Status",type="string",JSONPath=".status.conditions[?(@.type==\"Ready\")].message",priority=1
+// +kubebuilder:printcolumn:name="Step",type="string",JSONPath=".status.rotation.step"
+// +kubebuilder:printcolumn:name="Root expires",type="date",JSONPath=".status.root.notAfter"
+// +kubebuilder:printcolumn:name="Issuer expires",type="date",JSONPath=".status.issuer.notAfter"
+// +kubebuilder:printcolumn:name="Apps",type="string",JSONPath=".status.applications.progress"
 // +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
+// +kubebuilder:printcolumn:name="Status",type="string",JSONPath=".status.conditions[?(@.type==\"Ready\")].message",priority=1
 type MTLSRootRotation struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	// +required
-	Spec MTLSRootRotationSpec `json:"spec"`
+	// +kubebuilder:default={}
+	// +optional
+	Spec MTLSRootRotationSpec `json:"spec,omitempty"`
 
 	// +kubebuilder:default:={"observedGeneration":-1}
 	// +optional

@@ -1,0 +1,168 @@
+package v1alpha1
+
+import (
+	"github.com/fluxcd/pkg/apis/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// MTLSRootRotationStatus is the observed state of an MTLSRootRotation. It holds
+// all the progress of a rotation, so that a restarted operator resumes it.
+type MTLSRootRotationStatus struct {
+	meta.ReconcileRequestStatus `json:",inline"`
+
+	// ObservedGeneration is the last generation of the spec the operator acted on.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions hold Ready, Reconciling and Stalled in kstatus semantics.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// Rotation is the rotation in flight, or the last one when none is.
+	// +optional
+	Rotation *RotationStatus `json:"rotation,omitempty"`
+
+	// Root describes the root certificate currently published.
+	// +optional
+	Root *CertificateStatus `json:"root,omitempty"`
+
+	// Issuer describes the issuer certificate currently published.
+	// +optional
+	Issuer *CertificateStatus `json:"issuer,omitempty"`
+
+	// TrustAnchors is the number of root certificates currently published.
+	// +optional
+	TrustAnchors int32 `json:"trustAnchors,omitempty"`
+
+	// Applications is the application restart progress of the current rotation.
+	// +optional
+	Applications *ApplicationsStatus `json:"applications,omitempty"`
+
+	// LastCompletedRotation is the last rotation that finished.
+	// +optional
+	LastCompletedRotation *CompletedRotation `json:"lastCompletedRotation,omitempty"`
+}
+
+// RotationStep is a step of a rotation.
+// +kubebuilder:validation:Enum=Issuing;Verifying;Publishing;RestartingControlPlane;RestartingApplications;Completed
+type RotationStep string
+
+const (
+	// StepIssuing renews the root (same key), then the issuer, through cert-manager.
+	StepIssuing RotationStep = "Issuing"
+	// StepVerifying proves the new bundle against the installed one before anything is written.
+	StepVerifying RotationStep = "Verifying"
+	// StepPublishing writes the Secret and the ConfigMap Sentry reads.
+	StepPublishing RotationStep = "Publishing"
+	// StepRestartingControlPlane restarts the control-plane workloads in order.
+	StepRestartingControlPlane RotationStep = "RestartingControlPlane"
+	// StepRestartingApplications restarts the Dapr applications in waves.
+	StepRestartingApplications RotationStep = "RestartingApplications"
+	// StepCompleted marks a finished rotation.
+	StepCompleted RotationStep = "Completed"
+)
+
+// RotationStatus is the progress of one rotation.
+type RotationStatus struct {
+	// ID identifies the rotation; restart annotations carry it, so that a
+	// replayed step restarts nothing twice.
+	ID string `json:"id"`
+	// Trigger is the spec.trigger value that started the rotation.
+	// +optional
+	Trigger string `json:"trigger,omitempty"`
+	// SpecHash is a hash of the spec the rotation was planned from.
+	// +optional
+	SpecHash string `json:"specHash,omitempty"`
+	// Step is the current step.
+	Step RotationStep `json:"step"`
+	// StartedAt is when the rotation started.
+	StartedAt metav1.Time `json:"startedAt"`
+	// Message says what the rotation is doing or waiting for.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// RootRevision and IssuerRevision are the cert-manager Certificate revisions
+	// the rotation issued and waits for.
+	// +optional
+	RootRevision int32 `json:"rootRevision,omitempty"`
+	// +optional
+	IssuerRevision int32 `json:"issuerRevision,omitempty"`
+	// Steps records when each step started and finished.
+	// +listType=map
+	// +listMapKey=name
+	// +optional
+	Steps []StepStatus `json:"steps,omitempty"`
+}
+
+// StepStatus records the times of one step.
+type StepStatus struct {
+	// Name of the step.
+	Name RotationStep `json:"name"`
+	// StartedAt is when the step started.
+	StartedAt metav1.Time `json:"startedAt"`
+	// FinishedAt is when the step finished.
+	// +optional
+	FinishedAt *metav1.Time `json:"finishedAt,omitempty"`
+}
+
+// CertificateStatus describes a published certificate without its body.
+type CertificateStatus struct {
+	// NotBefore is the start of validity.
+	NotBefore metav1.Time `json:"notBefore"`
+	// NotAfter is the end of validity.
+	NotAfter metav1.Time `json:"notAfter"`
+	// SerialNumber in hexadecimal.
+	SerialNumber string `json:"serialNumber"`
+	// Subject is the distinguished name.
+	// +optional
+	Subject string `json:"subject,omitempty"`
+	// SHA256Fingerprint is the SHA-256 of the certificate (DER), hex with colons.
+	SHA256Fingerprint string `json:"sha256Fingerprint"`
+	// PublicKeySHA256 is the SHA-256 of the public key (SubjectPublicKeyInfo DER),
+	// hex with colons; it stays the same across same-key renewals.
+	PublicKeySHA256 string `json:"publicKeySHA256"`
+}
+
+// ApplicationsStatus is the application restart progress of a rotation.
+type ApplicationsStatus struct {
+	// Total is the number of applications the rotation restarts.
+	Total int32 `json:"total"`
+	// Restarted is the number fully rolled out after their restart.
+	Restarted int32 `json:"restarted"`
+	// Progress is Restarted/Total, for kubectl.
+	// +optional
+	Progress string `json:"progress,omitempty"`
+}
+
+// CompletedRotation records a finished rotation.
+type CompletedRotation struct {
+	// ID of the rotation.
+	ID string `json:"id"`
+	// Trigger that started it.
+	// +optional
+	Trigger string `json:"trigger,omitempty"`
+	// FinishedAt is when it completed.
+	FinishedAt metav1.Time `json:"finishedAt"`
+}
+
+// Condition reasons of MTLSRootRotation, besides the meta package's.
+const (
+	// RootKeyUnknownReason: the installed anchors were not made with our root
+	// key, so a Reuse rotation cannot keep every handshake working.
+	RootKeyUnknownReason = "RootKeyUnknown"
+	// ConflictReason: another MTLSRootRotation already manages the same bundle.
+	ConflictReason = "Conflict"
+	// KeyRotationNotSupportedReason: keyPolicy Rotate is not available yet.
+	KeyRotationNotSupportedReason = "KeyRotationNotSupported"
+	// TargetNotFoundReason: the Secret or ConfigMap Sentry reads does not exist.
+	TargetNotFoundReason = "TargetNotFound"
+	// WorkloadNotFoundReason: a required control-plane workload does not exist.
+	WorkloadNotFoundReason = "WorkloadNotFound"
+	// RolloutTimeoutReason: a workload did not roll out within its timeout.
+	RolloutTimeoutReason = "RolloutTimeout"
+	// InvalidBundleReason: the issued bundle would be refused by Sentry.
+	InvalidBundleReason = "InvalidBundle"
+	// SuspendedReason: spec.suspend is true.
+	SuspendedReason = "Suspended"
+)

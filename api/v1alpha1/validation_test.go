@@ -1,0 +1,193 @@
+package v1alpha1_test
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/testenv"
+)
+
+var k8sClient client.Client
+
+func TestMain(m *testing.M) {
+	cfg, stop, err := testenv.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	scheme := runtime.NewScheme()
+	if err := rotatorv1.AddToScheme(scheme); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if k8sClient, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := stop(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	os.Exit(code)
+}
+
+var objectCounter int
+
+// create sends an MTLSRootRotation with the given spec (YAML) as written, so
+// that the API server's own decoding, defaulting and validation decide.
+func create(t *testing.T, specYAML string) error {
+	t.Helper()
+	spec := map[string]any{}
+	if err := yaml.Unmarshal([]byte(specYAML), &spec); err != nil {
+		t.Fatalf("test spec: %v", err)
+	}
+	objectCounter++
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": rotatorv1.GroupVersion.String(),
+		"kind":       rotatorv1.MTLSRootRotationKind,
+		"metadata":   map[string]any{"name": fmt.Sprintf("r%d", objectCounter), "namespace": "default"},
+		"spec":       spec,
+	}}
+	return k8sClient.Create(t.Context(), u)
+}
+
+func TestDefaults(t *testing.T) {
+	g := NewWithT(t)
+	obj := &rotatorv1.MTLSRootRotation{ObjectMeta: metav1.ObjectMeta{Name: "defaults", Namespace: "default"}}
+	g.Expect(k8sClient.Create(t.Context(), obj)).To(Succeed())
+
+	s := obj.Spec
+	g.Expect(s.TrustDomain).To(Equal("cluster.local"))
+	g.Expect(s.Root.Duration).To(Equal(&metav1.Duration{Duration: 8760 * time.Hour}))
+	g.Expect(s.Root.PrivateKey.Algorithm).To(Equal(rotatorv1.ECDSA))
+	g.Expect(s.Root.KeyPolicy).To(Equal(rotatorv1.KeyPolicyReuse))
+	g.Expect(s.Issuer.Duration).To(Equal(&metav1.Duration{Duration: 8760 * time.Hour}))
+	g.Expect(s.Issuer.PrivateKey.Algorithm).To(Equal(rotatorv1.ECDSA))
+	g.Expect(s.Target.SecretName).To(Equal("dapr-trust-bundle"))
+	g.Expect(s.Target.ConfigMapName).To(Equal("dapr-trust-bundle"))
+	g.Expect(s.Target.Keys).To(Equal(rotatorv1.TargetKeys{CA: "ca.crt", IssuerCert: "issuer.crt", IssuerKey: "issuer.key"}))
+	g.Expect(s.ControlPlane.Workloads).To(Equal(rotatorv1.DefaultControlPlane()))
+	g.Expect(s.ControlPlane.RolloutTimeout).To(Equal(&metav1.Duration{Duration: 10 * time.Minute}))
+	g.Expect(s.Applications.Restart).To(Equal(ptrTo(true)))
+	g.Expect(s.Applications.MaxConcurrent).To(Equal(int32(5)))
+	g.Expect(s.Applications.RolloutTimeout).To(Equal(&metav1.Duration{Duration: 10 * time.Minute}))
+	g.Expect(obj.Status.ObservedGeneration).To(Equal(int64(-1)))
+
+	// The Go defaults the operator falls back on agree with the CRD's.
+	var zero rotatorv1.MTLSRootRotationSpec
+	g.Expect(zero.GetTrustDomain()).To(Equal(s.TrustDomain))
+	g.Expect(zero.Root.GetDuration()).To(Equal(s.Root.Duration.Duration))
+	g.Expect(zero.Issuer.GetDuration()).To(Equal(s.Issuer.Duration.Duration))
+	g.Expect(zero.Root.GetKeyPolicy()).To(Equal(s.Root.KeyPolicy))
+	g.Expect(zero.Root.PrivateKey.GetAlgorithm()).To(Equal(s.Root.PrivateKey.Algorithm))
+	g.Expect(zero.Target.GetSecretName()).To(Equal(s.Target.SecretName))
+	g.Expect(zero.Target.GetConfigMapName()).To(Equal(s.Target.ConfigMapName))
+	g.Expect([]string{zero.Target.Keys.GetCA(), zero.Target.Keys.GetIssuerCert(), zero.Target.Keys.GetIssuerKey()}).
+		To(Equal([]string{s.Target.Keys.CA, s.Target.Keys.IssuerCert, s.Target.Keys.IssuerKey}))
+	g.Expect(zero.ControlPlane.GetWorkloads()).To(Equal(s.ControlPlane.Workloads))
+	g.Expect(zero.ControlPlane.GetRolloutTimeout()).To(Equal(s.ControlPlane.RolloutTimeout.Duration))
+	g.Expect(zero.Applications.RestartEnabled()).To(Equal(*s.Applications.Restart))
+	g.Expect(zero.Applications.GetMaxConcurrent()).To(Equal(int(s.Applications.MaxConcurrent)))
+	g.Expect(zero.Applications.GetRolloutTimeout()).To(Equal(s.Applications.RolloutTimeout.Duration))
+}
+
+func TestValidSpecsAreAccepted(t *testing.T) {
+	valid := map[string]string{
+		"rsa 4096 root, ed25519 issuer": "{root: {privateKey: {algorithm: RSA, size: 4096}}, issuer: {privateKey: {algorithm: Ed25519}}}",
+		"ecdsa p-384":                   "{root: {privateKey: {algorithm: ECDSA, size: 384}}}",
+		"short issuer, long root":       "{root: {duration: 87600h}, issuer: {duration: 1h}}",
+		"equal durations":               "{root: {duration: 720h}, issuer: {duration: 720h}}",
+		"custom target":                 "{target: {secretName: sentry-creds, configMapName: sentry.anchors, keys: {ca: root.pem, issuerCert: issuer.pem, issuerKey: issuer-key.pem}}}",
+		"custom control plane":          "{controlPlane: {workloads: [{kind: DaemonSet, name: dapr-sentry}, {kind: Deployment, name: dapr-sentry}], rolloutTimeout: 30s}}",
+		"apps not restarted":            "{applications: {restart: false, maxConcurrent: 1}}",
+		"trust domain with dots":        "{trustDomain: prod.example.org}",
+		"rotate":                        "{root: {keyPolicy: Rotate}}",
+	}
+	for name, spec := range valid {
+		t.Run(name, func(t *testing.T) {
+			NewWithT(t).Expect(create(t, spec)).To(Succeed())
+		})
+	}
+}
+
+func TestInvalidSpecsAreRefusedWithAMessage(t *testing.T) {
+	invalid := []struct {
+		name, spec, message string
+	}{
+		{"sub-hour root", "{root: {duration: 30m}}", "root.duration must be at least 1h"},
+		{"negative root", "{root: {duration: -8760h}}", "root.duration must be at least 1h"},
+		{"zero issuer", "{issuer: {duration: 0s}}", "issuer.duration must be at least 1h"},
+		{"issuer outlives root", "{root: {duration: 720h}, issuer: {duration: 721h}}", "issuer.duration must not exceed root.duration"},
+		{"issuer outlives default root", "{issuer: {duration: 9000h}}", "issuer.duration must not exceed root.duration"},
+		{"unknown algorithm", "{root: {privateKey: {algorithm: DSA}}}", `Unsupported value: "DSA"`},
+		{"rsa 1024", "{root: {privateKey: {algorithm: RSA, size: 1024}}}", "RSA keys must be at least 2048 bits"},
+		{"issuer rsa 1024", "{issuer: {privateKey: {algorithm: RSA, size: 1024}}}", "RSA keys must be at least 2048 bits"},
+		{"odd ecdsa size", "{root: {privateKey: {size: 255}}}", "ECDSA key size must be 256, 384 or 521"},
+		{"ed25519 with size", "{root: {privateKey: {algorithm: Ed25519, size: 256}}}", "Ed25519 keys have no size"},
+		{"unknown key policy", "{root: {keyPolicy: Sometimes}}", `Unsupported value: "Sometimes"`},
+		{"maxConcurrent 0", "{applications: {maxConcurrent: 0}}", "applications.maxConcurrent must be at least 1"},
+		{"maxConcurrent negative", "{applications: {maxConcurrent: -3}}", "applications.maxConcurrent must be at least 1"},
+		{"empty control-plane name", "{controlPlane: {workloads: [{kind: Deployment, name: ''}]}}", "should be at least 1 chars long"},
+		{"duplicate control-plane workload", "{controlPlane: {workloads: [{kind: Deployment, name: dapr-sentry}, {kind: Deployment, name: dapr-sentry}]}}", "must not list a workload twice"},
+		{"unknown workload kind", "{controlPlane: {workloads: [{kind: Pod, name: dapr-sentry}]}}", `Unsupported value: "Pod"`},
+		{"empty control plane", "{controlPlane: {workloads: []}}", "should have at least 1 items"},
+		{"zero rollout timeout", "{controlPlane: {rolloutTimeout: 0s}}", "controlPlane.rolloutTimeout must be positive"},
+		{"invalid trust domain", "{trustDomain: 'Bad Domain!'}", "trustDomain must be a SPIFFE trust domain"},
+		{"trust domain with a dash at the end", "{trustDomain: 'cluster-'}", "trustDomain must be a SPIFFE trust domain"},
+		{"same key twice", "{target: {keys: {ca: ca.crt, issuerCert: ca.crt}}}", "target.keys must be three different key names"},
+		{"invalid secret name", "{target: {secretName: Dapr_Bundle}}", "target.secretName must be a valid Kubernetes object name"},
+		{"invalid key name", "{target: {keys: {ca: 'ca/crt'}}}", "keys.ca must consist of alphanumerics"},
+	}
+	for _, tt := range invalid {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			err := create(t, tt.spec)
+			g.Expect(apierrors.IsInvalid(err)).To(BeTrue(), "want Invalid, got %v", err)
+			g.Expect(err.Error()).To(ContainSubstring(tt.message))
+		})
+	}
+}
+
+func TestExplainDocumentsEveryField(t *testing.T) {
+	// kubectl explain shows the CRD's descriptions: every field must have one.
+	g := NewWithT(t)
+	root, err := testenv.RepoRoot()
+	g.Expect(err).NotTo(HaveOccurred())
+	data, err := os.ReadFile(root + "/config/crd/bases/mtls.rotator.dev_mtlsrotations.yaml")
+	g.Expect(err).NotTo(HaveOccurred())
+	crd := map[string]any{}
+	g.Expect(yaml.Unmarshal(data, &crd)).To(Succeed())
+	schema := crd["spec"].(map[string]any)["versions"].([]any)[0].(map[string]any)["schema"].(map[string]any)["openAPIV3Schema"].(map[string]any)
+	spec := schema["properties"].(map[string]any)["spec"].(map[string]any)
+	var undocumented []string
+	var walk func(path string, node map[string]any)
+	walk = func(path string, node map[string]any) {
+		props, _ := node["properties"].(map[string]any)
+		for name, p := range props {
+			child := p.(map[string]any)
+			if d, _ := child["description"].(string); strings.TrimSpace(d) == "" {
+				undocumented = append(undocumented, path+"."+name)
+			}
+			walk(path+"."+name, child)
+			if items, ok := child["items"].(map[string]any); ok {
+				walk(path+"."+name+"[]", items)
+			}
+		}
+	}
+	walk("spec", spec)
+	g.Expect(undocumented).To(BeEmpty())
+}
+
+func ptrTo[T any](v T) *T { return &v }

@@ -1,0 +1,51 @@
+package pki
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrRootKeyUnknown means the installed trust anchors were not made with the
+// root key a same-key rotation would sign with; switching to it would break
+// every handshake of the pods that still hold the installed anchors.
+var ErrRootKeyUnknown = errors.New("the installed trust anchors were not made with the managed root key")
+
+// ProveReuse proves that publishing next in place of installed keeps every
+// handshake working when the root key is reused, before anything is written:
+//   - every anchor of next carries the managed root's public key;
+//   - some installed anchor carries it too (else ErrRootKeyUnknown);
+//   - next's issuer verifies under the installed anchors, which pods started
+//     before the rotation hold until they restart;
+//   - the installed issuer verifies under next's anchors, for the workload
+//     certificates it signed that are still in use after the publish.
+//
+// installed is nil for a first issuance onto an empty bundle.
+func ProveReuse(installed, next *ParsedBundle, root *x509.Certificate, now time.Time) error {
+	for i, a := range next.Anchors {
+		if !SamePublicKey(a, root) {
+			return fmt.Errorf("new trust anchor %d (%s) does not carry the managed root key", i+1, a.Subject)
+		}
+	}
+	if installed == nil {
+		return nil
+	}
+	known := false
+	for _, a := range installed.Anchors {
+		if SamePublicKey(a, root) {
+			known = true
+			break
+		}
+	}
+	if !known {
+		return ErrRootKeyUnknown
+	}
+	if err := VerifyChain(next.Chain, installed.Anchors, now); err != nil {
+		return fmt.Errorf("the new issuer does not verify under the installed trust anchors: %w", err)
+	}
+	if err := VerifyChain(installed.Chain, next.Anchors, now); err != nil {
+		return fmt.Errorf("the installed issuer does not verify under the new trust anchors: %w", err)
+	}
+	return nil
+}

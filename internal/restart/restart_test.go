@@ -1,0 +1,194 @@
+package restart
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	. "github.com/onsi/gomega"
+)
+
+func TestPatchSetsTheAnnotation(t *testing.T) {
+	g := NewWithT(t)
+	var p struct {
+		Spec struct {
+			Template struct {
+				Metadata struct {
+					Annotations map[string]string `json:"annotations"`
+				} `json:"metadata"`
+			} `json:"template"`
+		} `json:"spec"`
+	}
+	g.Expect(json.Unmarshal(Patch("3-abc"), &p)).To(Succeed())
+	g.Expect(p.Spec.Template.Metadata.Annotations).To(Equal(map[string]string{Annotation: "3-abc"}))
+	g.Expect(RestartedFor(p.Spec.Template.Metadata.Annotations, "3-abc")).To(BeTrue())
+	g.Expect(RestartedFor(p.Spec.Template.Metadata.Annotations, "4-def")).To(BeFalse())
+	g.Expect(RestartedFor(nil, "")).To(BeFalse())
+}
+
+func cp(name string, exists, optional, restarted, rolledOut bool) Observed {
+	return Observed{Ref: Ref{Kind: "Deployment", Namespace: "dapr-system", Name: name},
+		Exists: exists, Optional: optional, Restarted: restarted, RolledOut: rolledOut}
+}
+
+func TestNextControlPlane(t *testing.T) {
+	tests := []struct {
+		name      string
+		workloads []Observed
+		want      ActionType
+		workload  string
+		skipped   int
+		completed int
+	}{
+		{"restart the first", []Observed{cp("sentry", true, false, false, true), cp("injector", true, false, false, true)}, Restart, "sentry", 0, 0},
+		{"wait for the first, touch nothing after", []Observed{cp("sentry", true, false, true, false), cp("injector", true, false, false, true)}, Wait, "sentry", 0, 0},
+		{"then the second", []Observed{cp("sentry", true, false, true, true), cp("injector", true, false, false, true)}, Restart, "injector", 0, 1},
+		{"missing required stops", []Observed{cp("sentry", true, false, true, true), cp("operator", false, false, false, false), cp("placement", true, false, false, true)}, Missing, "operator", 0, 1},
+		{"missing optional is skipped", []Observed{cp("sentry", true, false, true, true), cp("scheduler", false, true, false, false)}, Done, "", 1, 1},
+		{"all done", []Observed{cp("sentry", true, false, true, true), cp("injector", true, false, true, true)}, Done, "", 0, 2},
+		{"restarted workload rolled back out of date waits", []Observed{cp("sentry", true, false, true, false)}, Wait, "sentry", 0, 0},
+		{"empty", nil, Done, "", 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			a := NextControlPlane(tt.workloads)
+			g.Expect(a.Type).To(Equal(tt.want))
+			g.Expect(a.Workload.Name).To(Equal(tt.workload))
+			g.Expect(a.Skipped).To(HaveLen(tt.skipped))
+			g.Expect(a.Completed).To(Equal(tt.completed))
+		})
+	}
+}
+
+// simulate runs the control-plane planner to completion the way the controller
+// does, crashing (forgetting everything but the world) at random points, and
+// checks the order and that nothing is restarted twice.
+func TestControlPlaneOrderSurvivesCrashes(t *testing.T) {
+	for seed := range uint64(50) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			g := NewWithT(t)
+			rng := rand.New(rand.NewPCG(seed, 1))
+			world := []Observed{
+				cp("sentry", true, false, false, true), cp("injector", true, false, false, true),
+				cp("operator", true, false, false, true), cp("placement", true, false, false, true),
+				cp("scheduler", rng.IntN(2) == 0, true, false, true),
+			}
+			var order []string
+			restarts := map[string]int{}
+			for step := 0; step < 100; step++ {
+				a := NextControlPlane(world)
+				if a.Type == Done {
+					break
+				}
+				g.Expect(a.Type).NotTo(Equal(Missing))
+				i := indexOf(world, a.Workload.Name)
+				switch a.Type {
+				case Restart:
+					if rng.IntN(3) == 0 {
+						continue // crashed before the patch landed: replay
+					}
+					world[i].Restarted, world[i].RolledOut = true, false
+					restarts[a.Workload.Name]++
+					order = append(order, a.Workload.Name)
+				case Wait:
+					world[i].RolledOut = rng.IntN(2) == 0
+				}
+			}
+			for name, n := range restarts {
+				g.Expect(n).To(Equal(1), "%s restarted %d times", name, n)
+			}
+			want := []string{"sentry", "injector", "operator", "placement"}
+			if world[4].Exists {
+				want = append(want, "scheduler")
+			}
+			g.Expect(order).To(Equal(want))
+		})
+	}
+}
+
+func indexOf(ws []Observed, name string) int {
+	for i, w := range ws {
+		if w.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func app(ns, name string, restarted, rolledOut bool) Observed {
+	return Observed{Ref: Ref{Kind: "Deployment", Namespace: ns, Name: name}, Exists: true, Restarted: restarted, RolledOut: rolledOut}
+}
+
+func TestNextWave(t *testing.T) {
+	g := NewWithT(t)
+	apps := []Observed{app("b", "x", false, true), app("a", "z", false, true), app("a", "y", false, true)}
+
+	plan := NextWave(apps, 2)
+	g.Expect(plan.Restart).To(Equal([]Ref{{"Deployment", "a", "y"}, {"Deployment", "a", "z"}}), "stable order, bounded wave")
+	g.Expect(plan.Total).To(Equal(3))
+
+	apps = []Observed{app("b", "x", false, true), app("a", "z", true, false), app("a", "y", true, true)}
+	plan = NextWave(apps, 2)
+	g.Expect(plan.Restart).To(BeEmpty(), "no new wave while one is in flight")
+	g.Expect(plan.Waiting).To(HaveLen(1))
+	g.Expect(plan.Waiting[0].Name).To(Equal("z"))
+	g.Expect(plan.Restarted).To(Equal(1))
+
+	apps = []Observed{app("b", "x", false, true), app("a", "z", true, true), app("a", "y", true, true)}
+	plan = NextWave(apps, 2)
+	g.Expect(plan.Restart).To(Equal([]Ref{{"Deployment", "b", "x"}}))
+
+	apps = []Observed{app("b", "x", true, true), app("a", "z", true, true)}
+	plan = NextWave(apps, 0)
+	g.Expect(plan.Done).To(BeTrue())
+	g.Expect(plan.Restarted).To(Equal(2))
+
+	g.Expect(NextWave(nil, 5).Done).To(BeTrue())
+}
+
+func TestWavesNeverExceedMaxConcurrent(t *testing.T) {
+	for seed := range uint64(50) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			g := NewWithT(t)
+			rng := rand.New(rand.NewPCG(seed, 2))
+			maxConcurrent := 1 + rng.IntN(6)
+			var apps []Observed
+			for i := range 1 + rng.IntN(30) {
+				apps = append(apps, app(fmt.Sprintf("ns-%d", i%4), fmt.Sprintf("app-%02d", i), false, true))
+			}
+			restarts := map[string]int{}
+			for range 1000 {
+				plan := NextWave(apps, maxConcurrent)
+				if plan.Done {
+					break
+				}
+				inFlight := 0
+				for _, a := range apps {
+					if a.Restarted && !a.RolledOut {
+						inFlight++
+					}
+				}
+				g.Expect(inFlight + len(plan.Restart)).To(BeNumerically("<=", maxConcurrent))
+				for _, r := range plan.Restart {
+					for i := range apps {
+						if apps[i].Ref == r {
+							apps[i].Restarted, apps[i].RolledOut = true, false
+							restarts[r.Name]++
+						}
+					}
+				}
+				for i := range apps {
+					if apps[i].Restarted && !apps[i].RolledOut {
+						apps[i].RolledOut = rng.IntN(2) == 0
+					}
+				}
+			}
+			g.Expect(restarts).To(HaveLen(len(apps)))
+			for name, n := range restarts {
+				g.Expect(n).To(Equal(1), "%s restarted %d times", name, n)
+			}
+		})
+	}
+}

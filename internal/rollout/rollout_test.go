@@ -1,0 +1,97 @@
+package rollout
+
+import (
+	"testing"
+
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+)
+
+func TestDeployment(t *testing.T) {
+	deploy := func(gen, observed int64, replicas, updated, available, unavailable int32) *appsv1.Deployment {
+		return &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Generation: gen},
+			Spec:       appsv1.DeploymentSpec{Replicas: ptr.To[int32](3)},
+			Status: appsv1.DeploymentStatus{ObservedGeneration: observed, Replicas: replicas, UpdatedReplicas: updated,
+				AvailableReplicas: available, UnavailableReplicas: unavailable},
+		}
+	}
+	tests := []struct {
+		name   string
+		d      *appsv1.Deployment
+		done   bool
+		reason string
+	}{
+		{"complete", deploy(2, 2, 3, 3, 3, 0), true, ""},
+		{"generation not observed", deploy(3, 2, 3, 3, 3, 0), false, "generation 3 not yet observed"},
+		{"old pods still there", deploy(2, 2, 4, 3, 3, 0), false, "1 old replicas pending termination"},
+		{"not all updated", deploy(2, 2, 3, 2, 3, 0), false, "2 of 3 replicas updated"},
+		{"not all available", deploy(2, 2, 3, 3, 2, 1), false, "2 of 3 updated replicas available"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			NewWithT(t).Expect(Deployment(tt.d)).To(Equal(Status{Done: tt.done, Reason: tt.reason}))
+		})
+	}
+}
+
+func TestStatefulSet(t *testing.T) {
+	sts := func(gen, observed int64, current, update string, updated, ready int32) *appsv1.StatefulSet {
+		return &appsv1.StatefulSet{
+			ObjectMeta: metav1.ObjectMeta{Generation: gen},
+			Spec:       appsv1.StatefulSetSpec{Replicas: ptr.To[int32](2)},
+			Status: appsv1.StatefulSetStatus{ObservedGeneration: observed, CurrentRevision: current, UpdateRevision: update,
+				UpdatedReplicas: updated, ReadyReplicas: ready, AvailableReplicas: ready},
+		}
+	}
+	tests := []struct {
+		name string
+		s    *appsv1.StatefulSet
+		done bool
+	}{
+		{"complete", sts(2, 2, "r2", "r2", 2, 2), true},
+		{"revision behind", sts(2, 2, "r1", "r2", 2, 2), false},
+		{"generation not observed", sts(3, 2, "r2", "r2", 2, 2), false},
+		{"not ready", sts(2, 2, "r2", "r2", 2, 1), false},
+		{"not updated", sts(2, 2, "r2", "r2", 1, 2), false},
+		{"no revision yet", sts(1, 1, "", "", 0, 0), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := StatefulSet(tt.s)
+			g := NewWithT(t)
+			g.Expect(st.Done).To(Equal(tt.done))
+			if !tt.done {
+				g.Expect(st.Reason).NotTo(BeEmpty())
+			}
+		})
+	}
+}
+
+func TestDaemonSet(t *testing.T) {
+	ds := func(gen, observed int64, desired, updated, available, unavailable int32) *appsv1.DaemonSet {
+		return &appsv1.DaemonSet{
+			ObjectMeta: metav1.ObjectMeta{Generation: gen},
+			Status: appsv1.DaemonSetStatus{ObservedGeneration: observed, DesiredNumberScheduled: desired,
+				UpdatedNumberScheduled: updated, NumberAvailable: available, NumberUnavailable: unavailable},
+		}
+	}
+	tests := []struct {
+		name string
+		d    *appsv1.DaemonSet
+		done bool
+	}{
+		{"complete", ds(4, 4, 3, 3, 3, 0), true},
+		{"no nodes", ds(1, 1, 0, 0, 0, 0), true},
+		{"generation not observed", ds(4, 3, 3, 3, 3, 0), false},
+		{"not updated", ds(4, 4, 3, 2, 3, 0), false},
+		{"not available", ds(4, 4, 3, 3, 2, 1), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			NewWithT(t).Expect(DaemonSet(tt.d).Done).To(Equal(tt.done))
+		})
+	}
+}
