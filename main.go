@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/fluxcd/pkg/runtime/client"
 	"github.com/fluxcd/pkg/runtime/events"
 	"github.com/fluxcd/pkg/runtime/leaderelection"
@@ -26,6 +27,7 @@ var scheme = runtime.NewScheme()
 
 func init() {
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(cmapi.AddToScheme(scheme))
 	utilruntime.Must(rotatorv1.AddToScheme(scheme))
 }
 
@@ -34,12 +36,15 @@ func main() {
 		metricsAddr        string
 		healthAddr         string
 		leaderElectionNS   string
+		namespaces         []string
 		clientOptions      client.Options
 		logOptions         logger.Options
 		leaderElectionOpts leaderelection.Options
 	)
 	flag.StringVar(&metricsAddr, "metrics-addr", ":8080", "The address the metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&healthAddr, "health-addr", ":9440", "The address the health and readiness probes bind to.")
+	flag.StringSliceVar(&namespaces, "namespaces", []string{"dapr-system"},
+		"The Dapr control-plane namespaces to manage: MTLSRootRotations, Secrets and ConfigMaps are watched only there.")
 	flag.StringVar(&leaderElectionNS, "leader-election-namespace", "",
 		"Namespace of the leader election Lease; defaults to the namespace the operator runs in.")
 	clientOptions.BindFlags(flag.CommandLine)
@@ -51,17 +56,22 @@ func main() {
 	ctrl.SetLogger(log)
 	setupLog := log.WithName("setup")
 
-	if err := run(setupLog, metricsAddr, healthAddr, leaderElectionNS, clientOptions, leaderElectionOpts); err != nil {
+	if err := run(setupLog, metricsAddr, healthAddr, leaderElectionNS, namespaces, clientOptions, leaderElectionOpts); err != nil {
 		setupLog.Error(err, "unable to run the operator")
 		os.Exit(1)
 	}
 }
 
-func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string,
+func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, namespaces []string,
 	clientOptions client.Options, le leaderelection.Options) error {
 	restConfig := client.GetConfigOrDie(clientOptions)
+	cacheOptions, err := controllers.CacheOptions(namespaces)
+	if err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                        scheme,
+		Cache:                         cacheOptions,
 		Metrics:                       metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:        healthAddr,
 		LeaderElection:                le.Enable,

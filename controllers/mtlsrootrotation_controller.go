@@ -3,34 +3,62 @@ package controllers
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/events"
+	"github.com/fluxcd/pkg/runtime/patch"
 	"github.com/fluxcd/pkg/runtime/predicates"
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
 // ControllerName names the controller in logs, events and field managers.
 const ControllerName = "mtls-rotator"
 
-// MTLSRootRotationReconciler reconciles MTLSRootRotation objects.
-//
-// The rotation itself (issuance, publishing, ordered restarts) is the subject of
-// the same-key rotation feature; until then the reconciler only observes the
-// objects, so that the manager, its cache and its RBAC are exercised.
+// ownedConditions are the condition types this controller writes.
+var ownedConditions = []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition}
+
+// MTLSRootRotationReconciler reconciles MTLSRootRotation objects: it issues
+// the root and issuer through cert-manager, publishes them to Dapr Sentry's
+// Secret and ConfigMap, and restarts the control plane and the applications.
 type MTLSRootRotationReconciler struct {
 	client.Client
 	EventRecorder events.Recorder
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// PollInterval is how often a rotation that waits on rollouts or issuance
+	// looks again (watches wake it sooner); 2s when zero.
+	PollInterval time.Duration
 }
 
-// +kubebuilder:rbac:groups=mtls.rotator.dev,resources=mtlsrotations,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=mtls.rotator.dev,resources=mtlsrotations,verbs=get;list;watch
 // +kubebuilder:rbac:groups=mtls.rotator.dev,resources=mtlsrotations/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=cert-manager.io,resources=certificates;issuers,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=cert-manager.io,resources=certificates/status,verbs=update
 
 // SetupWithManager registers the reconciler with the manager.
 func (r *MTLSRootRotationReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -39,15 +67,270 @@ func (r *MTLSRootRotationReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&rotatorv1.MTLSRootRotation{}, builder.WithPredicates(
 			predicate.Or(predicate.GenerationChangedPredicate{}, predicates.ReconcileRequestedPredicate{}),
 		)).
+		Owns(&cmapi.Certificate{}).
+		// A sibling created or deleted may start or end a Conflict.
+		Watches(&rotatorv1.MTLSRootRotation{}, handler.EnqueueRequestsFromMapFunc(r.siblings), builder.WithPredicates(predicate.Funcs{
+			UpdateFunc: func(event.UpdateEvent) bool { return false }, GenericFunc: func(event.GenericEvent) bool { return false },
+		})).
+		// The bundle appearing, or changing under us, wakes the rotations of its namespace.
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.inNamespace)).
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.inNamespace)).
 		Complete(r)
 }
 
-// Reconcile observes one MTLSRootRotation.
-func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+func (r *MTLSRootRotationReconciler) siblings(ctx context.Context, o client.Object) []reconcile.Request {
+	return r.inNamespace(ctx, o)
+}
+
+func (r *MTLSRootRotationReconciler) inNamespace(ctx context.Context, o client.Object) []reconcile.Request {
+	list := &rotatorv1.MTLSRootRotationList{}
+	if err := r.List(ctx, list, client.InNamespace(o.GetNamespace())); err != nil {
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for _, item := range list.Items {
+		if item.Name != o.GetName() || o.GetObjectKind().GroupVersionKind().Kind != rotatorv1.MTLSRootRotationKind {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&item)})
+		}
+	}
+	return reqs
+}
+
+func (r *MTLSRootRotationReconciler) now() metav1.Time {
+	if r.Now != nil {
+		return metav1.NewTime(r.Now().UTC().Truncate(time.Second))
+	}
+	return metav1.NewTime(time.Now().UTC().Truncate(time.Second))
+}
+
+func (r *MTLSRootRotationReconciler) poll() ctrl.Result {
+	if r.PollInterval > 0 {
+		return ctrl.Result{RequeueAfter: r.PollInterval}
+	}
+	return ctrl.Result{RequeueAfter: 2 * time.Second}
+}
+
+func ctrlLog(ctx context.Context) logr.Logger { return ctrl.LoggerFrom(ctx) }
+
+// Reconcile brings one MTLSRootRotation a step closer to its declared state.
+func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
 	obj := &rotatorv1.MTLSRootRotation{}
 	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	ctrl.LoggerFrom(ctx).V(1).Info("observed rotation", "generation", obj.Generation, "suspended", obj.Spec.Suspend)
+	patcher := patch.NewSerialPatcher(obj, r.Client)
+
+	defer func() {
+		r.finalizeStatus(obj, retErr)
+		if err := patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
+			if !apierrors.IsNotFound(err) {
+				retErr = kerrors.NewAggregate([]error{retErr, fmt.Errorf("patching status: %w", err)})
+			}
+		}
+	}()
+
+	if obj.Spec.Suspend {
+		ctrlLog(ctx).Info("reconciliation is suspended")
+		return ctrl.Result{}, nil
+	}
+	return r.reconcile(ctx, obj, patcher)
+}
+
+// finalizeStatus records what the reconciliation handled; conditions are set
+// by the steps themselves.
+func (r *MTLSRootRotationReconciler) finalizeStatus(obj *rotatorv1.MTLSRootRotation, retErr error) {
+	if v, ok := meta.ReconcileAnnotationValue(obj.GetAnnotations()); ok {
+		obj.Status.LastHandledReconcileAt = v
+	}
+	if retErr == nil || conditions.IsStalled(obj) || errors.Is(retErr, reconcile.TerminalError(nil)) {
+		obj.Status.ObservedGeneration = obj.Generation
+	}
+	if retErr != nil && !conditions.IsStalled(obj) && !errors.Is(retErr, reconcile.TerminalError(nil)) {
+		conditions.MarkFalse(obj, meta.ReadyCondition, meta.ProgressingWithRetryReason, "%s", retErr)
+		conditions.MarkReconciling(obj, meta.ProgressingWithRetryReason, "%s", retErr)
+	}
+}
+
+// markProgress says the rotation is under way.
+func markProgress(obj *rotatorv1.MTLSRootRotation, format string, args ...any) {
+	conditions.MarkReconciling(obj, meta.ProgressingReason, format, args...)
+	conditions.MarkUnknown(obj, meta.ReadyCondition, meta.ProgressingReason, format, args...)
+	conditions.Delete(obj, meta.StalledCondition)
+	if obj.Status.Rotation != nil {
+		obj.Status.Rotation.Message = fmt.Sprintf(format, args...)
+	}
+}
+
+// markStalled says the rotation cannot go on without a change in the cluster or the spec.
+func (r *MTLSRootRotationReconciler) markStalled(obj *rotatorv1.MTLSRootRotation, reason, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	alreadyStalled := conditions.IsStalled(obj) && conditions.GetReason(obj, meta.StalledCondition) == reason &&
+		conditions.GetMessage(obj, meta.StalledCondition) == msg
+	conditions.MarkStalled(obj, reason, "%s", msg)
+	conditions.MarkFalse(obj, meta.ReadyCondition, reason, "%s", msg)
+	conditions.Delete(obj, meta.ReconcilingCondition)
+	if obj.Status.Rotation != nil {
+		obj.Status.Rotation.Message = msg
+	}
+	if !alreadyStalled {
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, reason, "Rotate", "%s", msg)
+	}
+}
+
+func markReady(obj *rotatorv1.MTLSRootRotation, format string, args ...any) {
+	conditions.MarkTrue(obj, meta.ReadyCondition, meta.SucceededReason, format, args...)
+	conditions.Delete(obj, meta.ReconcilingCondition)
+	conditions.Delete(obj, meta.StalledCondition)
+}
+
+// stepResult is what a step returns: advance to the next step, or stop this
+// pass with result and err.
+type stepResult struct {
+	advance bool
+	result  ctrl.Result
+	err     error
+}
+
+func advance() stepResult                        { return stepResult{advance: true} }
+func waitFor(res ctrl.Result) stepResult         { return stepResult{result: res} }
+func fail(err error) stepResult                  { return stepResult{err: err} }
+func stop(res ctrl.Result, err error) stepResult { return stepResult{result: res, err: err} }
+
+func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotatorv1.MTLSRootRotation, patcher *patch.SerialPatcher) (ctrl.Result, error) {
+	log := ctrlLog(ctx)
+
+	if obj.Spec.Root.GetKeyPolicy() == rotatorv1.KeyPolicyRotate {
+		r.markStalled(obj, rotatorv1.KeyRotationNotSupportedReason,
+			"spec.root.keyPolicy Rotate (a new root key through a trust-overlap rotation) is not supported by this version; use Reuse")
+		return ctrl.Result{}, reconcile.TerminalError(errors.New("keyPolicy Rotate is not supported"))
+	}
+	if other, err := r.conflictingRotation(ctx, obj); err != nil {
+		return ctrl.Result{}, err
+	} else if other != "" {
+		r.markStalled(obj, rotatorv1.ConflictReason,
+			"MTLSRootRotation %s/%s already manages Secret %s or ConfigMap %s; this object touches nothing while it exists",
+			obj.Namespace, other, obj.Spec.Target.GetSecretName(), obj.Spec.Target.GetConfigMapName())
+		return ctrl.Result{}, nil
+	}
+	target, stalled, err := r.getTarget(ctx, obj)
+	if err != nil || stalled {
+		return ctrl.Result{}, err
+	}
+	if err := r.ensureIssuance(ctx, obj); err != nil {
+		return ctrl.Result{}, err
+	}
+
+	now := r.now()
+	rot := obj.Status.Rotation
+	if !rotation.InFlight(rot) {
+		last := obj.Status.LastCompletedRotation
+		if last != nil && last.Trigger == obj.Spec.Trigger {
+			markReady(obj, "rotation %s completed at %s", last.ID, last.FinishedAt.Format(time.RFC3339))
+			return ctrl.Result{}, nil
+		}
+		previous := ""
+		if last != nil {
+			previous = last.ID
+		}
+		rot = rotation.Start(rotation.NewID(obj.UID, obj.Spec.Trigger, previous), obj.Spec.Trigger, rotation.SpecHash(obj.Spec), now)
+		obj.Status.Rotation = rot
+		obj.Status.Applications = nil
+		markProgress(obj, "rotation %s started", rot.ID)
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationStarted", "Rotate",
+			"rotation %s started (trigger %q)", rot.ID, obj.Spec.Trigger)
+		log.Info("rotation started", "rotation", rot.ID, "trigger", obj.Spec.Trigger)
+		if err := patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
+			return ctrl.Result{}, fmt.Errorf("recording the start of rotation %s: %w", rot.ID, err)
+		}
+	}
+
+	for rotation.InFlight(rot) {
+		var res stepResult
+		switch rot.Step {
+		case rotatorv1.StepIssuing:
+			res = r.stepIssuing(ctx, obj, patcher)
+		case rotatorv1.StepVerifying:
+			res = r.stepVerifying(ctx, obj, target)
+		case rotatorv1.StepPublishing:
+			res = r.stepPublishing(ctx, obj, target)
+		case rotatorv1.StepRestartingControlPlane:
+			res = r.stepControlPlane(ctx, obj)
+		case rotatorv1.StepRestartingApplications:
+			res = r.stepApplications(ctx, obj)
+		default:
+			return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("unknown rotation step %q", rot.Step))
+		}
+		if !res.advance {
+			return res.result, res.err
+		}
+		next := rotation.Advance(rot, r.now())
+		log.Info("rotation step", "rotation", rot.ID, "step", next)
+		if next != rotatorv1.StepCompleted {
+			markProgress(obj, "rotation %s: %s", rot.ID, next)
+		}
+		if err := patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
+			return ctrl.Result{}, fmt.Errorf("recording step %s of rotation %s: %w", next, rot.ID, err)
+		}
+	}
+
+	finished := rot.Steps[len(rot.Steps)-1].StartedAt
+	obj.Status.LastCompletedRotation = &rotatorv1.CompletedRotation{ID: rot.ID, Trigger: rot.Trigger, FinishedAt: finished}
+	rot.Message = "completed"
+	markReady(obj, "rotation %s completed at %s", rot.ID, finished.Format(time.RFC3339))
+	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationCompleted", "Rotate", "rotation %s completed", rot.ID)
+	log.Info("rotation completed", "rotation", rot.ID)
 	return ctrl.Result{}, nil
+}
+
+// conflictingRotation returns the name of an older MTLSRootRotation in the
+// namespace aiming at the same Secret or ConfigMap, if any.
+func (r *MTLSRootRotationReconciler) conflictingRotation(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (string, error) {
+	list := &rotatorv1.MTLSRootRotationList{}
+	if err := r.List(ctx, list, client.InNamespace(obj.Namespace)); err != nil {
+		return "", fmt.Errorf("listing MTLSRootRotations: %w", err)
+	}
+	for _, other := range list.Items {
+		if other.UID == obj.UID || other.DeletionTimestamp != nil {
+			continue
+		}
+		same := other.Spec.Target.GetSecretName() == obj.Spec.Target.GetSecretName() ||
+			other.Spec.Target.GetConfigMapName() == obj.Spec.Target.GetConfigMapName()
+		older := other.CreationTimestamp.Before(&obj.CreationTimestamp) ||
+			(other.CreationTimestamp.Equal(&obj.CreationTimestamp) && other.Name < obj.Name)
+		if same && older {
+			return other.Name, nil
+		}
+	}
+	return "", nil
+}
+
+// target is the Secret and ConfigMap Sentry reads.
+type target struct {
+	Secret    *corev1.Secret
+	ConfigMap *corev1.ConfigMap
+}
+
+func (r *MTLSRootRotationReconciler) getTarget(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (*target, bool, error) {
+	t := &target{Secret: &corev1.Secret{}, ConfigMap: &corev1.ConfigMap{}}
+	for _, o := range []struct {
+		kind string
+		name string
+		obj  client.Object
+	}{{"Secret", obj.Spec.Target.GetSecretName(), t.Secret}, {"ConfigMap", obj.Spec.Target.GetConfigMapName(), t.ConfigMap}} {
+		err := r.Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: o.name}, o.obj)
+		if apierrors.IsNotFound(err) {
+			r.markStalled(obj, rotatorv1.TargetNotFoundReason,
+				"%s %s/%s that Dapr Sentry reads does not exist: install Dapr in %s or set spec.target", o.kind, obj.Namespace, o.name, obj.Namespace)
+			return nil, true, nil
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("reading %s %s/%s: %w", o.kind, obj.Namespace, o.name, err)
+		}
+	}
+	return t, false, nil
+}
+
+// checkpoint persists status now, so that what follows survives a crash.
+func checkpoint(ctx context.Context, patcher *patch.SerialPatcher, obj *rotatorv1.MTLSRootRotation) error {
+	return patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName))
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"path/filepath"
 	"testing"
 	"time"
@@ -42,7 +43,7 @@ func TestMTLSRotationsCRDInstalled(t *testing.T) {
 	_, err = testCluster.Kubectl(ctx, "apply", "-f", filepath.Join(root, "config", "samples", "mtls_v1alpha1_mtlsrootrotation.yaml"))
 	g.Expect(err).NotTo(HaveOccurred())
 	t.Cleanup(func() {
-		_, _ = testCluster.Kubectl(t.Context(), "delete", "mtlsrotations", "--all", "-n", fixture.ControlPlaneNamespace, "--wait=false")
+		_, _ = testCluster.Kubectl(context.Background(), "delete", "mtlsrotations", "--all", "-n", fixture.ControlPlaneNamespace, "--wait=true")
 	})
 
 	g.Eventually(func(g Gomega) {

@@ -75,7 +75,7 @@ func TestInjectorStampsTrustAnchors(t *testing.T) {
 		g.Expect(anchors).To(BeEmpty(), "a running pod %s must keep the anchors it started with", p.Name)
 	}
 
-	restart(t, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: daprApp.Namespace, Name: daprApp.Name}}, "injector-test")
+	patchRestartedAt(t, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: daprApp.Namespace, Name: daprApp.Name}}, "injector-test")
 	waitDeploymentRolledOut(t, daprApp.Namespace, daprApp.Name)
 	g.Eventually(func(g Gomega) {
 		pods := appPods(t, daprApp)

@@ -38,7 +38,7 @@ func TestRestartPatchRollsOutDeployment(t *testing.T) {
 	oldPods := podNames(t, ns, labels)
 	g.Expect(oldPods).To(HaveLen(3))
 
-	restart(t, d, "2026-11-26T00:00:00Z")
+	patchRestartedAt(t, d, "2026-11-26T00:00:00Z")
 	waitDeploymentRolledOut(t, ns, "web")
 	g.Eventually(func(g Gomega) {
 		pods := &corev1.PodList{}
@@ -74,7 +74,7 @@ func TestRestartPatchRollsOutStatefulSet(t *testing.T) {
 	g.Expect(k8sClient.Create(ctx, s)).To(Succeed())
 	firstRevision := waitStatefulSetRolledOut(t, ns, "placement")
 
-	restart(t, s, "2026-11-26T00:00:00Z")
+	patchRestartedAt(t, s, "2026-11-26T00:00:00Z")
 	revision := waitStatefulSetRolledOut(t, ns, "placement")
 	g.Expect(revision).NotTo(Equal(firstRevision), "the restart makes a new revision")
 	g.Eventually(func(g Gomega) {
@@ -99,7 +99,7 @@ func testPodTemplate(labels map[string]string) corev1.PodTemplateSpec {
 }
 
 // restart sets the kubectl restart annotation on a workload's pod template.
-func restart(t *testing.T, obj client.Object, value string) {
+func patchRestartedAt(t *testing.T, obj client.Object, value string) {
 	t.Helper()
 	patch := []byte(`{"spec":{"template":{"metadata":{"annotations":{"` + restartedAtAnnotation + `":"` + value + `"}}}}}`)
 	NewWithT(t).Expect(k8sClient.Patch(t.Context(), obj, client.RawPatch(types.MergePatchType, patch))).To(Succeed())

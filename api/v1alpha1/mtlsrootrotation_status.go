@@ -88,6 +88,12 @@ type RotationStatus struct {
 	RootRevision int32 `json:"rootRevision,omitempty"`
 	// +optional
 	IssuerRevision int32 `json:"issuerRevision,omitempty"`
+	// WaitingFor names what the current step waits for (a workload, a wave);
+	// WaitingSince is when that wait began, for the rollout timeouts.
+	// +optional
+	WaitingFor string `json:"waitingFor,omitempty"`
+	// +optional
+	WaitingSince *metav1.Time `json:"waitingSince,omitempty"`
 	// Steps records when each step started and finished.
 	// +listType=map
 	// +listMapKey=name

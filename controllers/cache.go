@@ -1,0 +1,94 @@
+package controllers
+
+import (
+	"fmt"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+)
+
+// CacheOptions scope the manager's cache: MTLSRootRotations, Secrets,
+// ConfigMaps and cert-manager objects only in the managed namespaces (the Dapr
+// control-plane namespaces); workloads in every namespace, trimmed to what a
+// rotation reads so that many thousands of them cost little memory.
+func CacheOptions(namespaces []string) (cache.Options, error) {
+	if len(namespaces) == 0 {
+		return cache.Options{}, fmt.Errorf("at least one managed namespace is required")
+	}
+	scoped := map[string]cache.Config{}
+	for _, ns := range namespaces {
+		scoped[ns] = cache.Config{}
+	}
+	byObject := map[client.Object]cache.ByObject{
+		&rotatorv1.MTLSRootRotation{}: {Namespaces: scoped},
+		&corev1.Secret{}:              {Namespaces: scoped},
+		&corev1.ConfigMap{}:           {Namespaces: scoped},
+		&cmapi.Certificate{}:          {Namespaces: scoped},
+		&cmapi.Issuer{}:               {Namespaces: scoped},
+		&appsv1.Deployment{}:          {Transform: TrimWorkload},
+		&appsv1.StatefulSet{}:         {Transform: TrimWorkload},
+		&appsv1.DaemonSet{}:           {Transform: TrimWorkload},
+		&corev1.Namespace{}:           {Transform: trimNamespace},
+	}
+	return cache.Options{ByObject: byObject, DefaultTransform: cache.TransformStripManagedFields()}, nil
+}
+
+// keptTemplateAnnotations are the pod-template annotations a rotation reads.
+var keptTemplateAnnotations = []string{rotatorv1.DaprEnabledAnnotation, restart.Annotation}
+
+func trimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{
+		Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+		Generation: m.Generation, Labels: m.Labels, CreationTimestamp: m.CreationTimestamp, DeletionTimestamp: m.DeletionTimestamp,
+	}
+}
+
+func trimTemplate(t *metav1.ObjectMeta) metav1.ObjectMeta {
+	var kept map[string]string
+	for _, k := range keptTemplateAnnotations {
+		if v, ok := t.Annotations[k]; ok {
+			if kept == nil {
+				kept = map[string]string{}
+			}
+			kept[k] = v
+		}
+	}
+	return metav1.ObjectMeta{Annotations: kept}
+}
+
+// TrimWorkload keeps of a Deployment, StatefulSet or DaemonSet only what a
+// rotation reads: identity, labels, generation, replicas, the pod-template
+// annotations it checks, and status.
+func TrimWorkload(obj any) (any, error) {
+	switch w := obj.(type) {
+	case *appsv1.Deployment:
+		t := &appsv1.Deployment{TypeMeta: w.TypeMeta, ObjectMeta: trimMeta(w.ObjectMeta), Status: w.Status}
+		t.Spec.Replicas = w.Spec.Replicas
+		t.Spec.Template.ObjectMeta = trimTemplate(&w.Spec.Template.ObjectMeta)
+		return t, nil
+	case *appsv1.StatefulSet:
+		t := &appsv1.StatefulSet{TypeMeta: w.TypeMeta, ObjectMeta: trimMeta(w.ObjectMeta), Status: w.Status}
+		t.Spec.Replicas = w.Spec.Replicas
+		t.Spec.Template.ObjectMeta = trimTemplate(&w.Spec.Template.ObjectMeta)
+		return t, nil
+	case *appsv1.DaemonSet:
+		t := &appsv1.DaemonSet{TypeMeta: w.TypeMeta, ObjectMeta: trimMeta(w.ObjectMeta), Status: w.Status}
+		t.Spec.Template.ObjectMeta = trimTemplate(&w.Spec.Template.ObjectMeta)
+		return t, nil
+	}
+	return obj, nil
+}
+
+func trimNamespace(obj any) (any, error) {
+	if ns, ok := obj.(*corev1.Namespace); ok {
+		return &corev1.Namespace{TypeMeta: ns.TypeMeta, ObjectMeta: trimMeta(ns.ObjectMeta)}, nil
+	}
+	return obj, nil
+}

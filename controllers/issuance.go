@@ -1,0 +1,177 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	cmapiutil "github.com/cert-manager/cert-manager/pkg/api/util"
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+)
+
+// OwnerLabel names the MTLSRootRotation an object belongs to.
+const OwnerLabel = "mtls.rotator.dev/rotation"
+
+// issuanceNames are the cert-manager objects of one MTLSRootRotation.
+type issuanceNames struct {
+	SelfSigned string // Issuer
+	Root       string // Certificate and its Secret
+	RootIssuer string // CA Issuer on the root Secret
+	Issuer     string // Certificate and its Secret
+}
+
+func namesFor(obj *rotatorv1.MTLSRootRotation) issuanceNames {
+	return issuanceNames{
+		SelfSigned: obj.Name + "-selfsigned",
+		Root:       obj.Name + "-root",
+		RootIssuer: obj.Name + "-root-ca",
+		Issuer:     obj.Name + "-issuer",
+	}
+}
+
+func keySpec(k rotatorv1.PrivateKeySpec, policy cmapi.PrivateKeyRotationPolicy) *cmapi.CertificatePrivateKey {
+	alg := map[rotatorv1.KeyAlgorithm]cmapi.PrivateKeyAlgorithm{
+		rotatorv1.ECDSA: cmapi.ECDSAKeyAlgorithm, rotatorv1.RSA: cmapi.RSAKeyAlgorithm, rotatorv1.Ed25519: cmapi.Ed25519KeyAlgorithm,
+	}[k.GetAlgorithm()]
+	return &cmapi.CertificatePrivateKey{
+		Algorithm: alg, Size: k.GetSize(), RotationPolicy: policy, Encoding: cmapi.PKCS8,
+	}
+}
+
+func subjectOf(spec *rotatorv1.MTLSRootRotationSpec) (string, *cmapi.X509Subject) {
+	cn := spec.GetTrustDomain()
+	s := spec.Root.Subject
+	if s == nil {
+		return cn, nil
+	}
+	if s.CommonName != "" {
+		cn = s.CommonName
+	}
+	return cn, &cmapi.X509Subject{Organizations: s.Organizations, OrganizationalUnits: s.OrganizationalUnits, Countries: s.Countries}
+}
+
+// desiredIssuance returns the cert-manager objects of obj: a SelfSigned Issuer,
+// the root Certificate (isCA, rotationPolicy Never: the key is kept), a CA
+// Issuer on the root's Secret, and the issuer Certificate (isCA) it signs.
+func desiredIssuance(obj *rotatorv1.MTLSRootRotation) []client.Object {
+	n := namesFor(obj)
+	spec := &obj.Spec
+	cn, subject := subjectOf(spec)
+	meta := func(name string) metav1.ObjectMeta {
+		return metav1.ObjectMeta{Name: name, Namespace: obj.Namespace, Labels: map[string]string{OwnerLabel: obj.Name}}
+	}
+	return []client.Object{
+		&cmapi.Issuer{ObjectMeta: meta(n.SelfSigned), Spec: cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{SelfSigned: &cmapi.SelfSignedIssuer{}}}},
+		&cmapi.Certificate{ObjectMeta: meta(n.Root), Spec: cmapi.CertificateSpec{
+			IsCA: true, CommonName: cn, Subject: subject,
+			SecretName:     n.Root,
+			SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: map[string]string{OwnerLabel: obj.Name}},
+			Duration:       &metav1.Duration{Duration: spec.Root.GetDuration()},
+			PrivateKey:     keySpec(spec.Root.PrivateKey, cmapi.RotationPolicyNever),
+			Usages:         []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageCRLSign, cmapi.UsageDigitalSignature},
+			IssuerRef:      cmmeta.IssuerReference{Name: n.SelfSigned, Kind: cmapi.IssuerKind},
+		}},
+		&cmapi.Issuer{ObjectMeta: meta(n.RootIssuer), Spec: cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: n.Root}}}},
+		&cmapi.Certificate{ObjectMeta: meta(n.Issuer), Spec: cmapi.CertificateSpec{
+			IsCA: true, CommonName: spec.GetTrustDomain(),
+			SecretName:     n.Issuer,
+			SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: map[string]string{OwnerLabel: obj.Name}},
+			Duration:       &metav1.Duration{Duration: spec.Issuer.GetDuration()},
+			PrivateKey:     keySpec(spec.Issuer.PrivateKey, cmapi.RotationPolicyAlways),
+			Usages:         []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageCRLSign, cmapi.UsageDigitalSignature},
+			IssuerRef:      cmmeta.IssuerReference{Name: n.RootIssuer, Kind: cmapi.IssuerKind},
+		}},
+	}
+}
+
+// ensureIssuance creates or updates the cert-manager objects, owned by obj.
+// The Secrets cert-manager writes are not owned: the root key survives the
+// deletion of obj.
+func (r *MTLSRootRotationReconciler) ensureIssuance(ctx context.Context, obj *rotatorv1.MTLSRootRotation) error {
+	for _, desired := range desiredIssuance(obj) {
+		current := desired.DeepCopyObject().(client.Object)
+		op, err := controllerutil.CreateOrPatch(ctx, r.Client, current, func() error {
+			switch c := current.(type) {
+			case *cmapi.Issuer:
+				c.Spec = desired.(*cmapi.Issuer).Spec
+			case *cmapi.Certificate:
+				c.Spec = desired.(*cmapi.Certificate).Spec
+			}
+			if c := current.GetLabels(); c[OwnerLabel] != obj.Name {
+				labels := map[string]string{}
+				for k, v := range c {
+					labels[k] = v
+				}
+				labels[OwnerLabel] = obj.Name
+				current.SetLabels(labels)
+			}
+			return controllerutil.SetControllerReference(obj, current, r.Scheme())
+		})
+		if err != nil {
+			return fmt.Errorf("applying %T %s: %w", desired, desired.GetName(), err)
+		}
+		if op != controllerutil.OperationResultNone {
+			ctrlLog(ctx).V(1).Info("cert-manager object applied", "kind", fmt.Sprintf("%T", desired), "name", desired.GetName(), "operation", op)
+		}
+	}
+	return nil
+}
+
+// certificateState is what a rotation needs to know of a Certificate.
+type certificateState struct {
+	Revision int32 // 0 before the first issuance
+	Ready    bool  // Ready, not issuing, and up to date with its spec
+	Issuing  bool
+	Message  string
+}
+
+func (r *MTLSRootRotationReconciler) certificateState(ctx context.Context, ns, name string) (*cmapi.Certificate, certificateState, error) {
+	crt := &cmapi.Certificate{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, crt); err != nil {
+		return nil, certificateState{}, err
+	}
+	var st certificateState
+	if crt.Status.Revision != nil {
+		st.Revision = int32(*crt.Status.Revision)
+	}
+	st.Issuing = cmapiutil.CertificateHasCondition(crt, cmapi.CertificateCondition{Type: cmapi.CertificateConditionIssuing, Status: cmmeta.ConditionTrue})
+	ready := cmapiutil.GetCertificateCondition(crt, cmapi.CertificateConditionReady)
+	st.Ready = ready != nil && ready.Status == cmmeta.ConditionTrue && ready.ObservedGeneration >= crt.Generation && !st.Issuing
+	if ready != nil {
+		st.Message = ready.Message
+	}
+	return crt, st, nil
+}
+
+// renew asks cert-manager to re-issue a Certificate now, as 'cmctl renew' does.
+func (r *MTLSRootRotationReconciler) renew(ctx context.Context, crt *cmapi.Certificate) error {
+	cmapiutil.SetCertificateCondition(crt, crt.Generation, cmapi.CertificateConditionIssuing, cmmeta.ConditionTrue,
+		"ManuallyTriggered", fmt.Sprintf("Re-issuance triggered by %s", ControllerName))
+	if err := r.Status().Update(ctx, crt); err != nil {
+		return fmt.Errorf("triggering the renewal of Certificate %s: %w", crt.Name, err)
+	}
+	return nil
+}
+
+// issuedSecret reads the Secret cert-manager wrote for a Certificate.
+func (r *MTLSRootRotationReconciler) issuedSecret(ctx context.Context, ns, name string) (*corev1.Secret, error) {
+	s := &corev1.Secret{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("secret %s/%s of the issued certificate not found: %w", ns, name, err)
+		}
+		return nil, err
+	}
+	if len(s.Data[corev1.TLSCertKey]) == 0 || len(s.Data[corev1.TLSPrivateKeyKey]) == 0 {
+		return nil, fmt.Errorf("secret %s/%s holds no issued certificate yet", ns, name)
+	}
+	return s, nil
+}

@@ -1,0 +1,239 @@
+package controllers
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/fluxcd/pkg/runtime/patch"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+)
+
+// Annotations on the objects the operator writes.
+const (
+	// BundleHashAnnotation is the content hash of the bundle last published.
+	BundleHashAnnotation = "mtls.rotator.dev/bundle-hash"
+	// RotationAnnotation names the rotation that wrote an object.
+	RotationAnnotation = "mtls.rotator.dev/rotation-id"
+)
+
+// stepIssuing renews the root (same key) and then the issuer, waiting for each
+// new revision, as 'cmctl renew' would. The revisions it waits for are
+// recorded before any renewal is triggered, so a replay never renews twice.
+func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotatorv1.MTLSRootRotation, patcher *patch.SerialPatcher) stepResult {
+	rot := obj.Status.Rotation
+	n := namesFor(obj)
+	for _, c := range []struct {
+		name   string
+		target *int32
+	}{{n.Root, &rot.RootRevision}, {n.Issuer, &rot.IssuerRevision}} {
+		crt, st, err := r.certificateState(ctx, obj.Namespace, c.name)
+		if apierrors.IsNotFound(err) {
+			markProgress(obj, "rotation %s: waiting for Certificate %s to be created", rot.ID, c.name)
+			return waitFor(r.poll())
+		}
+		if err != nil {
+			return fail(err)
+		}
+		if *c.target == 0 {
+			*c.target = st.Revision + 1
+			if err := checkpoint(ctx, patcher, obj); err != nil {
+				return fail(fmt.Errorf("recording the revision to issue: %w", err))
+			}
+		}
+		if st.Revision < *c.target {
+			if st.Revision > 0 && !st.Issuing {
+				if err := r.renew(ctx, crt); err != nil {
+					return fail(err)
+				}
+				ctrlLog(ctx).Info("renewal triggered", "certificate", c.name, "revision", *c.target)
+			}
+			markProgress(obj, "rotation %s: waiting for Certificate %s revision %d", rot.ID, c.name, *c.target)
+			return waitFor(r.poll())
+		}
+		if !st.Ready {
+			markProgress(obj, "rotation %s: waiting for Certificate %s to be Ready: %s", rot.ID, c.name, st.Message)
+			return waitFor(r.poll())
+		}
+	}
+	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "CertificatesIssued", "Issue",
+		"root revision %d and issuer revision %d issued by cert-manager", rot.RootRevision, rot.IssuerRevision)
+	return advance()
+}
+
+// issuedBundle composes the bundle to publish from what cert-manager issued.
+func (r *MTLSRootRotationReconciler) issuedBundle(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (pki.Bundle, *x509.Certificate, error) {
+	n := namesFor(obj)
+	root, err := r.issuedSecret(ctx, obj.Namespace, n.Root)
+	if err != nil {
+		return pki.Bundle{}, nil, err
+	}
+	issuer, err := r.issuedSecret(ctx, obj.Namespace, n.Issuer)
+	if err != nil {
+		return pki.Bundle{}, nil, err
+	}
+	rootCerts, err := pki.ParseCertificates(root.Data[corev1.TLSCertKey])
+	if err != nil {
+		return pki.Bundle{}, nil, fmt.Errorf("root certificate: %w", err)
+	}
+	rootCert := rootCerts[0]
+	return pki.Bundle{
+		TrustAnchors: pki.EncodeCertificates(rootCert),
+		IssuerChain:  issuer.Data[corev1.TLSCertKey],
+		IssuerKey:    issuer.Data[corev1.TLSPrivateKeyKey],
+	}, rootCert, nil
+}
+
+// proveNext validates the issued bundle as Sentry would and proves that
+// publishing it over the installed one keeps every handshake working. It
+// marks the object Stalled when the proof fails for a reason only a change of
+// spec can fix.
+func (r *MTLSRootRotationReconciler) proveNext(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) (pki.Bundle, *pki.ParsedBundle, stepResult, bool) {
+	next, rootCert, err := r.issuedBundle(ctx, obj)
+	if err != nil {
+		return pki.Bundle{}, nil, fail(err), false
+	}
+	now := r.now().Time
+	parsed, err := next.Validate(now)
+	if err != nil {
+		r.markStalled(obj, rotatorv1.InvalidBundleReason, "the issued bundle would be refused by Dapr Sentry: %v", err)
+		return pki.Bundle{}, nil, stop(ctrl.Result{RequeueAfter: time.Minute}, nil), false
+	}
+	installed := bundle.FromSecret(t.Secret.Data, keysOf(obj))
+	var installedParsed *pki.ParsedBundle
+	if !installed.IsEmpty() && !sameBundle(installed, next) {
+		installedParsed, err = installed.Validate(now)
+		if err != nil {
+			r.markStalled(obj, rotatorv1.RootKeyUnknownReason,
+				"the installed bundle in Secret %s/%s is not valid (%v), so no same-key rotation can keep every handshake working; set spec.root.keyPolicy: Rotate",
+				obj.Namespace, t.Secret.Name, err)
+			return pki.Bundle{}, nil, stop(ctrl.Result{}, reconcile.TerminalError(err)), false
+		}
+	}
+	if err := pki.ProveReuse(installedParsed, parsed, rootCert, now); err != nil {
+		if errors.Is(err, pki.ErrRootKeyUnknown) {
+			r.markStalled(obj, rotatorv1.RootKeyUnknownReason,
+				"the trust anchors installed in Secret %s/%s were not made with this rotation's root key (Sentry may have generated them and discarded its key); a same-key rotation would break every connection: set spec.root.keyPolicy: Rotate to take them over with a trust overlap",
+				obj.Namespace, t.Secret.Name)
+		} else {
+			r.markStalled(obj, rotatorv1.InvalidBundleReason, "the issued bundle cannot replace the installed one without failed handshakes: %v", err)
+		}
+		return pki.Bundle{}, nil, stop(ctrl.Result{}, reconcile.TerminalError(err)), false
+	}
+	return next, parsed, stepResult{}, true
+}
+
+func sameBundle(a, b pki.Bundle) bool { return bundle.Hash(a) == bundle.Hash(b) }
+
+func keysOf(obj *rotatorv1.MTLSRootRotation) bundle.Keys {
+	k := obj.Spec.Target.Keys
+	return bundle.Keys{CA: k.GetCA(), IssuerCert: k.GetIssuerCert(), IssuerKey: k.GetIssuerKey()}
+}
+
+// stepVerifying proves the new bundle before anything is written.
+func (r *MTLSRootRotationReconciler) stepVerifying(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) stepResult {
+	if _, _, res, ok := r.proveNext(ctx, obj, t); !ok {
+		return res
+	}
+	return advance()
+}
+
+// stepPublishing keeps the installed bundle in a backup Secret, then writes
+// the new bundle to the Secret and the ConfigMap, byte-identical anchors in
+// both, leaving every other key, label and annotation as it is.
+func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) stepResult {
+	rot := obj.Status.Rotation
+	next, parsed, res, ok := r.proveNext(ctx, obj, t)
+	if !ok {
+		return res
+	}
+	keys := keysOf(obj)
+	installed := bundle.FromSecret(t.Secret.Data, keys)
+	if err := r.backup(ctx, obj, installed, rot.ID); err != nil {
+		return fail(err)
+	}
+	hash := bundle.Hash(next)
+	if _, changed := bundle.SecretData(t.Secret.Data, next, keys); changed || t.Secret.Annotations[BundleHashAnnotation] != hash {
+		ac := corev1ac.Secret(t.Secret.Name, t.Secret.Namespace).
+			WithAnnotations(map[string]string{BundleHashAnnotation: hash, RotationAnnotation: rot.ID}).
+			WithData(map[string][]byte{keys.CA: next.TrustAnchors, keys.IssuerCert: next.IssuerChain, keys.IssuerKey: next.IssuerKey})
+		if err := r.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {
+			return fail(fmt.Errorf("publishing to Secret %s/%s: %w", t.Secret.Namespace, t.Secret.Name, err))
+		}
+	}
+	if _, changed := bundle.ConfigMapData(t.ConfigMap.Data, next, keys); changed || t.ConfigMap.Annotations[BundleHashAnnotation] != hash {
+		ac := corev1ac.ConfigMap(t.ConfigMap.Name, t.ConfigMap.Namespace).
+			WithAnnotations(map[string]string{BundleHashAnnotation: hash, RotationAnnotation: rot.ID}).
+			WithData(map[string]string{keys.CA: string(next.TrustAnchors)})
+		if err := r.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {
+			return fail(fmt.Errorf("publishing to ConfigMap %s/%s: %w", t.ConfigMap.Namespace, t.ConfigMap.Name, err))
+		}
+	}
+	obj.Status.Root = certificateStatus(parsed.Anchors[0])
+	obj.Status.Issuer = certificateStatus(parsed.Issuer())
+	obj.Status.TrustAnchors = int32(len(parsed.Anchors))
+	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "TrustBundlePublished", "Publish",
+		"published root %s and issuer %s (%d trust anchor) to Secret and ConfigMap %s/%s",
+		shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, obj.Namespace, t.Secret.Name)
+	return advance()
+}
+
+// backup keeps the bundle installed before a rotation in a Secret owned by
+// obj, once per rotation: a replay after the publish must not overwrite it with
+// the new bundle.
+func (r *MTLSRootRotationReconciler) backup(ctx context.Context, obj *rotatorv1.MTLSRootRotation, installed pki.Bundle, rotationID string) error {
+	if installed.IsEmpty() {
+		return nil
+	}
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: obj.Name + "-backup", Namespace: obj.Namespace}}
+	err := r.Get(ctx, client.ObjectKeyFromObject(s), s)
+	if err == nil && s.Annotations[RotationAnnotation] == rotationID {
+		return nil
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("reading the backup Secret: %w", err)
+	}
+	keys := keysOf(obj)
+	_, err = controllerutil.CreateOrUpdate(ctx, r.Client, s, func() error {
+		s.Labels = map[string]string{OwnerLabel: obj.Name}
+		s.Annotations = map[string]string{RotationAnnotation: rotationID, BundleHashAnnotation: bundle.Hash(installed)}
+		s.Type = corev1.SecretTypeOpaque
+		s.Data, _ = bundle.SecretData(nil, installed, keys)
+		return controllerutil.SetControllerReference(obj, s, r.Scheme())
+	})
+	if err != nil {
+		return fmt.Errorf("writing the backup Secret: %w", err)
+	}
+	return nil
+}
+
+func certificateStatus(c *x509.Certificate) *rotatorv1.CertificateStatus {
+	return &rotatorv1.CertificateStatus{
+		NotBefore:         metav1.NewTime(c.NotBefore),
+		NotAfter:          metav1.NewTime(c.NotAfter),
+		SerialNumber:      fmt.Sprintf("%x", c.SerialNumber),
+		Subject:           c.Subject.String(),
+		SHA256Fingerprint: pki.Fingerprint(c),
+		PublicKeySHA256:   pki.PublicKeyFingerprint(c),
+	}
+}
+
+func shortFingerprint(c *rotatorv1.CertificateStatus) string {
+	if c == nil || len(c.SHA256Fingerprint) < 11 {
+		return "?"
+	}
+	return c.SHA256Fingerprint[:11]
+}

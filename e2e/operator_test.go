@@ -1,0 +1,128 @@
+package e2e
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/fluxcd/pkg/runtime/events"
+	"github.com/go-logr/logr/testr"
+	. "github.com/onsi/gomega"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/controllers"
+	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+)
+
+const (
+	operatorNamespace      = "mtls-rotator-system"
+	operatorServiceAccount = "mtls-rotator"
+)
+
+var operatorRBACOnce sync.Once
+
+// operatorConfig returns a REST config that authenticates as the operator's
+// ServiceAccount, bound to the ClusterRole generated from the RBAC markers
+// (config/rbac/role.yaml) and nothing else.
+func operatorConfig(t *testing.T) *rest.Config {
+	t.Helper()
+	g := NewWithT(t)
+	ctx := t.Context()
+	operatorRBACOnce.Do(func() {
+		root, err := cluster.RepoRoot()
+		g.Expect(err).NotTo(HaveOccurred())
+		_, err = testCluster.Kubectl(ctx, "apply", "-f", filepath.Join(root, "config", "rbac", "role.yaml"))
+		g.Expect(err).NotTo(HaveOccurred())
+		for _, obj := range []client.Object{
+			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: operatorNamespace}},
+			&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: operatorServiceAccount, Namespace: operatorNamespace}},
+			&rbacv1.ClusterRoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Name: "mtls-rotator-manager"},
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "mtls-rotator-manager"},
+				Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: operatorServiceAccount, Namespace: operatorNamespace}},
+			},
+		} {
+			if err := k8sClient.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+				t.Fatalf("creating %T: %v", obj, err)
+			}
+		}
+	})
+	kube, err := kubernetes.NewForConfig(testCluster.Config)
+	g.Expect(err).NotTo(HaveOccurred())
+	tr, err := kube.CoreV1().ServiceAccounts(operatorNamespace).CreateToken(ctx, operatorServiceAccount,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
+	g.Expect(err).NotTo(HaveOccurred())
+	cfg := rest.AnonymousClientConfig(testCluster.Config)
+	cfg.BearerToken = tr.Status.Token
+	cfg.QPS, cfg.Burst = 100, 200
+	return cfg
+}
+
+// operator is the mtls-rotator manager running in the test process.
+type operator struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startOperator runs the operator's manager, as main.go builds it, under its
+// ServiceAccount; stop it (a crash, as far as the rotation is concerned) with stop.
+func startOperator(t *testing.T) *operator {
+	t.Helper()
+	g := NewWithT(t)
+	scheme := runtime.NewScheme()
+	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
+	g.Expect(cmapi.AddToScheme(scheme)).To(Succeed())
+	g.Expect(rotatorv1.AddToScheme(scheme)).To(Succeed())
+	cacheOptions, err := controllers.CacheOptions([]string{fixture.ControlPlaneNamespace})
+	g.Expect(err).NotTo(HaveOccurred())
+	log := testr.NewWithOptions(t, testr.Options{Verbosity: 0})
+	mgr, err := ctrl.NewManager(operatorConfig(t), ctrl.Options{
+		Scheme:                 scheme,
+		Cache:                  cacheOptions,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Logger:                 log,
+	})
+	g.Expect(err).NotTo(HaveOccurred())
+	recorder, err := events.NewRecorder(log, "", controllers.ControllerName, events.WithManager(mgr))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect((&controllers.MTLSRootRotationReconciler{
+		Client: mgr.GetClient(), EventRecorder: recorder, PollInterval: 200 * time.Millisecond,
+	}).SetupWithManager(mgr)).To(Succeed())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	op := &operator{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(op.done)
+		if err := mgr.Start(ctx); err != nil {
+			t.Errorf("operator stopped with an error: %v", err)
+		}
+	}()
+	t.Cleanup(op.stop)
+	return op
+}
+
+func (o *operator) stop() {
+	o.cancel()
+	select {
+	case <-o.done:
+	case <-time.After(30 * time.Second):
+	}
+}

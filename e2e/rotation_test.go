@@ -1,0 +1,270 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+	"github.com/mtls-rotator/mtls-rotator/internal/rollout"
+)
+
+var bundleKey = types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: fixture.TrustBundleName}
+
+// restartObserver polls the fixture's workloads while a rotation runs and
+// records, for one rotation id, the order in which the control-plane
+// workloads were restarted, whether every earlier one had rolled out at that
+// moment, and the largest number of applications restarting at once.
+type restartObserver struct {
+	mu              sync.Mutex
+	order           []string
+	notAwaited      []string
+	maxAppsInFlight int
+	cancel          context.CancelFunc
+	done            chan struct{}
+}
+
+func observeRestarts(t *testing.T, rotationID func() string) *restartObserver {
+	ctx, cancel := context.WithCancel(t.Context())
+	o := &restartObserver{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(o.done)
+		seen := map[string]bool{}
+		for ctx.Err() == nil {
+			id := rotationID()
+			if id != "" {
+				o.sample(ctx, id, seen)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return o
+}
+
+func (o *restartObserver) sample(ctx context.Context, id string, seen map[string]bool) {
+	rolledOut := true
+	for _, w := range fixture.ControlPlane {
+		var annotations map[string]string
+		var done bool
+		if w.Kind == "StatefulSet" {
+			s := &appsv1.StatefulSet{}
+			if k8sClient.Get(ctx, types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: w.Name}, s) != nil {
+				return
+			}
+			annotations, done = s.Spec.Template.Annotations, rollout.StatefulSet(s).Done
+		} else {
+			d := &appsv1.Deployment{}
+			if k8sClient.Get(ctx, types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: w.Name}, d) != nil {
+				return
+			}
+			annotations, done = d.Spec.Template.Annotations, rollout.Deployment(d).Done
+		}
+		if restart.RestartedFor(annotations, id) && !seen[w.Name] {
+			seen[w.Name] = true
+			o.mu.Lock()
+			o.order = append(o.order, w.Name)
+			if !rolledOut {
+				o.notAwaited = append(o.notAwaited, w.Name)
+			}
+			o.mu.Unlock()
+		}
+		rolledOut = rolledOut && restart.RestartedFor(annotations, id) && done
+	}
+	inFlight := 0
+	for _, app := range fixtureOpts.AppList() {
+		d := &appsv1.Deployment{}
+		if k8sClient.Get(ctx, types.NamespacedName{Namespace: app.Namespace, Name: app.Name}, d) != nil {
+			return
+		}
+		if restart.RestartedFor(d.Spec.Template.Annotations, id) && !rollout.Deployment(d).Done {
+			inFlight++
+		}
+	}
+	o.mu.Lock()
+	o.maxAppsInFlight = max(o.maxAppsInFlight, inFlight)
+	o.mu.Unlock()
+}
+
+func (o *restartObserver) stop() {
+	o.cancel()
+	<-o.done
+}
+
+func getRotation(t *testing.T, key types.NamespacedName) *rotatorv1.MTLSRootRotation {
+	obj := &rotatorv1.MTLSRootRotation{}
+	NewWithT(t).Expect(k8sClient.Get(t.Context(), key, obj)).To(Succeed())
+	return obj
+}
+
+// waitRotationCompleted waits until the object is Ready with trigger completed.
+func waitRotationCompleted(t *testing.T, key types.NamespacedName, trigger string) *rotatorv1.MTLSRootRotation {
+	t.Helper()
+	var obj *rotatorv1.MTLSRootRotation
+	NewWithT(t).Eventually(func(g Gomega) {
+		obj = &rotatorv1.MTLSRootRotation{}
+		g.Expect(k8sClient.Get(t.Context(), key, obj)).To(Succeed())
+		g.Expect(obj.Status.LastCompletedRotation).NotTo(BeNil(), "status: %+v", obj.Status)
+		g.Expect(obj.Status.LastCompletedRotation.Trigger).To(Equal(trigger))
+		g.Expect(conditions.IsReady(obj)).To(BeTrue(), "conditions: %+v", obj.Status.Conditions)
+		g.Expect(obj.Status.ObservedGeneration).To(Equal(obj.Generation))
+	}).WithTimeout(3 * time.Minute).WithPolling(250 * time.Millisecond).Should(Succeed())
+	return obj
+}
+
+func readBundle(t *testing.T) (*corev1.Secret, *corev1.ConfigMap) {
+	t.Helper()
+	s, cm := &corev1.Secret{}, &corev1.ConfigMap{}
+	g := NewWithT(t)
+	g.Expect(k8sClient.Get(t.Context(), bundleKey, s)).To(Succeed())
+	g.Expect(k8sClient.Get(t.Context(), bundleKey, cm)).To(Succeed())
+	return s, cm
+}
+
+func parseOne(t *testing.T, data []byte) *x509.Certificate {
+	t.Helper()
+	certs, err := pki.ParseCertificates(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs[0]
+}
+
+// TestSameKeyRotation is the core: first issuance onto the empty bundle the
+// Helm chart creates, then a second rotation by changing spec.trigger.
+func TestSameKeyRotation(t *testing.T) {
+	g := NewWithT(t)
+	ctx := t.Context()
+
+	// Sentry's JWT material lives in the same Secret and must survive.
+	secret, _ := readBundle(t)
+	secret.Data = map[string][]byte{"jwt.key": []byte("sentry-jwt-signing-key"), "jwks.json": []byte(`{"keys":[]}`)}
+	g.Expect(k8sClient.Update(ctx, secret)).To(Succeed())
+
+	startOperator(t)
+	key := types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: "dapr"}
+	obj := &rotatorv1.MTLSRootRotation{
+		ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace},
+		Spec: rotatorv1.MTLSRootRotationSpec{
+			Trigger:      "first",
+			Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 2},
+		},
+	}
+	g.Expect(k8sClient.Create(ctx, obj)).To(Succeed())
+	t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), obj) })
+
+	currentID := func() string {
+		o := &rotatorv1.MTLSRootRotation{}
+		if k8sClient.Get(ctx, key, o) != nil || o.Status.Rotation == nil {
+			return ""
+		}
+		return o.Status.Rotation.ID
+	}
+	obs := observeRestarts(t, currentID)
+	first := waitRotationCompleted(t, key, "first")
+	obs.stop()
+	checkRotation(t, first, obs)
+
+	secret, cm := readBundle(t)
+	g.Expect(secret.Data["ca.crt"]).To(Equal([]byte(cm.Data["ca.crt"])), "Secret and ConfigMap anchors must be byte-identical")
+	g.Expect(secret.Data).To(HaveKeyWithValue("jwt.key", []byte("sentry-jwt-signing-key")))
+	g.Expect(secret.Data).To(HaveKeyWithValue("jwks.json", []byte(`{"keys":[]}`)))
+	g.Expect(secret.Labels).To(HaveKeyWithValue("app.kubernetes.io/managed-by", "Helm"), "Helm's labels stay")
+	g.Expect(secret.Annotations).To(HaveKeyWithValue("meta.helm.sh/release-name", "dapr"))
+	b := pki.Bundle{TrustAnchors: secret.Data["ca.crt"], IssuerChain: secret.Data["issuer.crt"], IssuerKey: secret.Data["issuer.key"]}
+	_, err := b.Validate(time.Now())
+	g.Expect(err).NotTo(HaveOccurred(), "the published bundle passes Sentry's checks")
+	root1, issuer1 := parseOne(t, secret.Data["ca.crt"]), parseOne(t, secret.Data["issuer.crt"])
+	g.Expect(first.Status.Root.SHA256Fingerprint).To(Equal(pki.Fingerprint(root1)))
+	g.Expect(first.Status.Issuer.SHA256Fingerprint).To(Equal(pki.Fingerprint(issuer1)))
+	g.Expect(first.Status.TrustAnchors).To(Equal(int32(1)))
+
+	// The second rotation: one Git commit changing the trigger.
+	g.Expect(k8sClient.Get(ctx, key, obj)).To(Succeed())
+	obj.Spec.Trigger = "second"
+	g.Expect(k8sClient.Update(ctx, obj)).To(Succeed())
+	obs = observeRestarts(t, func() string {
+		if id := currentID(); id != first.Status.LastCompletedRotation.ID {
+			return id
+		}
+		return ""
+	})
+	second := waitRotationCompleted(t, key, "second")
+	obs.stop()
+	checkRotation(t, second, obs)
+	g.Expect(second.Status.LastCompletedRotation.ID).NotTo(Equal(first.Status.LastCompletedRotation.ID))
+
+	secret, cm = readBundle(t)
+	g.Expect(secret.Data["ca.crt"]).To(Equal([]byte(cm.Data["ca.crt"])))
+	g.Expect(secret.Data).To(HaveKeyWithValue("jwt.key", []byte("sentry-jwt-signing-key")))
+	root2, issuer2 := parseOne(t, secret.Data["ca.crt"]), parseOne(t, secret.Data["issuer.crt"])
+	g.Expect(pki.SamePublicKey(root1, root2)).To(BeTrue(), "the root key is reused")
+	g.Expect(root2.SerialNumber).NotTo(Equal(root1.SerialNumber), "the root was renewed")
+	g.Expect(second.Status.Root.PublicKeySHA256).To(Equal(first.Status.Root.PublicKeySHA256))
+	g.Expect(second.Status.Root.SHA256Fingerprint).NotTo(Equal(first.Status.Root.SHA256Fingerprint))
+	g.Expect(pki.Fingerprint(issuer2)).NotTo(Equal(pki.Fingerprint(issuer1)), "a new issuer")
+	g.Expect(pki.SamePublicKey(issuer1, issuer2)).To(BeFalse(), "the issuer gets a new key")
+
+	backup := &corev1.Secret{}
+	g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: "dapr-backup"}, backup)).To(Succeed())
+	g.Expect(backup.Data["ca.crt"]).To(Equal(pki.EncodeCertificates(root1)), "the backup holds the bundle before the rotation")
+	g.Expect(metav1.IsControlledBy(backup, second)).To(BeTrue())
+}
+
+// checkRotation asserts what every completed rotation must show.
+func checkRotation(t *testing.T, obj *rotatorv1.MTLSRootRotation, obs *restartObserver) {
+	t.Helper()
+	g := NewWithT(t)
+	id := obj.Status.LastCompletedRotation.ID
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	want := make([]string, 0, len(fixture.ControlPlane))
+	for _, w := range fixture.ControlPlane {
+		want = append(want, w.Name)
+	}
+	g.Expect(obs.order).To(Equal(want), "control plane restarted in order")
+	g.Expect(obs.notAwaited).To(BeEmpty(), "each control-plane workload is restarted only after the previous ones rolled out")
+	g.Expect(obs.maxAppsInFlight).To(BeNumerically("<=", obj.Spec.Applications.MaxConcurrent))
+
+	for _, app := range fixtureOpts.AppList() {
+		d := &appsv1.Deployment{}
+		g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: app.Namespace, Name: app.Name}, d)).To(Succeed())
+		if app.Dapr {
+			g.Expect(restart.RestartedFor(d.Spec.Template.Annotations, id)).To(BeTrue(), "Dapr app %s restarted", app.Name)
+			g.Expect(rollout.Deployment(d).Done).To(BeTrue())
+			// Exactly once: one ReplicaSet carries this rotation's id.
+			sets := &appsv1.ReplicaSetList{}
+			g.Expect(k8sClient.List(t.Context(), sets, client.InNamespace(app.Namespace), client.MatchingLabels{"app": app.Name})).To(Succeed())
+			n := 0
+			for _, rs := range sets.Items {
+				if restart.RestartedFor(rs.Spec.Template.Annotations, id) {
+					n++
+				}
+			}
+			g.Expect(n).To(Equal(1), "app %s restarted exactly once for %s", app.Name, id)
+		} else {
+			g.Expect(d.Spec.Template.Annotations).NotTo(HaveKey(restart.Annotation), "non-Dapr app %s untouched", app.Name)
+		}
+	}
+	g.Expect(obj.Status.Applications).NotTo(BeNil())
+	g.Expect(obj.Status.Applications.Progress).To(Equal(fmt.Sprintf("%d/%d", obj.Status.Applications.Total, obj.Status.Applications.Total)))
+	g.Expect(conditions.Has(obj, meta.ReconcilingCondition)).To(BeFalse())
+	g.Expect(conditions.Has(obj, meta.StalledCondition)).To(BeFalse())
+	for _, s := range obj.Status.Rotation.Steps {
+		g.Expect(s.FinishedAt).NotTo(BeNil(), "step %s finished", s.Name)
+	}
+}

@@ -1,0 +1,62 @@
+package rotation
+
+import (
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+)
+
+func TestNewIDIsDeterministicAndChanges(t *testing.T) {
+	g := NewWithT(t)
+	a := NewID("uid", "t1", "")
+	g.Expect(a).To(MatchRegexp(`^r-[0-9a-f]{10}$`))
+	g.Expect(NewID("uid", "t1", "")).To(Equal(a))
+	g.Expect(NewID("uid", "t1", a)).NotTo(Equal(a), "the same trigger again is a new rotation")
+	g.Expect(NewID("uid", "t2", "")).NotTo(Equal(a))
+	g.Expect(NewID("other", "t1", "")).NotTo(Equal(a))
+}
+
+func TestSpecHashIgnoresTriggerAndSuspend(t *testing.T) {
+	g := NewWithT(t)
+	s := rotatorv1.MTLSRootRotationSpec{Trigger: "a"}
+	h := SpecHash(s)
+	s.Trigger, s.Suspend = "b", true
+	g.Expect(SpecHash(s)).To(Equal(h))
+	s.Applications.MaxConcurrent = 2
+	g.Expect(SpecHash(s)).NotTo(Equal(h))
+}
+
+func TestAdvanceWalksEveryStepOnce(t *testing.T) {
+	g := NewWithT(t)
+	t0 := metav1.NewTime(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC))
+	r := Start("r-1", "t", "h", t0)
+	g.Expect(InFlight(r)).To(BeTrue())
+	var seen []rotatorv1.RotationStep
+	for i := 1; InFlight(r); i++ {
+		Wait(r, "something", t0)
+		seen = append(seen, Advance(r, metav1.NewTime(t0.Add(time.Duration(i)*time.Minute))))
+		g.Expect(r.WaitingFor).To(BeEmpty())
+	}
+	g.Expect(seen).To(Equal(Steps[1:]))
+	g.Expect(r.Steps).To(HaveLen(len(Steps)))
+	for _, s := range r.Steps {
+		g.Expect(s.FinishedAt).NotTo(BeNil(), "step %s has no finish time", s.Name)
+		g.Expect(s.FinishedAt.Before(&s.StartedAt)).To(BeFalse())
+	}
+	g.Expect(Advance(r, t0)).To(Equal(rotatorv1.StepCompleted))
+	g.Expect(r.Steps).To(HaveLen(len(Steps)))
+}
+
+func TestWaitKeepsTheStartOfTheSameWait(t *testing.T) {
+	g := NewWithT(t)
+	t0 := metav1.NewTime(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC))
+	r := Start("r-1", "t", "h", t0)
+	g.Expect(Wait(r, "Deployment a", t0)).To(Equal(t0))
+	later := metav1.NewTime(t0.Add(time.Minute))
+	g.Expect(Wait(r, "Deployment a", later)).To(Equal(t0))
+	g.Expect(Wait(r, "Deployment b", later)).To(Equal(later))
+}
