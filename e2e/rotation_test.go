@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
@@ -150,6 +151,7 @@ func TestSameKeyRotation(t *testing.T) {
 	g := NewWithT(t)
 	ctx := t.Context()
 
+	freshBundle(t)
 	// Sentry's JWT material lives in the same Secret and must survive.
 	secret, _ := readBundle(t)
 	secret.Data = map[string][]byte{"jwt.key": []byte("sentry-jwt-signing-key"), "jwks.json": []byte(`{"keys":[]}`)}
@@ -178,6 +180,8 @@ func TestSameKeyRotation(t *testing.T) {
 	first := waitRotationCompleted(t, key, "first")
 	obs.stop()
 	checkRotation(t, first, obs)
+	g.Expect(kstatusOf(t, first)).To(Equal(status.CurrentStatus))
+	checkConditions(t, first)
 
 	secret, cm := readBundle(t)
 	g.Expect(secret.Data["ca.crt"]).To(Equal([]byte(cm.Data["ca.crt"])), "Secret and ConfigMap anchors must be byte-identical")

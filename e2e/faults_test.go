@@ -1,0 +1,163 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+)
+
+// noControlPlaneRestart asserts that no control-plane workload carries a
+// restart annotation (nothing was restarted by any rotation since freshBundle).
+func noRestartFor(t *testing.T, id string) {
+	t.Helper()
+	g := NewWithT(t)
+	d := &appsv1.Deployment{}
+	g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: fixture.Sentry}, d)).To(Succeed())
+	if id != "" {
+		g.Expect(restart.RestartedFor(d.Spec.Template.Annotations, id)).To(BeFalse(), "sentry was restarted")
+	}
+}
+
+func TestSuspendedRotationTouchesNothing(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	before, beforeCM := readBundle(t)
+	key := newRotation(t, "suspended", rotatorv1.MTLSRootRotationSpec{Trigger: "a", Suspend: true})
+
+	g.Consistently(func(g Gomega) {
+		obj := getRotation(t, key)
+		g.Expect(obj.Status.Rotation).To(BeNil())
+		crt := &cmapi.Certificate{}
+		err := k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "suspended-root"}, crt)
+		g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "no Certificate is created while suspended")
+	}).WithTimeout(3 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+	bundleUnchanged(t, before, beforeCM)
+
+	obj := getRotation(t, key)
+	obj.Spec.Suspend = false
+	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	waitRotationCompleted(t, key, "a")
+}
+
+func TestConflictingRotationTouchesNothing(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	first := newRotation(t, "owner", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
+	waitRotationCompleted(t, first, "a")
+	before, beforeCM := readBundle(t)
+
+	// Created later, aiming at the same Secret: it must stand aside.
+	second := newRotation(t, "intruder", rotatorv1.MTLSRootRotationSpec{Trigger: "b"})
+	obj := waitStalled(t, second, rotatorv1.ConflictReason)
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("dapr-system/owner already manages"))
+	g.Expect(kstatusOf(t, obj)).To(Equal(status.FailedStatus))
+	checkConditions(t, obj)
+	crt := &cmapi.Certificate{}
+	err := k8sClient.Get(t.Context(), types.NamespacedName{Namespace: second.Namespace, Name: "intruder-root"}, crt)
+	g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "the conflicting object creates nothing")
+	bundleUnchanged(t, before, beforeCM)
+
+	// When the owner goes, the conflict ends.
+	g.Expect(k8sClient.Delete(t.Context(), &rotatorv1.MTLSRootRotation{ObjectMeta: metav1.ObjectMeta{Name: first.Name, Namespace: first.Namespace}})).To(Succeed())
+	// Its root key was the owner's; the intruder's own root cannot take over a
+	// bundle it did not make without a trust overlap.
+	waitStalled(t, second, rotatorv1.RootKeyUnknownReason)
+}
+
+func TestKeyRotationIsRefusedForNow(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	before, beforeCM := readBundle(t)
+	key := newRotation(t, "rotate", rotatorv1.MTLSRootRotationSpec{Trigger: "a", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate}})
+	obj := waitStalled(t, key, rotatorv1.KeyRotationNotSupportedReason)
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("use Reuse"))
+	g.Expect(obj.Status.ObservedGeneration).To(Equal(obj.Generation))
+	g.Expect(kstatusOf(t, obj)).To(Equal(status.FailedStatus))
+	bundleUnchanged(t, before, beforeCM)
+}
+
+func TestMissingTargetStallsUntilItExists(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "elsewhere", rotatorv1.MTLSRootRotationSpec{
+		Trigger: "a",
+		Target:  rotatorv1.TargetSpec{SecretName: "sentry-creds", ConfigMapName: "sentry-anchors"},
+	})
+	obj := waitStalled(t, key, rotatorv1.TargetNotFoundReason)
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("Secret dapr-system/sentry-creds"))
+
+	for _, o := range []client.Object{
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sentry-creds", Namespace: key.Namespace}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "sentry-anchors", Namespace: key.Namespace}},
+	} {
+		g.Expect(k8sClient.Create(t.Context(), o)).To(Succeed())
+		t.Cleanup(func() { _ = k8sClient.Delete(t.Context(), o) })
+	}
+	waitRotationCompleted(t, key, "a")
+	s := &corev1.Secret{}
+	g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "sentry-creds"}, s)).To(Succeed())
+	cm := &corev1.ConfigMap{}
+	g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "sentry-anchors"}, cm)).To(Succeed())
+	g.Expect(s.Data["ca.crt"]).NotTo(BeEmpty())
+	g.Expect(s.Data["ca.crt"]).To(Equal([]byte(cm.Data["ca.crt"])))
+}
+
+func TestSentryMadeBundleIsRootKeyUnknown(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	// What Sentry writes when it generates its own CA: an ECDSA P-256 root and
+	// issuer; the root key is thrown away.
+	root := pkitest.NewRoot(t, pkitest.Options{})
+	issuer := pkitest.NewIssuer(t, root, pkitest.Options{})
+	setBundle(t,
+		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": issuer.CertPEM(), "issuer.key": issuer.KeyPEM(t)},
+		map[string]string{"ca.crt": string(root.CertPEM())})
+	before, beforeCM := readBundle(t)
+
+	startOperator(t)
+	key := newRotation(t, "takeover", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
+	obj := waitStalled(t, key, rotatorv1.RootKeyUnknownReason)
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("keyPolicy: Rotate"))
+	g.Expect(kstatusOf(t, obj)).To(Equal(status.FailedStatus))
+	checkConditions(t, obj)
+	bundleUnchanged(t, before, beforeCM)
+	noRestartFor(t, obj.Status.Rotation.ID)
+}
+
+func TestRootKeySecretSurvivesDeletion(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "keeper", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
+	done := waitRotationCompleted(t, key, "a")
+	g.Expect(k8sClient.Delete(t.Context(), done)).To(Succeed())
+	// The Certificates go with their owner; the root key Secret stays.
+	g.Eventually(func() bool {
+		err := k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "keeper-root"}, &cmapi.Certificate{})
+		return apierrors.IsNotFound(err)
+	}).WithTimeout(30*time.Second).Should(BeTrue(), "the garbage collector removes the owned Certificate")
+	s := &corev1.Secret{}
+	g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "keeper-root"}, s)).To(Succeed())
+	g.Expect(s.Data).To(HaveKey("tls.key"))
+	t.Cleanup(func() { _ = k8sClient.Delete(t.Context(), s) })
+}

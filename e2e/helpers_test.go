@@ -1,0 +1,107 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	"github.com/fluxcd/pkg/runtime/conditions/check"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+)
+
+// freshBundle brings the fixture back to a fresh Helm install: no
+// MTLSRootRotation, and an empty dapr-trust-bundle Secret and ConfigMap.
+func freshBundle(t *testing.T) {
+	t.Helper()
+	g := NewWithT(t)
+	ctx := t.Context()
+	g.Expect(k8sClient.DeleteAllOf(ctx, &rotatorv1.MTLSRootRotation{}, client.InNamespace(fixture.ControlPlaneNamespace))).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		list := &rotatorv1.MTLSRootRotationList{}
+		g.Expect(k8sClient.List(ctx, list, client.InNamespace(fixture.ControlPlaneNamespace))).To(Succeed())
+		g.Expect(list.Items).To(BeEmpty())
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+	setBundle(t, nil, nil)
+}
+
+// setBundle writes the Secret and ConfigMap data as given, as Helm or Sentry would.
+func setBundle(t *testing.T, secretData map[string][]byte, configMapData map[string]string) {
+	t.Helper()
+	g := NewWithT(t)
+	s, cm := readBundle(t)
+	s.Data = secretData
+	cm.Data = configMapData
+	g.Expect(k8sClient.Update(t.Context(), s)).To(Succeed())
+	g.Expect(k8sClient.Update(t.Context(), cm)).To(Succeed())
+}
+
+// newRotation creates an MTLSRootRotation in the Dapr namespace and deletes it
+// at the end of the test.
+func newRotation(t *testing.T, name string, spec rotatorv1.MTLSRootRotationSpec) types.NamespacedName {
+	t.Helper()
+	obj := &rotatorv1.MTLSRootRotation{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: fixture.ControlPlaneNamespace}, Spec: spec}
+	NewWithT(t).Expect(k8sClient.Create(t.Context(), obj)).To(Succeed())
+	t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), obj) })
+	return client.ObjectKeyFromObject(obj)
+}
+
+// waitStalled waits for Stalled with reason, returning the object.
+func waitStalled(t *testing.T, key types.NamespacedName, reason string) *rotatorv1.MTLSRootRotation {
+	t.Helper()
+	var obj *rotatorv1.MTLSRootRotation
+	NewWithT(t).Eventually(func(g Gomega) {
+		obj = &rotatorv1.MTLSRootRotation{}
+		g.Expect(k8sClient.Get(t.Context(), key, obj)).To(Succeed())
+		g.Expect(conditions.IsStalled(obj)).To(BeTrue(), "conditions: %+v", obj.Status.Conditions)
+		g.Expect(conditions.GetReason(obj, meta.StalledCondition)).To(Equal(reason))
+		g.Expect(conditions.IsFalse(obj, meta.ReadyCondition)).To(BeTrue())
+	}).WithTimeout(2 * time.Minute).WithPolling(200 * time.Millisecond).Should(Succeed())
+	return obj
+}
+
+// kstatusOf computes the kstatus of an object, as Flux's health checks and
+// Argo CD's generic health do.
+func kstatusOf(t *testing.T, obj client.Object) status.Status {
+	t.Helper()
+	data, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := status.Compute(&unstructured.Unstructured{Object: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Status
+}
+
+// checkConditions runs Flux's conditions checker (kstatus rules for the
+// Ready, Reconciling and Stalled conditions).
+func checkConditions(t *testing.T, obj *rotatorv1.MTLSRootRotation) {
+	t.Helper()
+	check.NewChecker(k8sClient, &check.Conditions{
+		NegativePolarity: []string{meta.StalledCondition, meta.ReconcilingCondition},
+	}).WithT(NewWithT(t)).CheckErr(t.Context(), obj)
+}
+
+// bundleUnchanged asserts the Secret and ConfigMap still hold what they held.
+func bundleUnchanged(t *testing.T, before *corev1.Secret, beforeCM *corev1.ConfigMap) {
+	t.Helper()
+	g := NewWithT(t)
+	s, cm := readBundle(t)
+	g.Expect(s.Data).To(Equal(before.Data))
+	g.Expect(cm.Data).To(Equal(beforeCM.Data))
+	g.Expect(s.ResourceVersion).To(Equal(before.ResourceVersion), "the Secret was not written")
+	g.Expect(cm.ResourceVersion).To(Equal(beforeCM.ResourceVersion), "the ConfigMap was not written")
+}
