@@ -19,9 +19,10 @@ import (
 
 // The suite shares one local cluster with the Dapr fixture installed.
 var (
-	testCluster *cluster.Cluster
-	k8sClient   client.Client
-	fixtureOpts = fixture.Options{Apps: 6}
+	testCluster  *cluster.Cluster
+	k8sClient    client.Client
+	testInjector *fixture.Injector
+	fixtureOpts  = fixture.Options{Apps: 6}
 )
 
 func TestMain(m *testing.M) {
@@ -71,8 +72,8 @@ func runSuite(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		injector := &fixture.Injector{Client: k8sClient}
-		if err := injector.Start(ctx, k8sClient); err != nil {
+		testInjector = &fixture.Injector{Client: k8sClient}
+		if err := testInjector.Start(ctx, k8sClient); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}

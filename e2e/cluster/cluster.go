@@ -31,6 +31,10 @@ import (
 // NodeName is the name of the kwok-managed fake node.
 const NodeName = "kwok-node-0"
 
+// StayUnreadyAnnotation on a pod keeps it Pending and unready on the kwok node,
+// so that tests can make a rollout that never completes.
+const StayUnreadyAnnotation = "kwok.mtls.rotator.dev/stay-unready"
+
 // Options configure a local cluster.
 type Options struct {
 	// Dir holds the cluster's state: credentials, kubeconfig, etcd data, logs.
@@ -203,8 +207,12 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 		return nil, err
 	}
 	kwokURL := fmt.Sprintf("127.0.0.1:%d", kwokPort)
+	kwokConfig := filepath.Join(dir, "kwok-stages.yaml")
+	if err := writeKwokStages(asset("kwok-stages.yaml"), kwokConfig); err != nil {
+		return nil, err
+	}
 	kwok, err := run("kwok", asset("kwok"),
-		"--kubeconfig="+c.Kubeconfig, "--config="+asset("kwok-stages.yaml"), "--manage-all-nodes=true",
+		"--kubeconfig="+c.Kubeconfig, "--config="+kwokConfig, "--manage-all-nodes=true",
 		"--server-address="+kwokURL, "--node-ip=127.0.0.1", "--cidr=10.244.0.0/16", "--node-lease-duration-seconds=40")
 	if err != nil {
 		return nil, err
@@ -342,6 +350,33 @@ func StopDetached(dir string, out io.Writer) error {
 		return err
 	}
 	return os.RemoveAll(dir)
+}
+
+// writeKwokStages copies kwok's Stage configs, making the pod-ready stage skip
+// pods annotated with StayUnreadyAnnotation.
+func writeKwokStages(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("reading kwok stages: %w", err)
+	}
+	docs := strings.Split(string(data), "\n---\n")
+	patched := false
+	for i, doc := range docs {
+		if !strings.Contains(doc, "name: pod-ready\n") {
+			continue
+		}
+		const anchor = "    matchExpressions:\n"
+		if !strings.Contains(doc, anchor) {
+			break
+		}
+		docs[i] = strings.Replace(doc, anchor, anchor+
+			"    - key: '.metadata.annotations[\""+StayUnreadyAnnotation+"\"]'\n      operator: 'DoesNotExist'\n", 1)
+		patched = true
+	}
+	if !patched {
+		return fmt.Errorf("kwok stages in %s have no pod-ready selector to extend", src)
+	}
+	return os.WriteFile(dst, []byte(strings.Join(docs, "\n---\n")), 0o644)
 }
 
 func checkAssets(opts Options) error {

@@ -1,0 +1,121 @@
+package e2e
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+)
+
+// crashPoint stops the operator as soon as the rotation's status matches.
+type crashPoint struct {
+	name string
+	at   func(r *rotatorv1.RotationStatus, obj *rotatorv1.MTLSRootRotation) bool
+}
+
+// runWithCrashes starts the operator, kills it at each crash point in turn,
+// then lets a last one finish the rotation.
+func runWithCrashes(t *testing.T, key types.NamespacedName, trigger string, points []crashPoint) *rotatorv1.MTLSRootRotation {
+	t.Helper()
+	for _, p := range points {
+		op := startOperator(t)
+		NewWithT(t).Eventually(func(g Gomega) {
+			obj := getRotation(t, key)
+			r := obj.Status.Rotation
+			g.Expect(r).NotTo(BeNil())
+			g.Expect(r.Trigger).To(Equal(trigger))
+			g.Expect(p.at(r, obj)).To(BeTrue(), "waiting to crash at %s; rotation at %s (%s)", p.name, r.Step, r.Message)
+		}).WithTimeout(2 * time.Minute).WithPolling(5 * time.Millisecond).Should(Succeed())
+		op.stop()
+		t.Logf("operator killed at %s (step %s)", p.name, getRotation(t, key).Status.Rotation.Step)
+	}
+	startOperator(t)
+	return waitRotationCompleted(t, key, trigger)
+}
+
+// TestCrashesDoNotRestartAnythingTwice kills the operator at every step of a
+// first issuance and of a renewal; each time a new one resumes from status.
+func TestCrashesDoNotRestartAnythingTwice(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	key := newRotation(t, "crashy", rotatorv1.MTLSRootRotationSpec{
+		Trigger: "one", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 1},
+	})
+	stepIs := func(s rotatorv1.RotationStep) func(*rotatorv1.RotationStatus, *rotatorv1.MTLSRootRotation) bool {
+		return func(r *rotatorv1.RotationStatus, _ *rotatorv1.MTLSRootRotation) bool { return r.Step == s }
+	}
+	points := []crashPoint{
+		{"issuing", stepIs(rotatorv1.StepIssuing)},
+		{"control plane, mid-way", func(r *rotatorv1.RotationStatus, _ *rotatorv1.MTLSRootRotation) bool {
+			return r.Step == rotatorv1.StepRestartingControlPlane && strings.Contains(r.WaitingFor, fixture.Operator)
+		}},
+		{"applications, mid-way", func(r *rotatorv1.RotationStatus, obj *rotatorv1.MTLSRootRotation) bool {
+			return r.Step == rotatorv1.StepRestartingApplications && obj.Status.Applications != nil && obj.Status.Applications.Restarted >= 1
+		}},
+	}
+	first := runWithCrashes(t, key, "one", points)
+	assertRestartedOnce(t, first.Status.LastCompletedRotation.ID)
+
+	obj := getRotation(t, key)
+	obj.Spec.Trigger = "two"
+	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	points[0] = crashPoint{"renewal requested", func(r *rotatorv1.RotationStatus, _ *rotatorv1.MTLSRootRotation) bool {
+		return r.Step == rotatorv1.StepIssuing && r.RootRevision > 0
+	}}
+	// Right after the publish, before any restart completed.
+	points = append(points[:1], append([]crashPoint{{"published", stepIs(rotatorv1.StepRestartingControlPlane)}}, points[1:]...)...)
+	second := runWithCrashes(t, key, "two", points)
+	assertRestartedOnce(t, second.Status.LastCompletedRotation.ID)
+	g.Expect(second.Status.Rotation.RootRevision).To(Equal(first.Status.Rotation.RootRevision+1), "the root was renewed once")
+	g.Expect(second.Status.Rotation.IssuerRevision).To(Equal(first.Status.Rotation.IssuerRevision+1), "the issuer was renewed once")
+}
+
+// assertRestartedOnce checks that every control-plane workload and every Dapr
+// application has exactly one revision carrying the rotation id.
+func assertRestartedOnce(t *testing.T, id string) {
+	t.Helper()
+	g := NewWithT(t)
+	ctx := t.Context()
+	countReplicaSets := func(ns string, labels map[string]string) int {
+		sets := &appsv1.ReplicaSetList{}
+		g.Expect(k8sClient.List(ctx, sets, client.InNamespace(ns), client.MatchingLabels(labels))).To(Succeed())
+		n := 0
+		for _, rs := range sets.Items {
+			if restart.RestartedFor(rs.Spec.Template.Annotations, id) {
+				n++
+			}
+		}
+		return n
+	}
+	for _, w := range fixture.ControlPlane {
+		if w.Kind == "StatefulSet" {
+			revs := &appsv1.ControllerRevisionList{}
+			g.Expect(k8sClient.List(ctx, revs, client.InNamespace(fixture.ControlPlaneNamespace), client.MatchingLabels{"app": w.Name})).To(Succeed())
+			n := 0
+			for _, rev := range revs.Items {
+				if bytes.Contains(rev.Data.Raw, []byte(`"`+restart.Annotation+`":"`+id+`"`)) {
+					n++
+				}
+			}
+			g.Expect(n).To(Equal(1), "%s has %d revisions for %s", w.Name, n, id)
+			continue
+		}
+		g.Expect(countReplicaSets(fixture.ControlPlaneNamespace, map[string]string{"app": w.Name})).To(Equal(1), "%s restarted once for %s", w.Name, id)
+	}
+	for _, app := range fixtureOpts.AppList() {
+		want := 0
+		if app.Dapr {
+			want = 1
+		}
+		g.Expect(countReplicaSets(app.Namespace, map[string]string{"app": app.Name})).To(Equal(want), "%s restarted %d times for %s", app.Name, want, id)
+	}
+}

@@ -1,0 +1,107 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+)
+
+// recover releases a held workload and deletes its stuck pods, so that its
+// controller replaces them with pods that become ready.
+func recoverWorkload(t *testing.T, namespace, app string) {
+	t.Helper()
+	testInjector.Release(namespace, app)
+	pods := &corev1.PodList{}
+	NewWithT(t).Expect(k8sClient.List(t.Context(), pods, client.InNamespace(namespace), client.MatchingLabels{"app": app})).To(Succeed())
+	for _, p := range pods.Items {
+		if _, stuck := p.Annotations[cluster.StayUnreadyAnnotation]; stuck {
+			NewWithT(t).Expect(k8sClient.Delete(t.Context(), &p)).To(Succeed())
+		}
+	}
+}
+
+func restartedApps(t *testing.T, id string) []string {
+	t.Helper()
+	var names []string
+	for _, app := range fixtureOpts.AppList() {
+		d := &appsv1.Deployment{}
+		NewWithT(t).Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: app.Namespace, Name: app.Name}, d)).To(Succeed())
+		if restart.RestartedFor(d.Spec.Template.Annotations, id) {
+			names = append(names, app.Name)
+		}
+	}
+	return names
+}
+
+func TestControlPlaneRolloutTimeoutStallsBeforeApplications(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	testInjector.HoldUnready(fixture.ControlPlaneNamespace, fixture.SidecarInjector)
+	t.Cleanup(func() { testInjector.Release(fixture.ControlPlaneNamespace, fixture.SidecarInjector) })
+	startOperator(t)
+	key := newRotation(t, "stuck-cp", rotatorv1.MTLSRootRotationSpec{
+		Trigger:      "a",
+		ControlPlane: rotatorv1.ControlPlaneSpec{RolloutTimeout: &metav1.Duration{Duration: 3 * time.Second}},
+	})
+
+	obj := waitStalled(t, key, rotatorv1.RolloutTimeoutReason)
+	msg := conditions.GetMessage(obj, meta.StalledCondition)
+	g.Expect(msg).To(ContainSubstring("Deployment dapr-system/dapr-sidecar-injector did not roll out within 3s"))
+	g.Expect(msg).To(ContainSubstring("no application was restarted"))
+	g.Expect(kstatusOf(t, obj)).To(Equal(status.FailedStatus))
+	checkConditions(t, obj)
+	id := obj.Status.Rotation.ID
+	g.Expect(restartedApps(t, id)).To(BeEmpty(), "applications are untouched")
+	d := &appsv1.Deployment{}
+	g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: fixture.Operator}, d)).To(Succeed())
+	g.Expect(restart.RestartedFor(d.Spec.Template.Annotations, id)).To(BeFalse(), "nothing after the stuck workload is restarted")
+
+	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
+	done := waitRotationCompleted(t, key, "a")
+	g.Expect(kstatusOf(t, done)).To(Equal(status.CurrentStatus))
+}
+
+func TestApplicationRolloutTimeoutStopsFurtherWaves(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	var held fixture.App
+	for _, app := range fixtureOpts.AppList() {
+		if app.Dapr && (held.Name == "" || app.Namespace < held.Namespace || (app.Namespace == held.Namespace && app.Name < held.Name)) {
+			held = app // the first in wave order
+		}
+	}
+	testInjector.HoldUnready(held.Namespace, held.Name)
+	t.Cleanup(func() { testInjector.Release(held.Namespace, held.Name) })
+	startOperator(t)
+	key := newRotation(t, "stuck-app", rotatorv1.MTLSRootRotationSpec{
+		Trigger: "a",
+		Applications: rotatorv1.ApplicationsSpec{
+			MaxConcurrent: 1, RolloutTimeout: &metav1.Duration{Duration: 3 * time.Second},
+		},
+	})
+
+	obj := waitStalled(t, key, rotatorv1.RolloutTimeoutReason)
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("Deployment " + held.Namespace + "/" + held.Name))
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("no further wave starts"))
+	g.Expect(restartedApps(t, obj.Status.Rotation.ID)).To(Equal([]string{held.Name}), "no wave after the stuck one")
+	g.Consistently(func() []string { return restartedApps(t, obj.Status.Rotation.ID) }).
+		WithTimeout(2 * time.Second).Should(Equal([]string{held.Name}))
+
+	recoverWorkload(t, held.Namespace, held.Name)
+	done := waitRotationCompleted(t, key, "a")
+	g.Expect(done.Status.Applications.Restarted).To(Equal(done.Status.Applications.Total))
+}
