@@ -8,8 +8,8 @@ import (
 
 	. "github.com/onsi/gomega"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -25,9 +25,10 @@ func TestMTLSRotationsCRDInstalled(t *testing.T) {
 	g := NewWithT(t)
 	ctx := t.Context()
 
-	extClient, err := client.New(testCluster.Config, client.Options{Scheme: scheme.Scheme})
+	extScheme := runtime.NewScheme()
+	g.Expect(apiextensionsv1.AddToScheme(extScheme)).To(Succeed())
+	extClient, err := client.New(testCluster.Config, client.Options{Scheme: extScheme})
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(apiextensionsv1.AddToScheme(extClient.Scheme())).To(Succeed())
 	crd := &apiextensionsv1.CustomResourceDefinition{}
 	g.Expect(extClient.Get(ctx, types.NamespacedName{Name: "mtlsrotations.mtls.rotator.dev"}, crd)).To(Succeed())
 	g.Expect(crd.Spec.Scope).To(Equal(apiextensionsv1.NamespaceScoped))

@@ -67,6 +67,8 @@ func waitStalled(t *testing.T, key types.NamespacedName, reason string) *rotator
 		g.Expect(conditions.IsStalled(obj)).To(BeTrue(), "conditions: %+v", obj.Status.Conditions)
 		g.Expect(conditions.GetReason(obj, meta.StalledCondition)).To(Equal(reason))
 		g.Expect(conditions.IsFalse(obj, meta.ReadyCondition)).To(BeTrue())
+		// Conditions and the rest of status are patched one after the other.
+		g.Expect(obj.Status.ObservedGeneration).To(Equal(obj.Generation))
 	}).WithTimeout(2 * time.Minute).WithPolling(200 * time.Millisecond).Should(Succeed())
 	return obj
 }
