@@ -100,15 +100,17 @@ cluster-down: localcluster ## Stop the local cluster and remove its state.
 fixture: localcluster ## Install the Dapr fixture into the running local cluster.
 	$(BIN)/localcluster --dir $(LOCAL_DIR) fixture --apps 10
 
+.PHONY: operator
+operator: build localcluster ## Run the operator in the background on the local cluster, under its generated RBAC.
+	$(BIN)/localcluster --dir $(LOCAL_DIR) operator --binary $(BIN)/mtls-rotator
+
 .PHONY: demo
-demo: ## Bring up the local cluster with the Dapr fixture and show it.
+demo: ## Local cluster, Dapr fixture and operator; a first issuance, then a same-key rotation. Left running.
 	@if [[ -f $(LOCAL_DIR)/state.json ]]; then echo "a local cluster is already running; 'make cluster-down' first for a fresh demo" >&2; exit 1; fi
 	$(MAKE) cluster-up
 	$(MAKE) fixture
-	$(KUBECTL) --kubeconfig $(KUBECONFIG_LOCAL) get pods -A -o wide
-	$(KUBECTL) --kubeconfig $(KUBECONFIG_LOCAL) get mtlsrotations -A
-	@echo
-	@echo "The cluster is still running: export KUBECONFIG=$(KUBECONFIG_LOCAL); stop it with 'make cluster-down'."
+	$(MAKE) operator
+	hack/demo.sh
 
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN)/tmp-controller-gen $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)

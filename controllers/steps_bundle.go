@@ -1,12 +1,14 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
 
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/fluxcd/pkg/runtime/patch"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -30,48 +32,96 @@ const (
 	RotationAnnotation = "mtls.rotator.dev/rotation-id"
 )
 
-// stepIssuing renews the root (same key) and then the issuer, waiting for each
-// new revision, as 'cmctl renew' would. The revisions it waits for are
-// recorded before any renewal is triggered, so a replay never renews twice.
+// stepIssuing renews the root (same key) and waits for the new revision, then
+// makes sure the issuer was signed by that root certificate, renewing it when
+// it was not, as 'cmctl renew' would. The root revision it waits for is
+// recorded before the renewal is triggered, so a replay never renews twice;
+// the issuer's state is read from what it was signed by.
 func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotatorv1.MTLSRootRotation, patcher *patch.SerialPatcher) stepResult {
 	rot := obj.Status.Rotation
 	n := namesFor(obj)
-	for _, c := range []struct {
-		name   string
-		target *int32
-	}{{n.Root, &rot.RootRevision}, {n.Issuer, &rot.IssuerRevision}} {
-		crt, st, err := r.certificateState(ctx, obj.Namespace, c.name)
-		if apierrors.IsNotFound(err) {
-			markProgress(obj, "rotation %s: waiting for Certificate %s to be created", rot.ID, c.name)
-			return waitFor(r.poll())
-		}
-		if err != nil {
-			return fail(err)
-		}
-		if *c.target == 0 {
-			*c.target = st.Revision + 1
-			if err := checkpoint(ctx, patcher, obj); err != nil {
-				return fail(fmt.Errorf("recording the revision to issue: %w", err))
-			}
-		}
-		if st.Revision < *c.target {
-			if st.Revision > 0 && !st.Issuing {
-				if err := r.renew(ctx, crt); err != nil {
-					return fail(err)
-				}
-				ctrlLog(ctx).Info("renewal triggered", "certificate", c.name, "revision", *c.target)
-			}
-			markProgress(obj, "rotation %s: waiting for Certificate %s revision %d", rot.ID, c.name, *c.target)
-			return waitFor(r.poll())
-		}
-		if !st.Ready {
-			markProgress(obj, "rotation %s: waiting for Certificate %s to be Ready: %s", rot.ID, c.name, st.Message)
-			return waitFor(r.poll())
+	rootCrt, root, err := r.certificateState(ctx, obj.Namespace, n.Root)
+	if apierrors.IsNotFound(err) {
+		markProgress(obj, "rotation %s: waiting for Certificate %s to be created", rot.ID, n.Root)
+		return waitFor(r.poll())
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if rot.RootRevision == 0 {
+		rot.RootRevision = root.Revision + 1
+		if err := checkpoint(ctx, patcher, obj); err != nil {
+			return fail(fmt.Errorf("recording the revision to issue: %w", err))
 		}
 	}
+	if root.Revision < rot.RootRevision {
+		if root.Revision > 0 && !root.Issuing {
+			if err := r.renew(ctx, rootCrt); err != nil {
+				return fail(err)
+			}
+			ctrlLog(ctx).Info("renewal triggered", "certificate", n.Root, "revision", rot.RootRevision)
+		}
+		markProgress(obj, "rotation %s: waiting for Certificate %s revision %d", rot.ID, n.Root, rot.RootRevision)
+		return waitFor(r.poll())
+	}
+	if !root.Ready {
+		markProgress(obj, "rotation %s: waiting for Certificate %s to be Ready: %s", rot.ID, n.Root, root.Message)
+		return waitFor(r.poll())
+	}
+
+	issuerCrt, issuer, err := r.certificateState(ctx, obj.Namespace, n.Issuer)
+	if apierrors.IsNotFound(err) {
+		markProgress(obj, "rotation %s: waiting for Certificate %s to be created", rot.ID, n.Issuer)
+		return waitFor(r.poll())
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if !issuer.Ready {
+		markProgress(obj, "rotation %s: waiting for Certificate %s to be Ready: %s", rot.ID, n.Issuer, issuer.Message)
+		return waitFor(r.poll())
+	}
+	current, err := r.signedByCurrentRoot(ctx, obj)
+	if err != nil {
+		return fail(err)
+	}
+	if !current {
+		if err := r.renew(ctx, issuerCrt); err != nil {
+			return fail(err)
+		}
+		ctrlLog(ctx).Info("renewal triggered", "certificate", n.Issuer)
+		markProgress(obj, "rotation %s: waiting for Certificate %s to be re-issued by root revision %d", rot.ID, n.Issuer, rot.RootRevision)
+		return waitFor(r.poll())
+	}
+	rot.IssuerRevision = issuer.Revision
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "CertificatesIssued", "Issue",
-		"root revision %d and issuer revision %d issued by cert-manager", rot.RootRevision, rot.IssuerRevision)
+		"rotation %s: root revision %d and issuer revision %d issued by cert-manager", rot.ID, rot.RootRevision, rot.IssuerRevision)
 	return advance()
+}
+
+// signedByCurrentRoot reports whether the issued issuer certificate was signed
+// by the root certificate cert-manager holds now. Same key and subject make
+// every root revision verify the same signatures; the ca.crt cert-manager's CA
+// issuer records with each issuance names the exact root certificate.
+func (r *MTLSRootRotationReconciler) signedByCurrentRoot(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (bool, error) {
+	n := namesFor(obj)
+	root, err := r.issuedSecret(ctx, obj.Namespace, n.Root)
+	if err != nil {
+		return false, err
+	}
+	issuer, err := r.issuedSecret(ctx, obj.Namespace, n.Issuer)
+	if err != nil {
+		return false, err
+	}
+	rootCerts, err := pki.ParseCertificates(root.Data[corev1.TLSCertKey])
+	if err != nil {
+		return false, fmt.Errorf("root certificate: %w", err)
+	}
+	signer, err := pki.ParseCertificates(issuer.Data[cmmeta.TLSCAKey])
+	if err != nil {
+		return false, nil // not recorded: have it re-issued
+	}
+	return bytes.Equal(signer[0].Raw, rootCerts[0].Raw), nil
 }
 
 // issuedBundle composes the bundle to publish from what cert-manager issued.
@@ -186,8 +236,8 @@ func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *ro
 	obj.Status.Issuer = certificateStatus(parsed.Issuer())
 	obj.Status.TrustAnchors = int32(len(parsed.Anchors))
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "TrustBundlePublished", "Publish",
-		"published root %s and issuer %s (%d trust anchor) to Secret and ConfigMap %s/%s",
-		shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, obj.Namespace, t.Secret.Name)
+		"rotation %s: published root %s and issuer %s (%d trust anchor) to Secret and ConfigMap %s/%s",
+		rot.ID, shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, obj.Namespace, t.Secret.Name)
 	return advance()
 }
 

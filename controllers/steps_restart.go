@@ -122,7 +122,7 @@ func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *
 			"optional control-plane workload %s does not exist; skipped", s)
 	}
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ControlPlaneRestarted", "Restart",
-		"restarted %d control-plane workloads in order", a.Completed)
+		"rotation %s: restarted %d control-plane workloads in order", rot.ID, a.Completed)
 	return advance()
 }
 
@@ -192,7 +192,7 @@ func (r *MTLSRootRotationReconciler) stepApplications(ctx context.Context, obj *
 	rot := obj.Status.Rotation
 	if !obj.Spec.Applications.RestartEnabled() {
 		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
-			"applications not restarted (spec.applications.restart is false): their sidecars keep their trust anchors until their pods are recreated")
+			"rotation %s: applications not restarted (spec.applications.restart is false): their sidecars keep their trust anchors until their pods are recreated", rot.ID)
 		return advance()
 	}
 	apps, err := r.applications(ctx, obj)
@@ -207,7 +207,7 @@ func (r *MTLSRootRotationReconciler) stepApplications(ctx context.Context, obj *
 	switch {
 	case plan.Done:
 		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
-			"restarted %d Dapr applications in waves of at most %d", plan.Total, obj.Spec.Applications.GetMaxConcurrent())
+			"rotation %s: restarted %d Dapr applications in waves of at most %d", rot.ID, plan.Total, obj.Spec.Applications.GetMaxConcurrent())
 		return advance()
 	case len(plan.Restart) > 0:
 		for _, ref := range plan.Restart {

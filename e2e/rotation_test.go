@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
@@ -181,6 +182,8 @@ func TestSameKeyRotation(t *testing.T) {
 	obs.stop()
 	checkRotation(t, first, obs)
 	g.Expect(kstatusOf(t, first)).To(Equal(status.CurrentStatus))
+	g.Expect(first.Status.Rotation.RootRevision).To(Equal(int32(1)), "a first issuance issues the root once")
+	g.Expect(first.Status.Rotation.IssuerRevision).To(Equal(int32(1)), "and the issuer once")
 	checkConditions(t, first)
 
 	secret, cm := readBundle(t)
@@ -211,6 +214,8 @@ func TestSameKeyRotation(t *testing.T) {
 	obs.stop()
 	checkRotation(t, second, obs)
 	g.Expect(second.Status.LastCompletedRotation.ID).NotTo(Equal(first.Status.LastCompletedRotation.ID))
+	g.Expect(second.Status.Rotation.RootRevision).To(Equal(int32(2)))
+	g.Expect(second.Status.Rotation.IssuerRevision).To(Equal(int32(2)))
 
 	secret, cm = readBundle(t)
 	g.Expect(secret.Data["ca.crt"]).To(Equal([]byte(cm.Data["ca.crt"])))
@@ -222,6 +227,37 @@ func TestSameKeyRotation(t *testing.T) {
 	g.Expect(second.Status.Root.SHA256Fingerprint).NotTo(Equal(first.Status.Root.SHA256Fingerprint))
 	g.Expect(pki.Fingerprint(issuer2)).NotTo(Equal(pki.Fingerprint(issuer1)), "a new issuer")
 	g.Expect(pki.SamePublicKey(issuer1, issuer2)).To(BeFalse(), "the issuer gets a new key")
+
+	// Events tell the story of each step; no key or certificate body is in them or in status.
+	g.Eventually(func(g Gomega) {
+		events := &corev1.EventList{}
+		g.Expect(k8sClient.List(ctx, events, client.InNamespace(key.Namespace))).To(Succeed())
+		reasons := map[string]bool{}
+		for _, e := range events.Items {
+			if e.InvolvedObject.Name != key.Name || e.InvolvedObject.Kind != rotatorv1.MTLSRootRotationKind {
+				continue
+			}
+			reasons[e.Reason] = true
+			g.Expect(e.Message).NotTo(ContainSubstring("BEGIN"))
+		}
+		for _, r := range []string{"RotationStarted", "CertificatesIssued", "TrustBundlePublished", "ControlPlaneRestarted", "ApplicationsRestarted", "RotationCompleted"} {
+			g.Expect(reasons).To(HaveKey(r))
+		}
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+	statusJSON, err := json.Marshal(second.Status)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(statusJSON)).NotTo(ContainSubstring("BEGIN"))
+
+	// A reconcile request on a completed rotation changes nothing.
+	secretVersion := secret.ResourceVersion
+	g.Expect(k8sClient.Get(ctx, key, obj)).To(Succeed())
+	obj.Annotations = map[string]string{meta.ReconcileRequestAnnotation: "now"}
+	g.Expect(k8sClient.Update(ctx, obj)).To(Succeed())
+	g.Eventually(func() string { return getRotation(t, key).Status.LastHandledReconcileAt }).
+		WithTimeout(30 * time.Second).Should(Equal("now"))
+	secret, _ = readBundle(t)
+	g.Expect(secret.ResourceVersion).To(Equal(secretVersion), "no write when nothing changes")
+	g.Expect(getRotation(t, key).Status.LastCompletedRotation.ID).To(Equal(second.Status.LastCompletedRotation.ID))
 
 	backup := &corev1.Secret{}
 	g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: "dapr-backup"}, backup)).To(Succeed())

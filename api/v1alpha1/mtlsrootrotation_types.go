@@ -312,8 +312,8 @@ type ApplicationsSpec struct {
 // +kubebuilder:resource:path=mtlsrotations,singular=mtlsrotation,shortName=mtlsrot,categories=dapr
 // +kubebuilder:printcolumn:name="Ready",type="string",JSONPath=".status.conditions[?(@.type==\"Ready\")].status"
 // +kubebuilder:printcolumn:name="Step",type="string",JSONPath=".status.rotation.step"
-// +kubebuilder:printcolumn:name="Root expires",type="date",JSONPath=".status.root.notAfter"
-// +kubebuilder:printcolumn:name="Issuer expires",type="date",JSONPath=".status.issuer.notAfter"
+// +kubebuilder:printcolumn:name="Root expires",type="string",JSONPath=".status.root.notAfter"
+// +kubebuilder:printcolumn:name="Issuer expires",type="string",JSONPath=".status.issuer.notAfter"
 // +kubebuilder:printcolumn:name="Apps",type="string",JSONPath=".status.applications.progress"
 // +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
 // +kubebuilder:printcolumn:name="Status",type="string",JSONPath=".status.conditions[?(@.type==\"Ready\")].message",priority=1

@@ -518,9 +518,9 @@ func goList(ctx context.Context, root string, args ...string) (string, error) {
 }
 
 // StartDetachedProcess starts one more process beside a detached cluster in dir
-// (the fixture's injector, say), records it so that StopDetached stops it too,
-// and waits until readyFile exists.
-func StartDetachedProcess(ctx context.Context, dir, name, binary string, args []string, readyFile string) error {
+// (the fixture's injector, the operator), records it so that StopDetached
+// stops it too, and waits until ready succeeds.
+func StartDetachedProcess(ctx context.Context, dir, name, binary string, args []string, ready func(context.Context) error) error {
 	s, err := readState(dir)
 	if err != nil {
 		return fmt.Errorf("no local cluster is running in %s (%w); run 'make cluster-up' first", dir, err)
@@ -530,7 +530,6 @@ func StartDetachedProcess(ctx context.Context, dir, name, binary string, args []
 			return fmt.Errorf("%s is already running (pid %d)", name, p.PID)
 		}
 	}
-	_ = os.Remove(readyFile)
 	p, err := startProcess(name, binary, args, filepath.Join(dir, "logs"), true)
 	if err != nil {
 		return err
@@ -540,8 +539,16 @@ func StartDetachedProcess(ctx context.Context, dir, name, binary string, args []
 		_ = p.stop(5 * time.Second)
 		return err
 	}
-	return waitReady(ctx, p, name, 30*time.Second, func(context.Context) error {
-		_, err := os.Stat(readyFile)
-		return err
-	})
+	return waitReady(ctx, p, name, 60*time.Second, ready)
 }
+
+// FileExists is a readiness check for a process that writes a file when ready.
+func FileExists(path string) func(context.Context) error {
+	return func(context.Context) error {
+		_, err := os.Stat(path)
+		return err
+	}
+}
+
+// HTTPReady is a readiness check for a process serving a health endpoint.
+func HTTPReady(url string) func(context.Context) error { return httpCheck(url) }

@@ -29,6 +29,8 @@ Commands:
   down      stop exactly the processes 'up' (and 'fixture') started, remove DIR
   fixture   start the Dapr sidecar injector stand-in and install the Dapr fixture
   injector  serve the injector webhook in the foreground (used by 'fixture')
+  operator  run the operator binary (--binary) in the background under its own
+            ServiceAccount, bound to the ClusterRole generated from RBAC markers
 `
 
 func main() {
@@ -55,6 +57,8 @@ func main() {
 		err = installFixture(ctx, *dir, args)
 	case "injector":
 		err = serveInjector(ctx, args)
+	case "operator":
+		err = runOperator(ctx, *dir, args)
 	default:
 		fmt.Fprintf(os.Stderr, "localcluster: unknown command %q\n", cmd)
 		fs.Usage()
@@ -114,8 +118,9 @@ func installFixture(ctx context.Context, dir string, args []string) error {
 	}
 	readyFile := filepath.Join(dir, "injector.ready")
 	fmt.Println("starting the Dapr sidecar injector stand-in")
+	_ = os.Remove(readyFile)
 	if err := cluster.StartDetachedProcess(ctx, dir, "dapr-injector", self,
-		[]string{"injector", "--kubeconfig=" + kubeconfig, "--ready-file=" + readyFile}, readyFile); err != nil {
+		[]string{"injector", "--kubeconfig=" + kubeconfig, "--ready-file=" + readyFile}, cluster.FileExists(readyFile)); err != nil {
 		return err
 	}
 	c, err := newClient(kubeconfig)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The demo of 'make demo', run once the local cluster, the Dapr fixture and the
+# operator are up: a first issuance onto the empty bundle Helm creates, then a
+# second, Git-style rotation by changing spec.trigger. Nothing is torn down.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export KUBECONFIG="$root/bin/local/kubeconfig"
+kubectl="$root/bin/k8s/assets/kubectl"
+ns=dapr-system
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+field() { "$kubectl" -n "$ns" get mtlsrotation dapr -o jsonpath="$1"; }
+
+say "Dapr control plane and applications (the fixture), before any rotation"
+"$kubectl" get pods -A -l 'app in (dapr-sentry,dapr-sidecar-injector,dapr-operator,dapr-placement-server,dapr-scheduler-server)'
+"$kubectl" -n "$ns" get secret dapr-trust-bundle -o jsonpath='{"dapr-trust-bundle Secret keys: "}{.data}{"\n"}'
+
+say "Applying config/samples/mtls_v1alpha1_mtlsrootrotation.yaml (trigger 2026-11-26)"
+"$kubectl" apply -f "$root/config/samples/mtls_v1alpha1_mtlsrootrotation.yaml"
+"$kubectl" -n "$ns" wait mtlsrotation/dapr --for=jsonpath='{.status.lastCompletedRotation.trigger}'=2026-11-26 --timeout=300s >/dev/null
+"$kubectl" -n "$ns" wait mtlsrotation/dapr --for=condition=Ready --timeout=60s >/dev/null
+"$kubectl" -n "$ns" get mtlsrotations
+root_key_1=$(field '{.status.root.publicKeySHA256}')
+root_fp_1=$(field '{.status.root.sha256Fingerprint}')
+issuer_fp_1=$(field '{.status.issuer.sha256Fingerprint}')
+echo "root certificate SHA-256: $root_fp_1"
+echo "root public key  SHA-256: $root_key_1"
+echo "issuer certificate SHA-256: $issuer_fp_1"
+
+say "A Git commit changes spec.trigger: a same-key rotation"
+"$kubectl" -n "$ns" patch mtlsrotation dapr --type merge -p '{"spec":{"trigger":"2026-11-26-second"}}'
+"$kubectl" -n "$ns" wait mtlsrotation/dapr --for=jsonpath='{.status.lastCompletedRotation.trigger}'=2026-11-26-second --timeout=300s >/dev/null
+"$kubectl" -n "$ns" get mtlsrotations -o wide
+root_key_2=$(field '{.status.root.publicKeySHA256}')
+root_fp_2=$(field '{.status.root.sha256Fingerprint}')
+issuer_fp_2=$(field '{.status.issuer.sha256Fingerprint}')
+echo "root certificate SHA-256: $root_fp_2 ($( [[ "$root_fp_2" != "$root_fp_1" ]] && echo "renewed" || echo "UNCHANGED"))"
+echo "root public key  SHA-256: $root_key_2 ($( [[ "$root_key_2" == "$root_key_1" ]] && echo "unchanged: same root key" || echo "CHANGED"))"
+echo "issuer certificate SHA-256: $issuer_fp_2 ($( [[ "$issuer_fp_2" != "$issuer_fp_1" ]] && echo "new issuer" || echo "UNCHANGED"))"
+[[ "$root_key_2" == "$root_key_1" && "$issuer_fp_2" != "$issuer_fp_1" && "$root_fp_2" != "$root_fp_1" ]]
+
+say "Events of the rotations"
+"$kubectl" -n "$ns" get events --field-selector involvedObject.kind=MTLSRootRotation --sort-by=.lastTimestamp \
+	-o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message
+
+say "Done"
+echo "The cluster and the operator are still running: export KUBECONFIG=$KUBECONFIG and use $kubectl."
+echo "Operator log: $root/bin/local/logs/mtls-rotator.log. Stop everything with: make cluster-down"
