@@ -93,6 +93,7 @@ func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, name
 	}
 	if err := (&controllers.MTLSRootRotationReconciler{
 		Client:        mgr.GetClient(),
+		APIReader:     mgr.GetAPIReader(),
 		EventRecorder: recorder,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the %s controller: %w", rotatorv1.MTLSRootRotationKind, err)

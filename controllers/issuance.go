@@ -164,7 +164,9 @@ func (r *MTLSRootRotationReconciler) renew(ctx context.Context, crt *cmapi.Certi
 // issuedSecret reads the Secret cert-manager wrote for a Certificate.
 func (r *MTLSRootRotationReconciler) issuedSecret(ctx context.Context, ns, name string) (*corev1.Secret, error) {
 	s := &corev1.Secret{}
-	if err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, s); err != nil {
+	// Read live: the Certificate's status (from the cache) may be ahead of the
+	// cached Secret; cert-manager writes the Secret before the status.
+	if err := r.reader().Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, s); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("secret %s/%s of the issued certificate not found: %w", ns, name, err)
 		}

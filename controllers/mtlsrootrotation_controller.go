@@ -17,7 +17,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	kerrors "k8s.io/apimachinery/pkg/util/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -41,6 +40,9 @@ var ownedConditions = []string{meta.ReadyCondition, meta.ReconcilingCondition, m
 // Secret and ConfigMap, and restarts the control plane and the applications.
 type MTLSRootRotationReconciler struct {
 	client.Client
+	// APIReader reads without the cache, for what must not be stale: the
+	// issued certificates and the bundle about to be overwritten.
+	APIReader     client.Reader
 	EventRecorder events.Recorder
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
@@ -51,6 +53,7 @@ type MTLSRootRotationReconciler struct {
 
 // +kubebuilder:rbac:groups=mtls.rotator.dev,resources=mtlsrotations,verbs=get;list;watch
 // +kubebuilder:rbac:groups=mtls.rotator.dev,resources=mtlsrotations/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=mtls.rotator.dev,resources=mtlsrotations/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
@@ -89,9 +92,7 @@ func (r *MTLSRootRotationReconciler) inNamespace(ctx context.Context, o client.O
 	}
 	reqs := make([]reconcile.Request, 0, len(list.Items))
 	for _, item := range list.Items {
-		if item.Name != o.GetName() || o.GetObjectKind().GroupVersionKind().Kind != rotatorv1.MTLSRootRotationKind {
-			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&item)})
-		}
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&item)})
 	}
 	return reqs
 }
@@ -112,6 +113,30 @@ func (r *MTLSRootRotationReconciler) poll() ctrl.Result {
 
 func ctrlLog(ctx context.Context) logr.Logger { return ctrl.LoggerFrom(ctx) }
 
+// reader is the uncached reader, or the client when none is set.
+func (r *MTLSRootRotationReconciler) reader() client.Reader {
+	if r.APIReader != nil {
+		return r.APIReader
+	}
+	return r.Client
+}
+
+// pass records what one reconciliation did, so that the deferred finalize
+// can tell a stall found now from one left by an earlier pass.
+type pass struct {
+	ran     bool
+	stalled bool
+}
+
+type passKey struct{}
+
+func passOf(ctx context.Context) *pass {
+	if p, ok := ctx.Value(passKey{}).(*pass); ok {
+		return p
+	}
+	return &pass{}
+}
+
 // Reconcile brings one MTLSRootRotation a step closer to its declared state.
 func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
 	obj := &rotatorv1.MTLSRootRotation{}
@@ -119,12 +144,18 @@ func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Req
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	patcher := patch.NewSerialPatcher(obj, r.Client)
+	p := &pass{}
+	ctx = context.WithValue(ctx, passKey{}, p)
 
 	defer func() {
-		r.finalizeStatus(obj, retErr)
-		if err := patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
-			if !apierrors.IsNotFound(err) {
-				retErr = kerrors.NewAggregate([]error{retErr, fmt.Errorf("patching status: %w", err)})
+		r.finalizeStatus(obj, p, retErr)
+		if err := patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil && !apierrors.IsNotFound(err) {
+			// The status must be retried even after a terminal error, so
+			// the reconcile error is kept as text, not wrapped.
+			if retErr != nil {
+				retErr = fmt.Errorf("patching status: %w (after: %v)", err, retErr)
+			} else {
+				retErr = fmt.Errorf("patching status: %w", err)
 			}
 		}
 	}()
@@ -133,19 +164,28 @@ func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Req
 		ctrlLog(ctx).Info("reconciliation is suspended")
 		return ctrl.Result{}, nil
 	}
+	p.ran = true
 	return r.reconcile(ctx, obj, patcher)
 }
 
 // finalizeStatus records what the reconciliation handled; conditions are set
-// by the steps themselves.
-func (r *MTLSRootRotationReconciler) finalizeStatus(obj *rotatorv1.MTLSRootRotation, retErr error) {
+// by the steps themselves, except that a Stalled condition this pass did not
+// confirm is dropped.
+func (r *MTLSRootRotationReconciler) finalizeStatus(obj *rotatorv1.MTLSRootRotation, p *pass, retErr error) {
 	if v, ok := meta.ReconcileAnnotationValue(obj.GetAnnotations()); ok {
 		obj.Status.LastHandledReconcileAt = v
 	}
-	if retErr == nil || conditions.IsStalled(obj) || errors.Is(retErr, reconcile.TerminalError(nil)) {
+	if !p.ran {
+		return
+	}
+	if !p.stalled {
+		conditions.Delete(obj, meta.StalledCondition)
+	}
+	terminal := errors.Is(retErr, reconcile.TerminalError(nil))
+	if retErr == nil || p.stalled || terminal {
 		obj.Status.ObservedGeneration = obj.Generation
 	}
-	if retErr != nil && !conditions.IsStalled(obj) && !errors.Is(retErr, reconcile.TerminalError(nil)) {
+	if retErr != nil && !p.stalled && !terminal {
 		conditions.MarkFalse(obj, meta.ReadyCondition, meta.ProgressingWithRetryReason, "%s", retErr)
 		conditions.MarkReconciling(obj, meta.ProgressingWithRetryReason, "%s", retErr)
 	}
@@ -162,7 +202,8 @@ func markProgress(obj *rotatorv1.MTLSRootRotation, format string, args ...any) {
 }
 
 // markStalled says the rotation cannot go on without a change in the cluster or the spec.
-func (r *MTLSRootRotationReconciler) markStalled(obj *rotatorv1.MTLSRootRotation, reason, format string, args ...any) {
+func (r *MTLSRootRotationReconciler) markStalled(ctx context.Context, obj *rotatorv1.MTLSRootRotation, reason, format string, args ...any) {
+	passOf(ctx).stalled = true
 	msg := fmt.Sprintf(format, args...)
 	alreadyStalled := conditions.IsStalled(obj) && conditions.GetReason(obj, meta.StalledCondition) == reason &&
 		conditions.GetMessage(obj, meta.StalledCondition) == msg
@@ -200,17 +241,19 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	log := ctrlLog(ctx)
 
 	if obj.Spec.Root.GetKeyPolicy() == rotatorv1.KeyPolicyRotate {
-		r.markStalled(obj, rotatorv1.KeyRotationNotSupportedReason,
+		r.markStalled(ctx, obj, rotatorv1.KeyRotationNotSupportedReason,
 			"spec.root.keyPolicy Rotate (a new root key through a trust-overlap rotation) is not supported by this version; use Reuse")
 		return ctrl.Result{}, reconcile.TerminalError(errors.New("keyPolicy Rotate is not supported"))
 	}
 	if other, err := r.conflictingRotation(ctx, obj); err != nil {
 		return ctrl.Result{}, err
 	} else if other != "" {
-		r.markStalled(obj, rotatorv1.ConflictReason,
+		r.markStalled(ctx, obj, rotatorv1.ConflictReason,
 			"MTLSRootRotation %s/%s already manages Secret %s or ConfigMap %s; this object touches nothing while it exists",
 			obj.Namespace, other, obj.Spec.Target.GetSecretName(), obj.Spec.Target.GetConfigMapName())
-		return ctrl.Result{}, nil
+		// Creations and deletions of siblings wake it; a sibling retargeted
+		// elsewhere is noticed on this schedule.
+		return ctrl.Result{RequeueAfter: time.Minute}, nil
 	}
 	target, stalled, err := r.getTarget(ctx, obj)
 	if err != nil || stalled {
@@ -222,6 +265,12 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 
 	now := r.now()
 	rot := obj.Status.Rotation
+	if rot != nil && rot.Step == rotatorv1.StepCompleted &&
+		(obj.Status.LastCompletedRotation == nil || obj.Status.LastCompletedRotation.ID != rot.ID) {
+		// Completed, but the record of it was lost (a crash between two
+		// patches): record it rather than start it again.
+		recordCompleted(obj, rot)
+	}
 	if !rotation.InFlight(rot) {
 		last := obj.Status.LastCompletedRotation
 		if last != nil && last.Trigger == obj.Spec.Trigger {
@@ -265,7 +314,11 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		}
 		next := rotation.Advance(rot, r.now())
 		log.Info("rotation step", "rotation", rot.ID, "step", next)
-		if next != rotatorv1.StepCompleted {
+		if next == rotatorv1.StepCompleted {
+			// Recorded in the same patch as the step, so that a crash cannot
+			// leave a completed rotation that looks like one to start.
+			recordCompleted(obj, rot)
+		} else {
 			markProgress(obj, "rotation %s: %s", rot.ID, next)
 		}
 		if err := patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
@@ -273,13 +326,21 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		}
 	}
 
-	finished := rot.Steps[len(rot.Steps)-1].StartedAt
-	obj.Status.LastCompletedRotation = &rotatorv1.CompletedRotation{ID: rot.ID, Trigger: rot.Trigger, FinishedAt: finished}
-	rot.Message = "completed"
-	markReady(obj, "rotation %s completed at %s", rot.ID, finished.Format(time.RFC3339))
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationCompleted", "Rotate", "rotation %s completed", rot.ID)
 	log.Info("rotation completed", "rotation", rot.ID)
 	return ctrl.Result{}, nil
+}
+
+// recordCompleted records a completed rotation as the last one and marks the
+// object Ready.
+func recordCompleted(obj *rotatorv1.MTLSRootRotation, rot *rotatorv1.RotationStatus) {
+	finished := rot.StartedAt
+	if n := len(rot.Steps); n > 0 {
+		finished = rot.Steps[n-1].StartedAt
+	}
+	obj.Status.LastCompletedRotation = &rotatorv1.CompletedRotation{ID: rot.ID, Trigger: rot.Trigger, FinishedAt: finished}
+	rot.Message = "completed"
+	markReady(obj, "rotation %s completed at %s", rot.ID, finished.Format(time.RFC3339))
 }
 
 // conflictingRotation returns the name of an older MTLSRootRotation in the
@@ -319,7 +380,7 @@ func (r *MTLSRootRotationReconciler) getTarget(ctx context.Context, obj *rotator
 	}{{"Secret", obj.Spec.Target.GetSecretName(), t.Secret}, {"ConfigMap", obj.Spec.Target.GetConfigMapName(), t.ConfigMap}} {
 		err := r.Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: o.name}, o.obj)
 		if apierrors.IsNotFound(err) {
-			r.markStalled(obj, rotatorv1.TargetNotFoundReason,
+			r.markStalled(ctx, obj, rotatorv1.TargetNotFoundReason,
 				"%s %s/%s that Dapr Sentry reads does not exist: install Dapr in %s or set spec.target", o.kind, obj.Namespace, o.name, obj.Namespace)
 			return nil, true, nil
 		}

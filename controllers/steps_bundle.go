@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"time"
 
+	cmapiutil "github.com/cert-manager/cert-manager/pkg/api/util"
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/fluxcd/pkg/runtime/patch"
 	corev1 "k8s.io/api/core/v1"
@@ -55,7 +57,13 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 		}
 	}
 	if root.Revision < rot.RootRevision {
-		if root.Revision > 0 && !root.Issuing {
+		if res, waiting := r.issuanceFailed(obj, rootCrt); waiting {
+			return res
+		}
+		// A new Certificate is issued by cert-manager on its own, unless it
+		// adopted a root Secret it finds up to date (the key of a deleted and
+		// re-created MTLSRootRotation): that one is Ready with no revision.
+		if !root.Issuing && (root.Revision > 0 || root.Ready) {
 			if err := r.renew(ctx, rootCrt); err != nil {
 				return fail(err)
 			}
@@ -78,6 +86,9 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 		return fail(err)
 	}
 	if !issuer.Ready {
+		if res, waiting := r.issuanceFailed(obj, issuerCrt); waiting {
+			return res
+		}
 		markProgress(obj, "rotation %s: waiting for Certificate %s to be Ready: %s", rot.ID, n.Issuer, issuer.Message)
 		return waitFor(r.poll())
 	}
@@ -86,6 +97,9 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 		return fail(err)
 	}
 	if !current {
+		if res, waiting := r.issuanceFailed(obj, issuerCrt); waiting {
+			return res
+		}
 		if err := r.renew(ctx, issuerCrt); err != nil {
 			return fail(err)
 		}
@@ -97,6 +111,24 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "CertificatesIssued", "Issue",
 		"rotation %s: root revision %d and issuer revision %d issued by cert-manager", rot.ID, rot.RootRevision, rot.IssuerRevision)
 	return advance()
+}
+
+// issuanceFailed reports whether cert-manager failed to issue crt since the
+// rotation started; it then retries on its own back-off, and the rotation waits
+// without asking again.
+func (r *MTLSRootRotationReconciler) issuanceFailed(obj *rotatorv1.MTLSRootRotation, crt *cmapi.Certificate) (stepResult, bool) {
+	rot := obj.Status.Rotation
+	failed := crt.Status.LastFailureTime
+	if failed == nil || failed.Before(&rot.StartedAt) {
+		return stepResult{}, false
+	}
+	msg := ""
+	if c := cmapiutil.GetCertificateCondition(crt, cmapi.CertificateConditionReady); c != nil {
+		msg = c.Message
+	}
+	markProgress(obj, "rotation %s: cert-manager failed to issue Certificate %s at %s (%s); it retries with back-off",
+		rot.ID, crt.Name, failed.Format(time.RFC3339), msg)
+	return waitFor(ctrl.Result{RequeueAfter: 30 * time.Second}), true
 }
 
 // signedByCurrentRoot reports whether the issued issuer certificate was signed
@@ -159,15 +191,20 @@ func (r *MTLSRootRotationReconciler) proveNext(ctx context.Context, obj *rotator
 	now := r.now().Time
 	parsed, err := next.Validate(now)
 	if err != nil {
-		r.markStalled(obj, rotatorv1.InvalidBundleReason, "the issued bundle would be refused by Dapr Sentry: %v", err)
+		r.markStalled(ctx, obj, rotatorv1.InvalidBundleReason, "the issued bundle would be refused by Dapr Sentry: %v", err)
 		return pki.Bundle{}, nil, stop(ctrl.Result{RequeueAfter: time.Minute}, nil), false
+	}
+	// What is about to be replaced is read live, and the write that follows
+	// is conditional on its resourceVersion: nothing unproven is overwritten.
+	if err := r.refreshTarget(ctx, t); err != nil {
+		return pki.Bundle{}, nil, fail(err), false
 	}
 	installed := bundle.FromSecret(t.Secret.Data, keysOf(obj))
 	var installedParsed *pki.ParsedBundle
 	if !installed.IsEmpty() && !sameBundle(installed, next) {
-		installedParsed, err = installed.Validate(now)
+		installedParsed, err = validateInstalled(installed, now)
 		if err != nil {
-			r.markStalled(obj, rotatorv1.RootKeyUnknownReason,
+			r.markStalled(ctx, obj, rotatorv1.RootKeyUnknownReason,
 				"the installed bundle in Secret %s/%s is not valid (%v), so no same-key rotation can keep every handshake working; set spec.root.keyPolicy: Rotate",
 				obj.Namespace, t.Secret.Name, err)
 			return pki.Bundle{}, nil, stop(ctrl.Result{}, reconcile.TerminalError(err)), false
@@ -175,11 +212,11 @@ func (r *MTLSRootRotationReconciler) proveNext(ctx context.Context, obj *rotator
 	}
 	if err := pki.ProveReuse(installedParsed, parsed, rootCert, now); err != nil {
 		if errors.Is(err, pki.ErrRootKeyUnknown) {
-			r.markStalled(obj, rotatorv1.RootKeyUnknownReason,
+			r.markStalled(ctx, obj, rotatorv1.RootKeyUnknownReason,
 				"the trust anchors installed in Secret %s/%s were not made with this rotation's root key (Sentry may have generated them and discarded its key); a same-key rotation would break every connection: set spec.root.keyPolicy: Rotate to take them over with a trust overlap",
 				obj.Namespace, t.Secret.Name)
 		} else {
-			r.markStalled(obj, rotatorv1.InvalidBundleReason, "the issued bundle cannot replace the installed one without failed handshakes: %v", err)
+			r.markStalled(ctx, obj, rotatorv1.InvalidBundleReason, "the issued bundle cannot replace the installed one without failed handshakes: %v", err)
 		}
 		return pki.Bundle{}, nil, stop(ctrl.Result{}, reconcile.TerminalError(err)), false
 	}
@@ -187,6 +224,30 @@ func (r *MTLSRootRotationReconciler) proveNext(ctx context.Context, obj *rotator
 }
 
 func sameBundle(a, b pki.Bundle) bool { return bundle.Hash(a) == bundle.Hash(b) }
+
+// validateInstalled checks the installed bundle as Sentry would, at a moment
+// its issuer was valid: an expired issuer is a reason to rotate, not a reason
+// to distrust the bundle.
+func validateInstalled(b pki.Bundle, now time.Time) (*pki.ParsedBundle, error) {
+	chain, err := pki.ParseCertificates(b.IssuerChain)
+	if err != nil {
+		return nil, fmt.Errorf("issuer certificate: %w", err)
+	}
+	return b.Validate(pki.ValidAt(now, chain...))
+}
+
+// refreshTarget re-reads the Secret and ConfigMap from the API server.
+func (r *MTLSRootRotationReconciler) refreshTarget(ctx context.Context, t *target) error {
+	s, cm := &corev1.Secret{}, &corev1.ConfigMap{}
+	if err := r.reader().Get(ctx, client.ObjectKeyFromObject(t.Secret), s); err != nil {
+		return fmt.Errorf("reading Secret %s/%s: %w", t.Secret.Namespace, t.Secret.Name, err)
+	}
+	if err := r.reader().Get(ctx, client.ObjectKeyFromObject(t.ConfigMap), cm); err != nil {
+		return fmt.Errorf("reading ConfigMap %s/%s: %w", t.ConfigMap.Namespace, t.ConfigMap.Name, err)
+	}
+	t.Secret, t.ConfigMap = s, cm
+	return nil
+}
 
 func keysOf(obj *rotatorv1.MTLSRootRotation) bundle.Keys {
 	k := obj.Spec.Target.Keys
@@ -218,6 +279,7 @@ func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *ro
 	hash := bundle.Hash(next)
 	if _, changed := bundle.SecretData(t.Secret.Data, next, keys); changed || t.Secret.Annotations[BundleHashAnnotation] != hash {
 		ac := corev1ac.Secret(t.Secret.Name, t.Secret.Namespace).
+			WithResourceVersion(t.Secret.ResourceVersion).
 			WithAnnotations(map[string]string{BundleHashAnnotation: hash, RotationAnnotation: rot.ID}).
 			WithData(map[string][]byte{keys.CA: next.TrustAnchors, keys.IssuerCert: next.IssuerChain, keys.IssuerKey: next.IssuerKey})
 		if err := r.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {
@@ -226,6 +288,7 @@ func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *ro
 	}
 	if _, changed := bundle.ConfigMapData(t.ConfigMap.Data, next, keys); changed || t.ConfigMap.Annotations[BundleHashAnnotation] != hash {
 		ac := corev1ac.ConfigMap(t.ConfigMap.Name, t.ConfigMap.Namespace).
+			WithResourceVersion(t.ConfigMap.ResourceVersion).
 			WithAnnotations(map[string]string{BundleHashAnnotation: hash, RotationAnnotation: rot.ID}).
 			WithData(map[string]string{keys.CA: string(next.TrustAnchors)})
 		if err := r.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {
@@ -243,27 +306,34 @@ func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *ro
 
 // backup keeps the bundle installed before a rotation in a Secret owned by
 // obj, once per rotation: a replay after the publish must not overwrite it with
-// the new bundle.
+// the new bundle, so the backup is read live.
 func (r *MTLSRootRotationReconciler) backup(ctx context.Context, obj *rotatorv1.MTLSRootRotation, installed pki.Bundle, rotationID string) error {
 	if installed.IsEmpty() {
 		return nil
 	}
-	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: obj.Name + "-backup", Namespace: obj.Namespace}}
-	err := r.Get(ctx, client.ObjectKeyFromObject(s), s)
-	if err == nil && s.Annotations[RotationAnnotation] == rotationID {
+	s := &corev1.Secret{}
+	key := client.ObjectKey{Namespace: obj.Namespace, Name: obj.Name + "-backup"}
+	err := r.reader().Get(ctx, key, s)
+	switch {
+	case err == nil && s.Annotations[RotationAnnotation] == rotationID:
 		return nil
-	}
-	if err != nil && !apierrors.IsNotFound(err) {
+	case err != nil && !apierrors.IsNotFound(err):
 		return fmt.Errorf("reading the backup Secret: %w", err)
 	}
-	keys := keysOf(obj)
-	_, err = controllerutil.CreateOrUpdate(ctx, r.Client, s, func() error {
-		s.Labels = map[string]string{OwnerLabel: obj.Name}
-		s.Annotations = map[string]string{RotationAnnotation: rotationID, BundleHashAnnotation: bundle.Hash(installed)}
-		s.Type = corev1.SecretTypeOpaque
-		s.Data, _ = bundle.SecretData(nil, installed, keys)
-		return controllerutil.SetControllerReference(obj, s, r.Scheme())
-	})
+	exists := err == nil
+	s.Name, s.Namespace = key.Name, key.Namespace
+	s.Labels = map[string]string{OwnerLabel: obj.Name}
+	s.Annotations = map[string]string{RotationAnnotation: rotationID, BundleHashAnnotation: bundle.Hash(installed)}
+	s.Type = corev1.SecretTypeOpaque
+	s.Data, _ = bundle.SecretData(nil, installed, keysOf(obj))
+	if err := controllerutil.SetControllerReference(obj, s, r.Scheme()); err != nil {
+		return err
+	}
+	if exists {
+		err = r.Update(ctx, s)
+	} else {
+		err = r.Create(ctx, s)
+	}
 	if err != nil {
 		return fmt.Errorf("writing the backup Secret: %w", err)
 	}

@@ -96,7 +96,7 @@ func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *
 	now := r.now()
 	switch a.Type {
 	case restart.Missing:
-		r.markStalled(obj, rotatorv1.WorkloadNotFoundReason,
+		r.markStalled(ctx, obj, rotatorv1.WorkloadNotFoundReason,
 			"control-plane workload %s does not exist; no application was restarted (mark it optional in spec.controlPlane.workloads if this Dapr version has none)", a.Workload.Ref)
 		return waitFor(ctrl.Result{RequeueAfter: 30 * time.Second})
 	case restart.Restart:
@@ -110,7 +110,7 @@ func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *
 		since := rotation.Wait(rot, a.Workload.Ref.String(), now)
 		timeout := obj.Spec.ControlPlane.GetRolloutTimeout()
 		if now.Sub(since.Time) > timeout {
-			r.markStalled(obj, rotatorv1.RolloutTimeoutReason,
+			r.markStalled(ctx, obj, rotatorv1.RolloutTimeoutReason,
 				"control-plane workload %s did not roll out within %s (%s); no application was restarted", a.Workload.Ref, timeout, a.Workload.Waiting)
 			return waitFor(r.poll())
 		}
@@ -230,7 +230,7 @@ func (r *MTLSRootRotationReconciler) stepApplications(ctx context.Context, obj *
 	}
 	timeout := obj.Spec.Applications.GetRolloutTimeout()
 	if now.Sub(since.Time) > timeout {
-		r.markStalled(obj, rotatorv1.RolloutTimeoutReason,
+		r.markStalled(ctx, obj, rotatorv1.RolloutTimeoutReason,
 			"applications did not roll out within %s: %s; no further wave starts until they do", timeout, strings.Join(names, ", "))
 		return waitFor(r.poll())
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -111,7 +112,7 @@ func TestMissingTargetStallsUntilItExists(t *testing.T) {
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "sentry-anchors", Namespace: key.Namespace}},
 	} {
 		g.Expect(k8sClient.Create(t.Context(), o)).To(Succeed())
-		t.Cleanup(func() { _ = k8sClient.Delete(t.Context(), o) })
+		t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), o) })
 	}
 	waitRotationCompleted(t, key, "a")
 	s := &corev1.Secret{}
@@ -150,6 +151,7 @@ func TestRootKeySecretSurvivesDeletion(t *testing.T) {
 	startOperator(t)
 	key := newRotation(t, "keeper", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
 	done := waitRotationCompleted(t, key, "a")
+	rootKey := done.Status.Root.PublicKeySHA256
 	g.Expect(k8sClient.Delete(t.Context(), done)).To(Succeed())
 	// The Certificates go with their owner; the root key Secret stays.
 	g.Eventually(func() bool {
@@ -159,5 +161,11 @@ func TestRootKeySecretSurvivesDeletion(t *testing.T) {
 	s := &corev1.Secret{}
 	g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "keeper-root"}, s)).To(Succeed())
 	g.Expect(s.Data).To(HaveKey("tls.key"))
-	t.Cleanup(func() { _ = k8sClient.Delete(t.Context(), s) })
+
+	// Re-created (a GitOps re-sync, a restore), it takes the same root key
+	// back, so a same-key rotation over the installed bundle is safe.
+	key = newRotation(t, "keeper", rotatorv1.MTLSRootRotationSpec{Trigger: "b"})
+	again := waitRotationCompleted(t, key, "b")
+	g.Expect(again.Status.Root.PublicKeySHA256).To(Equal(rootKey))
+	g.Expect(again.Status.Root.SHA256Fingerprint).NotTo(Equal(done.Status.Root.SHA256Fingerprint), "renewed")
 }

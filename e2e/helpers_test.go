@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/controllers"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 )
 
@@ -33,6 +34,10 @@ func freshBundle(t *testing.T) {
 		g.Expect(k8sClient.List(ctx, list, client.InNamespace(fixture.ControlPlaneNamespace))).To(Succeed())
 		g.Expect(list.Items).To(BeEmpty())
 	}).WithTimeout(30 * time.Second).Should(Succeed())
+	// Root and issuer Secrets outlive their MTLSRootRotation by design; a
+	// fresh install has none.
+	g.Expect(k8sClient.DeleteAllOf(ctx, &corev1.Secret{}, client.InNamespace(fixture.ControlPlaneNamespace),
+		client.HasLabels{controllers.OwnerLabel})).To(Succeed())
 	setBundle(t, nil, nil)
 }
 

@@ -77,7 +77,7 @@ func TestInjectorStampsTrustAnchors(t *testing.T) {
 		g.Expect(anchors).NotTo(Equal(anchorsPEM))
 	}
 
-	patchRestartedAt(t, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: daprApp.Namespace, Name: daprApp.Name}}, "injector-test")
+	patchRestartedAt(t, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: daprApp.Namespace, Name: daprApp.Name}}, time.Now().Format(time.RFC3339Nano))
 	waitDeploymentRolledOut(t, daprApp.Namespace, daprApp.Name)
 	g.Eventually(func(g Gomega) {
 		pods := appPods(t, daprApp)

@@ -107,7 +107,7 @@ func startOperator(t *testing.T) *operator {
 	recorder, err := events.NewRecorder(log, "", controllers.ControllerName, events.WithManager(mgr))
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect((&controllers.MTLSRootRotationReconciler{
-		Client: mgr.GetClient(), EventRecorder: recorder, PollInterval: 200 * time.Millisecond,
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), EventRecorder: recorder, PollInterval: 200 * time.Millisecond,
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	ctx, cancel := context.WithCancel(context.Background())

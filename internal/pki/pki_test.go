@@ -200,6 +200,19 @@ func TestProveReuse(t *testing.T) {
 		err := pki.ProveReuse(installed, rotated, root.Cert, now)
 		NewWithT(t).Expect(err).To(MatchError(ContainSubstring("does not carry the managed root key")))
 	})
+	t.Run("an expired installed issuer does not block a same-key rotation", func(t *testing.T) {
+		g := NewWithT(t)
+		oldRoot := pkitest.NewRoot(t, pkitest.Options{NotBefore: now.Add(-72 * time.Hour)})
+		old := pkitest.NewIssuer(t, oldRoot, pkitest.Options{NotBefore: now.Add(-48 * time.Hour), Validity: 24 * time.Hour})
+		b := bundleOf(t, []*pkitest.CA{oldRoot}, old)
+		expired, err := b.Validate(pki.ValidAt(now, old.Cert))
+		g.Expect(err).NotTo(HaveOccurred())
+		_, err = b.Validate(now)
+		g.Expect(err).To(HaveOccurred(), "Sentry would refuse it today")
+		oldRenewed := pkitest.RenewRoot(t, oldRoot, pkitest.Options{})
+		fresh := mustValidate(t, bundleOf(t, []*pkitest.CA{oldRenewed}, pkitest.NewIssuer(t, oldRenewed, pkitest.Options{})))
+		g.Expect(pki.ProveReuse(expired, fresh, oldRenewed.Cert, now)).To(Succeed())
+	})
 	t.Run("same key but a new subject breaks old pods", func(t *testing.T) {
 		// A renamed root with the same key: the new issuer names a subject the
 		// installed anchors do not have, so pods holding them would refuse it.

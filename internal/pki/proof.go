@@ -21,7 +21,9 @@ var ErrRootKeyUnknown = errors.New("the installed trust anchors were not made wi
 //   - the installed issuer verifies under next's anchors, for the workload
 //     certificates it signed that are still in use after the publish.
 //
-// installed is nil for a first issuance onto an empty bundle.
+// installed is nil for a first issuance onto an empty bundle. The installed
+// side is checked at a moment it is valid: an installed root or issuer that
+// has already expired (the usual reason to rotate late) breaks nothing more.
 func ProveReuse(installed, next *ParsedBundle, root *x509.Certificate, now time.Time) error {
 	for i, a := range next.Anchors {
 		if !SamePublicKey(a, root) {
@@ -41,11 +43,48 @@ func ProveReuse(installed, next *ParsedBundle, root *x509.Certificate, now time.
 	if !known {
 		return ErrRootKeyUnknown
 	}
-	if err := VerifyChain(next.Chain, installed.Anchors, now); err != nil {
-		return fmt.Errorf("the new issuer does not verify under the installed trust anchors: %w", err)
+	// Pods holding only expired anchors are already cut off; there is nothing
+	// to keep working for them.
+	if !allExpired(now, installed.Anchors) {
+		if err := VerifyChain(next.Chain, installed.Anchors, now); err != nil {
+			return fmt.Errorf("the new issuer does not verify under the installed trust anchors: %w", err)
+		}
 	}
-	if err := VerifyChain(installed.Chain, next.Anchors, now); err != nil {
-		return fmt.Errorf("the installed issuer does not verify under the new trust anchors: %w", err)
+	// Nothing valid signed by an expired installed issuer is still in use.
+	if !anyExpired(now, installed.Chain) {
+		if err := VerifyChain(installed.Chain, next.Anchors, now); err != nil {
+			return fmt.Errorf("the installed issuer does not verify under the new trust anchors: %w", err)
+		}
 	}
 	return nil
+}
+
+func anyExpired(now time.Time, certs []*x509.Certificate) bool {
+	for _, c := range certs {
+		if now.After(c.NotAfter) {
+			return true
+		}
+	}
+	return false
+}
+
+func allExpired(now time.Time, certs []*x509.Certificate) bool {
+	for _, c := range certs {
+		if !now.After(c.NotAfter) {
+			return false
+		}
+	}
+	return len(certs) > 0
+}
+
+// ValidAt returns now, or the last moment all of certs were valid when one
+// has already expired.
+func ValidAt(now time.Time, certs ...*x509.Certificate) time.Time {
+	at := now
+	for _, c := range certs {
+		if c.NotAfter.Before(at) {
+			at = c.NotAfter.Add(-time.Second)
+		}
+	}
+	return at
 }

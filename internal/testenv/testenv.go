@@ -55,6 +55,9 @@ func Start() (*rest.Config, func() error, error) {
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		// Start may fail after the processes are up (a CRD refused, say):
+		// stop whatever it started.
+		_ = env.Stop()
 		return nil, nil, fmt.Errorf("starting envtest: %w", err)
 	}
 	return cfg, env.Stop, nil
