@@ -51,17 +51,20 @@ type MTLSRootRotationReconciler struct {
 	PollInterval time.Duration
 }
 
-// +kubebuilder:rbac:groups=mtls.rotator.dev,resources=mtlsrotations,verbs=get;list;watch
-// +kubebuilder:rbac:groups=mtls.rotator.dev,resources=mtlsrotations/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=mtls.rotator.dev,resources=mtlsrotations/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;patch
+// Namespace-scoped access is granted in the Dapr control-plane namespace only
+// (a Role); only workloads and namespaces, which applications span, are
+// cluster-wide (a ClusterRole).
+// +kubebuilder:rbac:groups=mtls.rotator.dev,namespace=dapr-system,resources=mtlsrotations,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mtls.rotator.dev,namespace=dapr-system,resources=mtlsrotations/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=mtls.rotator.dev,namespace=dapr-system,resources=mtlsrotations/finalizers,verbs=update
+// +kubebuilder:rbac:groups="",namespace=dapr-system,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=events.k8s.io,namespace=dapr-system,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups="",namespace=dapr-system,resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",namespace=dapr-system,resources=configmaps,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates;issuers,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates/status,verbs=update
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch;patch
-// +kubebuilder:rbac:groups=cert-manager.io,resources=certificates;issuers,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups=cert-manager.io,resources=certificates/status,verbs=update
 
 // SetupWithManager registers the reconciler with the manager.
 func (r *MTLSRootRotationReconciler) SetupWithManager(mgr ctrl.Manager) error {

@@ -3,13 +3,14 @@ package e2e
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/fluxcd/pkg/runtime/events"
-	"github.com/go-logr/logr/testr"
+	"github.com/go-logr/logr/funcr"
 	. "github.com/onsi/gomega"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -59,6 +60,11 @@ func operatorConfig(t *testing.T) *rest.Config {
 				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "mtls-rotator-manager"},
 				Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: operatorServiceAccount, Namespace: operatorNamespace}},
 			},
+			&rbacv1.RoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Name: "mtls-rotator-manager", Namespace: fixture.ControlPlaneNamespace},
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "mtls-rotator-manager"},
+				Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: operatorServiceAccount, Namespace: operatorNamespace}},
+			},
 		} {
 			if err := k8sClient.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
 				t.Fatalf("creating %T: %v", obj, err)
@@ -80,6 +86,25 @@ func operatorConfig(t *testing.T) *rest.Config {
 type operator struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+	logs   *logBuffer
+}
+
+// logBuffer keeps everything the operator logged.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) write(prefix, args string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.WriteString(prefix + " " + args + "\n")
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // startOperator runs the operator's manager, as main.go builds it, under its
@@ -93,7 +118,14 @@ func startOperator(t *testing.T) *operator {
 	g.Expect(rotatorv1.AddToScheme(scheme)).To(Succeed())
 	cacheOptions, err := controllers.CacheOptions([]string{fixture.ControlPlaneNamespace})
 	g.Expect(err).NotTo(HaveOccurred())
-	log := testr.NewWithOptions(t, testr.Options{Verbosity: 0})
+	// Debug verbosity, so that every log line is checked for key material.
+	logs := &logBuffer{}
+	log := funcr.New(logs.write, funcr.Options{Verbosity: 1})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("operator log:\n%s", logs.String())
+		}
+	})
 	mgr, err := ctrl.NewManager(operatorConfig(t), ctrl.Options{
 		Scheme:                 scheme,
 		Cache:                  cacheOptions,
@@ -111,7 +143,7 @@ func startOperator(t *testing.T) *operator {
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	ctx, cancel := context.WithCancel(context.Background())
-	op := &operator{cancel: cancel, done: make(chan struct{})}
+	op := &operator{cancel: cancel, done: make(chan struct{}), logs: logs}
 	go func() {
 		defer close(op.done)
 		if err := mgr.Start(ctx); err != nil {

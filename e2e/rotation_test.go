@@ -158,7 +158,7 @@ func TestSameKeyRotation(t *testing.T) {
 	secret.Data = map[string][]byte{"jwt.key": []byte("sentry-jwt-signing-key"), "jwks.json": []byte(`{"keys":[]}`)}
 	g.Expect(k8sClient.Update(ctx, secret)).To(Succeed())
 
-	startOperator(t)
+	op := startOperator(t)
 	key := types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: "dapr"}
 	obj := &rotatorv1.MTLSRootRotation{
 		ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace},
@@ -244,6 +244,11 @@ func TestSameKeyRotation(t *testing.T) {
 			g.Expect(reasons).To(HaveKey(r))
 		}
 	}).WithTimeout(30 * time.Second).Should(Succeed())
+	logs := op.logs.String()
+	g.Expect(logs).To(ContainSubstring("rotation completed"), "the log capture works")
+	for _, secret := range []string{"BEGIN", "PRIVATE KEY", "MII"} {
+		g.Expect(logs).NotTo(ContainSubstring(secret), "no key or certificate body in the operator's logs")
+	}
 	statusJSON, err := json.Marshal(second.Status)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(string(statusJSON)).NotTo(ContainSubstring("BEGIN"))

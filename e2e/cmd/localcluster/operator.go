@@ -28,6 +28,7 @@ const (
 	operatorNamespace      = "mtls-rotator-system"
 	operatorServiceAccount = "mtls-rotator"
 	operatorClusterRole    = "mtls-rotator-manager"
+	daprNamespace          = "dapr-system"
 )
 
 // runOperator starts the operator in the background as its ServiceAccount:
@@ -53,13 +54,17 @@ func runOperator(ctx context.Context, dir string, args []string) error {
 	}
 	adminKubeconfig := filepath.Join(dir, "kubeconfig")
 	kubectl := filepath.Join(root, "bin", "k8s", "assets", "kubectl")
-	if out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig="+adminKubeconfig, "apply", "-f",
-		filepath.Join(root, "config", "rbac", "role.yaml")).CombinedOutput(); err != nil {
-		return fmt.Errorf("applying the generated ClusterRole: %w: %s", err, out)
-	}
 	c, err := newClient(adminKubeconfig)
 	if err != nil {
 		return err
+	}
+	// The generated Role lives in the Dapr namespace.
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: daprNamespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s: %w", daprNamespace, err)
+	}
+	if out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig="+adminKubeconfig, "apply", "-f",
+		filepath.Join(root, "config", "rbac", "role.yaml")).CombinedOutput(); err != nil {
+		return fmt.Errorf("applying the generated ClusterRole and Role: %w: %s", err, out)
 	}
 	for _, obj := range []client.Object{
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: operatorNamespace}},
@@ -67,6 +72,11 @@ func runOperator(ctx context.Context, dir string, args []string) error {
 		&rbacv1.ClusterRoleBinding{
 			ObjectMeta: metav1.ObjectMeta{Name: operatorClusterRole},
 			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: operatorClusterRole},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: operatorServiceAccount, Namespace: operatorNamespace}},
+		},
+		&rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: operatorClusterRole, Namespace: daprNamespace},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: operatorClusterRole},
 			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: operatorServiceAccount, Namespace: operatorNamespace}},
 		},
 	} {
