@@ -2,13 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"testing"
 	"time"
 
@@ -20,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
 
 // TestInjectorStampsTrustAnchors proves that the fixture's injector gives each
@@ -54,7 +48,7 @@ func TestInjectorStampsTrustAnchors(t *testing.T) {
 		g.Expect(injected).To(BeFalse(), "non-Dapr pod %s was injected", p.Name)
 	}
 
-	anchorsPEM := selfSignedPEM(t)
+	anchorsPEM := string(pkitest.NewRoot(t, pkitest.Options{CommonName: "injector-test"}).CertPEM())
 	cm := &corev1.ConfigMap{}
 	key := types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: fixture.TrustBundleName}
 	g.Expect(k8sClient.Get(ctx, key, cm)).To(Succeed())
@@ -102,22 +96,4 @@ func appPods(t *testing.T, app fixture.App) []corev1.Pod {
 		}
 	}
 	return live
-}
-
-func selfSignedPEM(t *testing.T) string {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test-root"},
-		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }

@@ -26,6 +26,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/mtls-rotator/mtls-rotator/internal/testenv"
 )
 
 // NodeName is the name of the kwok-managed fake node.
@@ -461,23 +463,8 @@ func createFakeNode(ctx context.Context, kube kubernetes.Interface) error {
 	return nil
 }
 
-// RepoRoot finds the repository root from the working directory.
-func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("go.mod not found above the working directory")
-		}
-		dir = parent
-	}
-}
+// RepoRoot finds the repository root above the working directory.
+func RepoRoot() (string, error) { return testenv.RepoRoot() }
 
 // DefaultOptions are the options a test or the localcluster command uses inside
 // this repository: binaries from bin/k8s/assets (or KUBEBUILDER_ASSETS), the
