@@ -43,20 +43,7 @@ func ProveReuse(installed, next *ParsedBundle, root *x509.Certificate, now time.
 	if !known {
 		return ErrRootKeyUnknown
 	}
-	// Pods holding only expired anchors are already cut off; there is nothing
-	// to keep working for them.
-	if !allExpired(now, installed.Anchors) {
-		if err := VerifyChain(next.Chain, installed.Anchors, now); err != nil {
-			return fmt.Errorf("the new issuer does not verify under the installed trust anchors: %w", err)
-		}
-	}
-	// Nothing valid signed by an expired installed issuer is still in use.
-	if !anyExpired(now, installed.Chain) {
-		if err := VerifyChain(installed.Chain, next.Anchors, now); err != nil {
-			return fmt.Errorf("the installed issuer does not verify under the new trust anchors: %w", err)
-		}
-	}
-	return nil
+	return ProveTransition(Mesh{TrustSets: [][]*x509.Certificate{installed.Anchors}, Issuers: [][]*x509.Certificate{installed.Chain}}, next, now)
 }
 
 func anyExpired(now time.Time, certs []*x509.Certificate) bool {
