@@ -28,6 +28,20 @@ type issuanceNames struct {
 	Issuer     string // Certificate and its Secret
 }
 
+// rootSecretName is the Secret holding the current root key: a Rotate
+// rotation starts a new key generation in a new Secret and keeps the previous
+// one until it completes.
+func rootSecretName(obj *rotatorv1.MTLSRootRotation) string {
+	return rootSecretNameFor(obj, obj.Status.RootKeyGeneration)
+}
+
+func rootSecretNameFor(obj *rotatorv1.MTLSRootRotation, generation int32) string {
+	if generation <= 1 {
+		return obj.Name + "-root"
+	}
+	return fmt.Sprintf("%s-root-g%d", obj.Name, generation)
+}
+
 func namesFor(obj *rotatorv1.MTLSRootRotation) issuanceNames {
 	return issuanceNames{
 		SelfSigned: obj.Name + "-selfsigned",
@@ -72,14 +86,14 @@ func desiredIssuance(obj *rotatorv1.MTLSRootRotation) []client.Object {
 		&cmapi.Issuer{ObjectMeta: meta(n.SelfSigned), Spec: cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{SelfSigned: &cmapi.SelfSignedIssuer{}}}},
 		&cmapi.Certificate{ObjectMeta: meta(n.Root), Spec: cmapi.CertificateSpec{
 			IsCA: true, CommonName: cn, Subject: subject,
-			SecretName:     n.Root,
+			SecretName:     rootSecretName(obj),
 			SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: map[string]string{OwnerLabel: obj.Name}},
 			Duration:       &metav1.Duration{Duration: spec.Root.GetDuration()},
 			PrivateKey:     keySpec(spec.Root.PrivateKey, cmapi.RotationPolicyNever),
 			Usages:         []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageCRLSign, cmapi.UsageDigitalSignature},
 			IssuerRef:      cmmeta.IssuerReference{Name: n.SelfSigned, Kind: cmapi.IssuerKind},
 		}},
-		&cmapi.Issuer{ObjectMeta: meta(n.RootIssuer), Spec: cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: n.Root}}}},
+		&cmapi.Issuer{ObjectMeta: meta(n.RootIssuer), Spec: cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: rootSecretName(obj)}}}},
 		&cmapi.Certificate{ObjectMeta: meta(n.Issuer), Spec: cmapi.CertificateSpec{
 			IsCA: true, CommonName: spec.GetTrustDomain(),
 			SecretName:     n.Issuer,
@@ -149,6 +163,22 @@ func (r *MTLSRootRotationReconciler) certificateState(ctx context.Context, ns, n
 		st.Message = ready.Message
 	}
 	return crt, st, nil
+}
+
+// caIssuerReady reports whether the CA Issuer has been made Ready for its
+// current spec (the current root Secret).
+func (r *MTLSRootRotationReconciler) caIssuerReady(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (bool, error) {
+	iss := &cmapi.Issuer{}
+	if err := r.reader().Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: namesFor(obj).RootIssuer}, iss); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	for _, c := range iss.Status.Conditions {
+		if c.Type == cmapi.IssuerConditionReady {
+			return c.Status == cmmeta.ConditionTrue && c.ObservedGeneration >= iss.Generation && iss.Spec.CA != nil &&
+				iss.Spec.CA.SecretName == rootSecretName(obj), nil
+		}
+	}
+	return false, nil
 }
 
 // renew asks cert-manager to re-issue a Certificate now, as 'cmctl renew' does.

@@ -59,7 +59,7 @@ type MTLSRootRotationReconciler struct {
 // +kubebuilder:rbac:groups=mtls.rotator.dev,namespace=dapr-system,resources=mtlsrotations/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",namespace=dapr-system,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,namespace=dapr-system,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups="",namespace=dapr-system,resources=secrets,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups="",namespace=dapr-system,resources=secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",namespace=dapr-system,resources=configmaps,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates;issuers,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates/status,verbs=update
@@ -243,11 +243,6 @@ func stop(res ctrl.Result, err error) stepResult { return stepResult{result: res
 func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotatorv1.MTLSRootRotation, patcher *patch.SerialPatcher) (ctrl.Result, error) {
 	log := ctrlLog(ctx)
 
-	if obj.Spec.Root.GetKeyPolicy() == rotatorv1.KeyPolicyRotate {
-		r.markStalled(ctx, obj, rotatorv1.KeyRotationNotSupportedReason,
-			"spec.root.keyPolicy Rotate (a new root key through a trust-overlap rotation) is not supported by this version; use Reuse")
-		return ctrl.Result{}, reconcile.TerminalError(errors.New("keyPolicy Rotate is not supported"))
-	}
 	if other, err := r.conflictingRotation(ctx, obj); err != nil {
 		return ctrl.Result{}, err
 	} else if other != "" {
@@ -262,9 +257,6 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	if err != nil || stalled {
 		return ctrl.Result{}, err
 	}
-	if err := r.ensureIssuance(ctx, obj); err != nil {
-		return ctrl.Result{}, err
-	}
 
 	now := r.now()
 	rot := obj.Status.Rotation
@@ -277,6 +269,9 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	if !rotation.InFlight(rot) {
 		last := obj.Status.LastCompletedRotation
 		if last != nil && last.Trigger == obj.Spec.Trigger {
+			if err := r.ensureIssuance(ctx, obj); err != nil {
+				return ctrl.Result{}, err
+			}
 			markReady(obj, "rotation %s completed at %s", last.ID, last.FinishedAt.Format(time.RFC3339))
 			return ctrl.Result{}, nil
 		}
@@ -284,9 +279,16 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		if last != nil {
 			previous = last.ID
 		}
-		rot = rotation.Start(rotation.NewID(obj.UID, obj.Spec.Trigger, previous), obj.Spec.Trigger, rotation.SpecHash(obj.Spec), now)
+		policy := obj.Spec.Root.GetKeyPolicy()
+		rot = rotation.Start(rotation.NewID(obj.UID, obj.Spec.Trigger, previous), obj.Spec.Trigger, rotation.SpecHash(obj.Spec), policy, now)
 		obj.Status.Rotation = rot
 		obj.Status.Applications = nil
+		if policy == rotatorv1.KeyPolicyRotate {
+			// A new root key in a new Secret; the previous one stays until
+			// the rotation completes. Recorded with the start, so that a
+			// replay does not start yet another key.
+			obj.Status.RootKeyGeneration = max(obj.Status.RootKeyGeneration, 1) + 1
+		}
 		markProgress(obj, "rotation %s started", rot.ID)
 		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationStarted", "Rotate",
 			"rotation %s started (trigger %q)", rot.ID, obj.Spec.Trigger)
@@ -294,6 +296,15 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		if err := patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
 			return ctrl.Result{}, fmt.Errorf("recording the start of rotation %s: %w", rot.ID, err)
 		}
+	}
+	if rot.KeyPolicy != "" && rot.KeyPolicy != obj.Spec.Root.GetKeyPolicy() {
+		// Refused for this rotation: it finishes with the policy it started
+		// with; the new policy applies to the next one.
+		ctrlLog(ctx).Info("key policy changed during a rotation; it applies to the next one",
+			"rotation", rot.ID, "running", rot.KeyPolicy, "requested", obj.Spec.Root.GetKeyPolicy())
+	}
+	if err := r.ensureIssuance(ctx, obj); err != nil {
+		return ctrl.Result{}, err
 	}
 
 	for rotation.InFlight(rot) {
@@ -329,9 +340,23 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		}
 	}
 
+	if rot.KeyPolicy == rotatorv1.KeyPolicyRotate {
+		r.dropPreviousRootKey(ctx, obj)
+	}
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationCompleted", "Rotate", "rotation %s completed", rot.ID)
 	log.Info("rotation completed", "rotation", rot.ID)
 	return ctrl.Result{}, nil
+}
+
+// dropPreviousRootKey deletes the root key a completed Rotate rotation
+// replaced: no published anchor carries it any more.
+func (r *MTLSRootRotationReconciler) dropPreviousRootKey(ctx context.Context, obj *rotatorv1.MTLSRootRotation) {
+	previous := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
+		Namespace: obj.Namespace, Name: rootSecretNameFor(obj, obj.Status.RootKeyGeneration-1),
+	}}
+	if err := r.Delete(ctx, previous); err != nil && !apierrors.IsNotFound(err) {
+		ctrlLog(ctx).Error(err, "deleting the previous root key Secret", "secret", previous.Name)
+	}
 }
 
 // recordCompleted records a completed rotation as the last one and marks the

@@ -24,6 +24,7 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
 // Annotations on the objects the operator writes.
@@ -56,7 +57,21 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 			return fail(fmt.Errorf("recording the revision to issue: %w", err))
 		}
 	}
-	if root.Revision < rot.RootRevision {
+	if rot.KeyPolicy == rotatorv1.KeyPolicyRotate {
+		// The Certificate now names a new, empty Secret: cert-manager issues
+		// a root with a fresh key into it on its own. The live Secret is the gate.
+		if _, err := r.issuedSecret(ctx, obj.Namespace, rootSecretName(obj)); err != nil {
+			if res, waiting := r.issuanceFailed(obj, rootCrt); waiting {
+				return res
+			}
+			markProgress(obj, "rotation %s: waiting for a new root key in Secret %s", rot.ID, rootSecretName(obj))
+			return waitFor(r.poll())
+		}
+		if ready, err := r.caIssuerReady(ctx, obj); err != nil || !ready {
+			markProgress(obj, "rotation %s: waiting for Issuer %s to use the new root", rot.ID, n.RootIssuer)
+			return stop(r.poll(), err)
+		}
+	} else if root.Revision < rot.RootRevision {
 		if res, waiting := r.issuanceFailed(obj, rootCrt); waiting {
 			return res
 		}
@@ -72,7 +87,7 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 		markProgress(obj, "rotation %s: waiting for Certificate %s revision %d", rot.ID, n.Root, rot.RootRevision)
 		return waitFor(r.poll())
 	}
-	if !root.Ready {
+	if !root.Ready && rot.KeyPolicy != rotatorv1.KeyPolicyRotate {
 		markProgress(obj, "rotation %s: waiting for Certificate %s to be Ready: %s", rot.ID, n.Root, root.Message)
 		return waitFor(r.poll())
 	}
@@ -137,7 +152,7 @@ func (r *MTLSRootRotationReconciler) issuanceFailed(obj *rotatorv1.MTLSRootRotat
 // issuer records with each issuance names the exact root certificate.
 func (r *MTLSRootRotationReconciler) signedByCurrentRoot(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (bool, error) {
 	n := namesFor(obj)
-	root, err := r.issuedSecret(ctx, obj.Namespace, n.Root)
+	root, err := r.issuedSecret(ctx, obj.Namespace, rootSecretName(obj))
 	if err != nil {
 		return false, err
 	}
@@ -159,7 +174,7 @@ func (r *MTLSRootRotationReconciler) signedByCurrentRoot(ctx context.Context, ob
 // issuedBundle composes the bundle to publish from what cert-manager issued.
 func (r *MTLSRootRotationReconciler) issuedBundle(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (pki.Bundle, *x509.Certificate, error) {
 	n := namesFor(obj)
-	root, err := r.issuedSecret(ctx, obj.Namespace, n.Root)
+	root, err := r.issuedSecret(ctx, obj.Namespace, rootSecretName(obj))
 	if err != nil {
 		return pki.Bundle{}, nil, err
 	}
@@ -256,10 +271,93 @@ func keysOf(obj *rotatorv1.MTLSRootRotation) bundle.Keys {
 
 // stepVerifying proves the new bundle before anything is written.
 func (r *MTLSRootRotationReconciler) stepVerifying(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) stepResult {
+	if obj.Status.Rotation.KeyPolicy == rotatorv1.KeyPolicyRotate {
+		// Each phase is proven when it is published; here the new root and
+		// issuer must pass Sentry's checks on their own.
+		next, _, err := r.issuedBundle(ctx, obj)
+		if err != nil {
+			return fail(err)
+		}
+		if _, err := next.Validate(r.now().Time); err != nil {
+			r.markStalled(ctx, obj, rotatorv1.InvalidBundleReason, "the issued bundle would be refused by Dapr Sentry: %v", err)
+			return stop(ctrl.Result{RequeueAfter: time.Minute}, nil)
+		}
+		return advance()
+	}
 	if _, _, res, ok := r.proveNext(ctx, obj, t); !ok {
 		return res
 	}
 	return advance()
+}
+
+// phaseBundle composes and proves the bundle of the current phase of a Rotate
+// rotation from the bundle installed before it (kept in the backup Secret)
+// and what cert-manager issued:
+//   - Overlap: installed anchors + new root, installed issuer;
+//   - Switch: installed anchors + new root, new issuer;
+//   - Prune: new root, new issuer.
+//
+// Each is proven against the mesh the previous phase left: the trust sets its
+// pods hold and the issuers whose certificates are alive.
+func (r *MTLSRootRotationReconciler) phaseBundle(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) (pki.Bundle, *pki.ParsedBundle, stepResult, bool) {
+	rot := obj.Status.Rotation
+	now := r.now().Time
+	if err := r.refreshTarget(ctx, t); err != nil {
+		return pki.Bundle{}, nil, fail(err), false
+	}
+	original, err := r.backup(ctx, obj, bundle.FromSecret(t.Secret.Data, keysOf(obj)), rot.ID)
+	if err != nil {
+		return pki.Bundle{}, nil, fail(err), false
+	}
+	issued, rootCert, err := r.issuedBundle(ctx, obj)
+	if err != nil {
+		return pki.Bundle{}, nil, fail(err), false
+	}
+	if original.IsEmpty() {
+		// Nothing installed, nothing to overlap: publish the end state.
+		rotation.SkipToLastPhase(rot)
+	}
+	issuedParsed, err := issued.Validate(now)
+	if err != nil {
+		r.markStalled(ctx, obj, rotatorv1.InvalidBundleReason, "the issued bundle would be refused by Dapr Sentry: %v", err)
+		return pki.Bundle{}, nil, stop(ctrl.Result{RequeueAfter: time.Minute}, nil), false
+	}
+	if rot.Phase == rotatorv1.PhasePrune && original.IsEmpty() {
+		return issued, issuedParsed, stepResult{}, true
+	}
+	orig, err := validateInstalled(original, now)
+	if err != nil {
+		r.markStalled(ctx, obj, rotatorv1.InvalidBundleReason,
+			"the bundle installed before rotation %s is not valid (%v); there is no trust to overlap with", rot.ID, err)
+		return pki.Bundle{}, nil, stop(ctrl.Result{}, reconcile.TerminalError(err)), false
+	}
+	overlap := pki.ComposeAnchors(orig.Anchors, []*x509.Certificate{rootCert})
+	overlapCerts, err := pki.ParseCertificates(overlap)
+	if err != nil {
+		return pki.Bundle{}, nil, fail(err), false
+	}
+	var next pki.Bundle
+	var mesh pki.Mesh
+	switch rot.Phase {
+	case rotatorv1.PhaseOverlap:
+		next = pki.Bundle{TrustAnchors: overlap, IssuerChain: original.IssuerChain, IssuerKey: original.IssuerKey}
+		mesh = pki.Mesh{TrustSets: [][]*x509.Certificate{orig.Anchors}, Issuers: [][]*x509.Certificate{orig.Chain}}
+	case rotatorv1.PhaseSwitch:
+		next = pki.Bundle{TrustAnchors: overlap, IssuerChain: issued.IssuerChain, IssuerKey: issued.IssuerKey}
+		mesh = pki.Mesh{TrustSets: [][]*x509.Certificate{overlapCerts}, Issuers: [][]*x509.Certificate{orig.Chain}}
+	default:
+		next = issued
+		mesh = pki.Mesh{TrustSets: [][]*x509.Certificate{overlapCerts}, Issuers: [][]*x509.Certificate{issuedParsed.Chain}}
+	}
+	parsed, err := next.Validate(pki.ValidAt(now, orig.Chain...))
+	if err == nil {
+		err = pki.ProveTransition(mesh, parsed, now)
+	}
+	if err != nil {
+		r.markStalled(ctx, obj, rotatorv1.InvalidBundleReason, "the %s bundle of rotation %s cannot be published without failed handshakes: %v", rot.Phase, rot.ID, err)
+		return pki.Bundle{}, nil, stop(ctrl.Result{}, reconcile.TerminalError(err)), false
+	}
+	return next, parsed, stepResult{}, true
 }
 
 // stepPublishing keeps the installed bundle in a backup Secret, then writes
@@ -267,13 +365,22 @@ func (r *MTLSRootRotationReconciler) stepVerifying(ctx context.Context, obj *rot
 // both, leaving every other key, label and annotation as it is.
 func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) stepResult {
 	rot := obj.Status.Rotation
-	next, parsed, res, ok := r.proveNext(ctx, obj, t)
+	var (
+		next   pki.Bundle
+		parsed *pki.ParsedBundle
+		res    stepResult
+		ok     bool
+	)
+	if rot.KeyPolicy == rotatorv1.KeyPolicyRotate {
+		next, parsed, res, ok = r.phaseBundle(ctx, obj, t)
+	} else {
+		next, parsed, res, ok = r.proveNext(ctx, obj, t)
+	}
 	if !ok {
 		return res
 	}
 	keys := keysOf(obj)
-	installed := bundle.FromSecret(t.Secret.Data, keys)
-	if err := r.backup(ctx, obj, installed, rot.ID); err != nil {
+	if _, err := r.backup(ctx, obj, bundle.FromSecret(t.Secret.Data, keys), rot.ID); err != nil {
 		return fail(err)
 	}
 	hash := bundle.Hash(next)
@@ -295,39 +402,37 @@ func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *ro
 			return fail(fmt.Errorf("publishing to ConfigMap %s/%s: %w", t.ConfigMap.Namespace, t.ConfigMap.Name, err))
 		}
 	}
-	obj.Status.Root = certificateStatus(parsed.Anchors[0])
+	obj.Status.Root = certificateStatus(parsed.Anchors[len(parsed.Anchors)-1]) // the newest
 	obj.Status.Issuer = certificateStatus(parsed.Issuer())
 	obj.Status.TrustAnchors = int32(len(parsed.Anchors))
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "TrustBundlePublished", "Publish",
-		"rotation %s: published root %s and issuer %s (%d trust anchor) to Secret and ConfigMap %s/%s",
-		rot.ID, shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, obj.Namespace, t.Secret.Name)
+		"rotation %s: published root %s and issuer %s (%d trust anchors) to Secret and ConfigMap %s/%s%s",
+		rot.ID, shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, obj.Namespace, t.Secret.Name, phaseSuffix(rot))
 	return advance()
 }
 
 // backup keeps the bundle installed before a rotation in a Secret owned by
-// obj, once per rotation: a replay after the publish must not overwrite it with
-// the new bundle, so the backup is read live.
-func (r *MTLSRootRotationReconciler) backup(ctx context.Context, obj *rotatorv1.MTLSRootRotation, installed pki.Bundle, rotationID string) error {
-	if installed.IsEmpty() {
-		return nil
-	}
+// obj, once per rotation, and returns it: a replay after a publish must not
+// overwrite it with what the rotation wrote, so it is read live.
+func (r *MTLSRootRotationReconciler) backup(ctx context.Context, obj *rotatorv1.MTLSRootRotation, installed pki.Bundle, rotationID string) (pki.Bundle, error) {
+	keys := keysOf(obj)
 	s := &corev1.Secret{}
 	key := client.ObjectKey{Namespace: obj.Namespace, Name: obj.Name + "-backup"}
 	err := r.reader().Get(ctx, key, s)
 	switch {
 	case err == nil && s.Annotations[RotationAnnotation] == rotationID:
-		return nil
+		return bundle.FromSecret(s.Data, keys), nil
 	case err != nil && !apierrors.IsNotFound(err):
-		return fmt.Errorf("reading the backup Secret: %w", err)
+		return pki.Bundle{}, fmt.Errorf("reading the backup Secret: %w", err)
 	}
 	exists := err == nil
 	s.Name, s.Namespace = key.Name, key.Namespace
 	s.Labels = map[string]string{OwnerLabel: obj.Name}
 	s.Annotations = map[string]string{RotationAnnotation: rotationID, BundleHashAnnotation: bundle.Hash(installed)}
 	s.Type = corev1.SecretTypeOpaque
-	s.Data, _ = bundle.SecretData(nil, installed, keysOf(obj))
+	s.Data, _ = bundle.SecretData(nil, installed, keys)
 	if err := controllerutil.SetControllerReference(obj, s, r.Scheme()); err != nil {
-		return err
+		return pki.Bundle{}, err
 	}
 	if exists {
 		err = r.Update(ctx, s)
@@ -335,9 +440,9 @@ func (r *MTLSRootRotationReconciler) backup(ctx context.Context, obj *rotatorv1.
 		err = r.Create(ctx, s)
 	}
 	if err != nil {
-		return fmt.Errorf("writing the backup Secret: %w", err)
+		return pki.Bundle{}, fmt.Errorf("writing the backup Secret: %w", err)
 	}
-	return nil
+	return installed, nil
 }
 
 func certificateStatus(c *x509.Certificate) *rotatorv1.CertificateStatus {

@@ -87,7 +87,7 @@ func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *
 		} else if err != nil {
 			return fail(fmt.Errorf("reading %s: %w", ref, err))
 		}
-		obs := observe(o, rot.ID)
+		obs := observe(o, rotation.RestartID(rot))
 		obs.Optional = w.Optional
 		observed = append(observed, obs)
 	}
@@ -100,7 +100,7 @@ func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *
 			"control-plane workload %s does not exist; no application was restarted (mark it optional in spec.controlPlane.workloads if this Dapr version has none)", a.Workload.Ref)
 		return waitFor(ctrl.Result{RequeueAfter: 30 * time.Second})
 	case restart.Restart:
-		if err := r.restartWorkload(ctx, a.Workload.Ref, rot.ID); err != nil {
+		if err := r.restartWorkload(ctx, a.Workload.Ref, rotation.RestartID(rot)); err != nil {
 			return fail(err)
 		}
 		rot.WaitingFor, rot.WaitingSince = a.Workload.Ref.String(), &now
@@ -122,8 +122,15 @@ func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *
 			"optional control-plane workload %s does not exist; skipped", s)
 	}
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ControlPlaneRestarted", "Restart",
-		"rotation %s: restarted %d control-plane workloads in order", rot.ID, a.Completed)
+		"rotation %s: restarted %d control-plane workloads in order%s", rot.ID, a.Completed, phaseSuffix(rot))
 	return advance()
+}
+
+func phaseSuffix(rot *rotatorv1.RotationStatus) string {
+	if rot.Phase == "" {
+		return ""
+	}
+	return " (" + string(rot.Phase) + " phase)"
 }
 
 // applications lists the Dapr applications a rotation restarts.
@@ -160,7 +167,7 @@ func (r *MTLSRootRotationReconciler) applications(ctx context.Context, obj *rota
 		if tmpl[rotatorv1.DaprEnabledAnnotation] != rotatorv1.DaprEnabledAnnotationValue {
 			return
 		}
-		apps = append(apps, observe(o, obj.Status.Rotation.ID))
+		apps = append(apps, observe(o, rotation.RestartID(obj.Status.Rotation)))
 	}
 	deployments := &appsv1.DeploymentList{}
 	if err := r.List(ctx, deployments, client.MatchingLabelsSelector{Selector: selector}); err != nil {
@@ -207,11 +214,11 @@ func (r *MTLSRootRotationReconciler) stepApplications(ctx context.Context, obj *
 	switch {
 	case plan.Done:
 		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
-			"rotation %s: restarted %d Dapr applications in waves of at most %d", rot.ID, plan.Total, obj.Spec.Applications.GetMaxConcurrent())
+			"rotation %s: restarted %d Dapr applications in waves of at most %d%s", rot.ID, plan.Total, obj.Spec.Applications.GetMaxConcurrent(), phaseSuffix(rot))
 		return advance()
 	case len(plan.Restart) > 0:
 		for _, ref := range plan.Restart {
-			if err := r.restartWorkload(ctx, ref, rot.ID); err != nil {
+			if err := r.restartWorkload(ctx, ref, rotation.RestartID(rot)); err != nil {
 				return fail(err)
 			}
 		}

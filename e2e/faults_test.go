@@ -83,19 +83,6 @@ func TestConflictingRotationTouchesNothing(t *testing.T) {
 	waitStalled(t, second, rotatorv1.RootKeyUnknownReason)
 }
 
-func TestKeyRotationIsRefusedForNow(t *testing.T) {
-	g := NewWithT(t)
-	freshBundle(t)
-	startOperator(t)
-	before, beforeCM := readBundle(t)
-	key := newRotation(t, "rotate", rotatorv1.MTLSRootRotationSpec{Trigger: "a", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate}})
-	obj := waitStalled(t, key, rotatorv1.KeyRotationNotSupportedReason)
-	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("use Reuse"))
-	g.Expect(obj.Status.ObservedGeneration).To(Equal(obj.Generation))
-	g.Expect(kstatusOf(t, obj)).To(Equal(status.FailedStatus))
-	bundleUnchanged(t, before, beforeCM)
-}
-
 func TestMissingTargetStallsUntilItExists(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)

@@ -32,6 +32,11 @@ type MTLSRootRotationStatus struct {
 	// +optional
 	Issuer *CertificateStatus `json:"issuer,omitempty"`
 
+	// RootKeyGeneration counts the root private keys this object has made: a
+	// Rotate rotation starts a new one in a new Secret.
+	// +optional
+	RootKeyGeneration int32 `json:"rootKeyGeneration,omitempty"`
+
 	// TrustAnchors is the number of root certificates currently published.
 	// +optional
 	TrustAnchors int32 `json:"trustAnchors,omitempty"`
@@ -75,6 +80,13 @@ type RotationStatus struct {
 	// SpecHash is a hash of the spec the rotation was planned from.
 	// +optional
 	SpecHash string `json:"specHash,omitempty"`
+	// KeyPolicy is the root key policy the rotation runs with.
+	// +optional
+	KeyPolicy KeyPolicy `json:"keyPolicy,omitempty"`
+	// Phase is the trust-overlap phase of a Rotate rotation: Overlap (old and
+	// new roots trusted, old issuer), Switch (new issuer) or Prune (new root only).
+	// +optional
+	Phase RotationPhase `json:"phase,omitempty"`
 	// Step is the current step.
 	Step RotationStep `json:"step"`
 	// StartedAt is when the rotation started.
@@ -94,17 +106,34 @@ type RotationStatus struct {
 	WaitingFor string `json:"waitingFor,omitempty"`
 	// +optional
 	WaitingSince *metav1.Time `json:"waitingSince,omitempty"`
-	// Steps records when each step started and finished.
-	// +listType=map
-	// +listMapKey=name
+	// Steps records when each step started and finished, in order.
+	// +listType=atomic
 	// +optional
 	Steps []StepStatus `json:"steps,omitempty"`
 }
+
+// RotationPhase is a phase of a trust-overlap (Rotate) rotation.
+// +kubebuilder:validation:Enum=Overlap;Switch;Prune
+type RotationPhase string
+
+const (
+	// PhaseOverlap publishes the installed anchors plus the new root, with the
+	// installed issuer, and restarts everything so every pod trusts both.
+	PhaseOverlap RotationPhase = "Overlap"
+	// PhaseSwitch publishes the new issuer, still with both anchors, and
+	// restarts everything so every certificate comes from the new issuer.
+	PhaseSwitch RotationPhase = "Switch"
+	// PhasePrune publishes the new root alone and restarts everything.
+	PhasePrune RotationPhase = "Prune"
+)
 
 // StepStatus records the times of one step.
 type StepStatus struct {
 	// Name of the step.
 	Name RotationStep `json:"name"`
+	// Phase the step belonged to, for a Rotate rotation.
+	// +optional
+	Phase RotationPhase `json:"phase,omitempty"`
 	// StartedAt is when the step started.
 	StartedAt metav1.Time `json:"startedAt"`
 	// FinishedAt is when the step finished.
@@ -159,8 +188,6 @@ const (
 	RootKeyUnknownReason = "RootKeyUnknown"
 	// ConflictReason: another MTLSRootRotation already manages the same bundle.
 	ConflictReason = "Conflict"
-	// KeyRotationNotSupportedReason: keyPolicy Rotate is not available yet.
-	KeyRotationNotSupportedReason = "KeyRotationNotSupported"
 	// TargetNotFoundReason: the Secret or ConfigMap Sentry reads does not exist.
 	TargetNotFoundReason = "TargetNotFound"
 	// WorkloadNotFoundReason: a required control-plane workload does not exist.

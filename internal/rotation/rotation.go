@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"slices"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -41,36 +42,74 @@ func SpecHash(spec rotatorv1.MTLSRootRotationSpec) string {
 	return hex.EncodeToString(sum[:])[:16]
 }
 
-// Start returns a new rotation at its first step.
-func Start(id, trigger, specHash string, now metav1.Time) *rotatorv1.RotationStatus {
-	return &rotatorv1.RotationStatus{
-		ID: id, Trigger: trigger, SpecHash: specHash,
+// Phases is the order of the phases of a Rotate (new root key) rotation; each
+// runs Publishing, RestartingControlPlane and RestartingApplications.
+var Phases = []rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}
+
+// Start returns a new rotation at its first step; a Rotate rotation starts in
+// its first phase.
+func Start(id, trigger, specHash string, policy rotatorv1.KeyPolicy, now metav1.Time) *rotatorv1.RotationStatus {
+	r := &rotatorv1.RotationStatus{
+		ID: id, Trigger: trigger, SpecHash: specHash, KeyPolicy: policy,
 		Step:      Steps[0],
 		StartedAt: now,
 		Steps:     []rotatorv1.StepStatus{{Name: Steps[0], StartedAt: now}},
 	}
+	if policy == rotatorv1.KeyPolicyRotate {
+		r.Phase = Phases[0]
+		r.Steps[0].Phase = r.Phase
+	}
+	return r
 }
 
 // Advance finishes the current step and starts the next one; it returns the
-// new step. Advancing a completed rotation changes nothing.
+// new step. After the applications of a phase that is not the last, the next
+// phase starts at Publishing. Advancing a completed rotation changes nothing.
 func Advance(r *rotatorv1.RotationStatus, now metav1.Time) rotatorv1.RotationStep {
 	i := slices.Index(Steps, r.Step)
 	if i < 0 || r.Step == rotatorv1.StepCompleted {
 		return r.Step
 	}
 	for j := range r.Steps {
-		if r.Steps[j].Name == r.Step && r.Steps[j].FinishedAt == nil {
+		if r.Steps[j].Name == r.Step && r.Steps[j].Phase == r.Phase && r.Steps[j].FinishedAt == nil {
 			r.Steps[j].FinishedAt = &now
 		}
 	}
 	r.Step = Steps[i+1]
+	if p := slices.Index(Phases, r.Phase); p >= 0 && p < len(Phases)-1 && r.Step == rotatorv1.StepCompleted {
+		r.Phase, r.Step = Phases[p+1], rotatorv1.StepPublishing
+	}
 	r.WaitingFor, r.WaitingSince, r.Message = "", nil, ""
 	if r.Step == rotatorv1.StepCompleted {
 		r.Steps = append(r.Steps, rotatorv1.StepStatus{Name: r.Step, StartedAt: now, FinishedAt: &now})
 	} else {
-		r.Steps = append(r.Steps, rotatorv1.StepStatus{Name: r.Step, StartedAt: now})
+		r.Steps = append(r.Steps, rotatorv1.StepStatus{Name: r.Step, Phase: r.Phase, StartedAt: now})
 	}
 	return r.Step
+}
+
+// SkipToLastPhase moves a Rotate rotation at Publishing straight to its last
+// phase: with nothing installed there is no trust to overlap.
+func SkipToLastPhase(r *rotatorv1.RotationStatus) {
+	if r.Phase == "" || r.Step != rotatorv1.StepPublishing {
+		return
+	}
+	last := Phases[len(Phases)-1]
+	for j := range r.Steps {
+		if r.Steps[j].Name == r.Step && r.Steps[j].FinishedAt == nil {
+			r.Steps[j].Phase = last
+		}
+	}
+	r.Phase = last
+}
+
+// RestartID is the value of the restart annotation for the current phase:
+// every phase restarts every workload once.
+func RestartID(r *rotatorv1.RotationStatus) string {
+	if r.Phase == "" {
+		return r.ID
+	}
+	return r.ID + "-" + strings.ToLower(string(r.Phase))
 }
 
 // InFlight reports whether r is a rotation that has not completed.

@@ -33,7 +33,7 @@ func TestSpecHashIgnoresTriggerAndSuspend(t *testing.T) {
 func TestAdvanceWalksEveryStepOnce(t *testing.T) {
 	g := NewWithT(t)
 	t0 := metav1.NewTime(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC))
-	r := Start("r-1", "t", "h", t0)
+	r := Start("r-1", "t", "h", rotatorv1.KeyPolicyReuse, t0)
 	g.Expect(InFlight(r)).To(BeTrue())
 	var seen []rotatorv1.RotationStep
 	for i := 1; InFlight(r); i++ {
@@ -51,10 +51,52 @@ func TestAdvanceWalksEveryStepOnce(t *testing.T) {
 	g.Expect(r.Steps).To(HaveLen(len(Steps)))
 }
 
+func TestRotateRunsThreePhases(t *testing.T) {
+	g := NewWithT(t)
+	t0 := metav1.NewTime(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC))
+	r := Start("r-1", "t", "h", rotatorv1.KeyPolicyRotate, t0)
+	g.Expect(r.Phase).To(Equal(rotatorv1.PhaseOverlap))
+	type at struct {
+		Phase rotatorv1.RotationPhase
+		Step  rotatorv1.RotationStep
+		ID    string
+	}
+	var seen []at
+	for InFlight(r) {
+		Advance(r, t0)
+		seen = append(seen, at{r.Phase, r.Step, RestartID(r)})
+	}
+	g.Expect(seen).To(Equal([]at{
+		{rotatorv1.PhaseOverlap, rotatorv1.StepVerifying, "r-1-overlap"},
+		{rotatorv1.PhaseOverlap, rotatorv1.StepPublishing, "r-1-overlap"},
+		{rotatorv1.PhaseOverlap, rotatorv1.StepRestartingControlPlane, "r-1-overlap"},
+		{rotatorv1.PhaseOverlap, rotatorv1.StepRestartingApplications, "r-1-overlap"},
+		{rotatorv1.PhaseSwitch, rotatorv1.StepPublishing, "r-1-switch"},
+		{rotatorv1.PhaseSwitch, rotatorv1.StepRestartingControlPlane, "r-1-switch"},
+		{rotatorv1.PhaseSwitch, rotatorv1.StepRestartingApplications, "r-1-switch"},
+		{rotatorv1.PhasePrune, rotatorv1.StepPublishing, "r-1-prune"},
+		{rotatorv1.PhasePrune, rotatorv1.StepRestartingControlPlane, "r-1-prune"},
+		{rotatorv1.PhasePrune, rotatorv1.StepRestartingApplications, "r-1-prune"},
+		{rotatorv1.PhasePrune, rotatorv1.StepCompleted, "r-1-prune"},
+	}))
+	for _, s := range r.Steps {
+		g.Expect(s.FinishedAt).NotTo(BeNil(), "step %s/%s finished", s.Phase, s.Name)
+	}
+
+	// With nothing installed, there is nothing to overlap.
+	r = Start("r-2", "t", "h", rotatorv1.KeyPolicyRotate, t0)
+	Advance(r, t0)
+	Advance(r, t0)
+	SkipToLastPhase(r)
+	g.Expect(r.Phase).To(Equal(rotatorv1.PhasePrune))
+	g.Expect(RestartID(r)).To(Equal("r-2-prune"))
+	g.Expect(RestartID(Start("r-3", "t", "h", rotatorv1.KeyPolicyReuse, t0))).To(Equal("r-3"))
+}
+
 func TestWaitKeepsTheStartOfTheSameWait(t *testing.T) {
 	g := NewWithT(t)
 	t0 := metav1.NewTime(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC))
-	r := Start("r-1", "t", "h", t0)
+	r := Start("r-1", "t", "h", rotatorv1.KeyPolicyReuse, t0)
 	g.Expect(Wait(r, "Deployment a", t0)).To(Equal(t0))
 	later := metav1.NewTime(t0.Add(time.Minute))
 	g.Expect(Wait(r, "Deployment a", later)).To(Equal(t0))

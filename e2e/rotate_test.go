@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+)
+
+// restartMesh restarts sentry and every Dapr application, as a fresh install
+// would start them, and waits for the rollouts.
+func restartMesh(t *testing.T, value string) {
+	t.Helper()
+	g := NewWithT(t)
+	sentry := &appsv1.Deployment{}
+	sentry.Namespace, sentry.Name = fixture.ControlPlaneNamespace, fixture.Sentry
+	g.Expect(k8sClient.Patch(t.Context(), sentry, client.RawPatch(types.MergePatchType, restart.Patch(value)))).To(Succeed())
+	waitDeploymentRolledOut(t, fixture.ControlPlaneNamespace, fixture.Sentry)
+	for _, app := range fixtureOpts.AppList() {
+		if !app.Dapr {
+			continue
+		}
+		d := &appsv1.Deployment{}
+		d.Namespace, d.Name = app.Namespace, app.Name
+		g.Expect(k8sClient.Patch(t.Context(), d, client.RawPatch(types.MergePatchType, restart.Patch(value)))).To(Succeed())
+	}
+	for _, app := range fixtureOpts.AppList() {
+		if app.Dapr {
+			waitDeploymentRolledOut(t, app.Namespace, app.Name)
+		}
+	}
+	// Terminating pods leave before the oracle starts watching.
+	g.Eventually(func(g Gomega) {
+		pods := &corev1.PodList{}
+		g.Expect(k8sClient.List(t.Context(), pods)).To(Succeed())
+		for _, p := range pods.Items {
+			g.Expect(p.DeletionTimestamp).To(BeNil(), "pod %s/%s still terminating", p.Namespace, p.Name)
+		}
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+}
+
+// TestRotateTakesOverASentryBundle adopts an install whose bundle Sentry made
+// (root key thrown away): a new root key through Overlap, Switch and Prune,
+// with zero failed handshakes at every observed moment.
+func TestRotateTakesOverASentryBundle(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	sentryRoot := pkitest.NewRoot(t, pkitest.Options{})
+	sentryIssuer := pkitest.NewIssuer(t, sentryRoot, pkitest.Options{})
+	setBundle(t,
+		map[string][]byte{"ca.crt": sentryRoot.CertPEM(), "issuer.crt": sentryIssuer.CertPEM(), "issuer.key": sentryIssuer.KeyPEM(t), "jwt.key": []byte("jwt")},
+		map[string]string{"ca.crt": string(sentryRoot.CertPEM())})
+	restartMesh(t, fmt.Sprint(time.Now().UnixNano()))
+
+	o := startOracle(t)
+	startOperator(t)
+	key := newRotation(t, "adopt", rotatorv1.MTLSRootRotationSpec{
+		Trigger: "take-over", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
+		Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 2},
+	})
+	done := waitRotationCompleted(t, key, "take-over")
+	time.Sleep(200 * time.Millisecond)
+	o.stop()
+	moments, mixed, failures := o.report()
+	t.Logf("oracle: %d moments observed, %d with pods on different issuers", moments, mixed)
+	g.Expect(failures).To(BeEmpty())
+	g.Expect(mixed).To(BeNumerically(">", 0))
+	g.Expect(kstatusOf(t, done)).To(Equal(status.CurrentStatus))
+
+	// Three phases, each restarting everything once.
+	var phases []rotatorv1.RotationPhase
+	for _, s := range done.Status.Rotation.Steps {
+		if s.Name == rotatorv1.StepPublishing {
+			phases = append(phases, s.Phase)
+		}
+	}
+	g.Expect(phases).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
+	for _, phase := range []string{"overlap", "switch", "prune"} {
+		assertRestartedOnce(t, done.Status.LastCompletedRotation.ID+"-"+phase)
+	}
+
+	secret, cm := readBundle(t)
+	g.Expect(secret.Data["ca.crt"]).To(Equal([]byte(cm.Data["ca.crt"])))
+	g.Expect(secret.Data).To(HaveKeyWithValue("jwt.key", []byte("jwt")))
+	anchors, err := pki.ParseCertificates(secret.Data["ca.crt"])
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(anchors).To(HaveLen(1), "the Sentry root is pruned")
+	g.Expect(pki.SamePublicKey(anchors[0], sentryRoot.Cert)).To(BeFalse(), "a new root key")
+	g.Expect(done.Status.TrustAnchors).To(Equal(int32(1)))
+	g.Expect(done.Status.RootKeyGeneration).To(Equal(int32(2)))
+
+	// From now on, same-key rotations of the adopted install are safe.
+	obj := getRotation(t, key)
+	obj.Spec.Trigger, obj.Spec.Root.KeyPolicy = "renew", rotatorv1.KeyPolicyReuse
+	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	renewed := waitRotationCompleted(t, key, "renew")
+	g.Expect(renewed.Status.Root.PublicKeySHA256).To(Equal(done.Status.Root.PublicKeySHA256))
+}
+
+// TestRotateReplacesAManagedRootKey rotates the key of a root this operator
+// made: a new key generation, and the previous key Secret goes at the end.
+func TestRotateReplacesAManagedRootKey(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "rekey", rotatorv1.MTLSRootRotationSpec{Trigger: "one"})
+	first := waitRotationCompleted(t, key, "one")
+	oldKeySecret := types.NamespacedName{Namespace: key.Namespace, Name: "rekey-root"}
+	g.Expect(k8sClient.Get(t.Context(), oldKeySecret, &corev1.Secret{})).To(Succeed())
+
+	obj := getRotation(t, key)
+	obj.Spec.Trigger, obj.Spec.Root.KeyPolicy = "two", rotatorv1.KeyPolicyRotate
+	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	second := waitRotationCompleted(t, key, "two")
+	g.Expect(second.Status.Root.PublicKeySHA256).NotTo(Equal(first.Status.Root.PublicKeySHA256))
+	g.Expect(second.Status.RootKeyGeneration).To(Equal(int32(2)))
+	err := k8sClient.Get(t.Context(), oldKeySecret, &corev1.Secret{})
+	g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "the replaced root key is deleted once no anchor carries it")
+	newKey := &corev1.Secret{}
+	g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "rekey-root-g2"}, newKey)).To(Succeed())
+	certs, err := pki.ParseCertificates(newKey.Data["tls.crt"])
+	g.Expect(err).NotTo(HaveOccurred())
+	s, _ := readBundle(t)
+	anchors, err := pki.ParseCertificates(s.Data["ca.crt"])
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(anchors).To(HaveLen(1))
+	g.Expect(pki.SamePublicKey(anchors[0], certs[0])).To(BeTrue())
+}
