@@ -269,6 +269,9 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	if !rotation.InFlight(rot) {
 		last := obj.Status.LastCompletedRotation
 		if last != nil && last.Trigger == obj.Spec.Trigger {
+			if stalled, err := r.importRootKey(ctx, obj); err != nil || stalled {
+				return ctrl.Result{}, err
+			}
 			if err := r.ensureIssuance(ctx, obj); err != nil {
 				return ctrl.Result{}, err
 			}
@@ -302,6 +305,9 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		// with; the new policy applies to the next one.
 		ctrlLog(ctx).Info("key policy changed during a rotation; it applies to the next one",
 			"rotation", rot.ID, "running", rot.KeyPolicy, "requested", obj.Spec.Root.GetKeyPolicy())
+	}
+	if stalled, err := r.importRootKey(ctx, obj); err != nil || stalled {
+		return ctrl.Result{}, err
 	}
 	if err := r.ensureIssuance(ctx, obj); err != nil {
 		return ctrl.Result{}, err

@@ -5,12 +5,14 @@ import (
 	"testing"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/conditions/check"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -34,6 +36,19 @@ func freshBundle(t *testing.T) {
 		g.Expect(k8sClient.List(ctx, list, client.InNamespace(fixture.ControlPlaneNamespace))).To(Succeed())
 		g.Expect(list.Items).To(BeEmpty())
 	}).WithTimeout(30 * time.Second).Should(Succeed())
+	// The garbage collector removes owned cert-manager objects in its own
+	// time; one left behind would re-issue into a Secret deleted below.
+	for _, list := range []client.ObjectList{&cmapi.CertificateList{}, &cmapi.IssuerList{}} {
+		g.Eventually(func(g Gomega) {
+			g.Expect(k8sClient.List(ctx, list, client.InNamespace(fixture.ControlPlaneNamespace), client.HasLabels{controllers.OwnerLabel})).To(Succeed())
+			items, err := apimeta.ExtractList(list)
+			g.Expect(err).NotTo(HaveOccurred())
+			for _, item := range items {
+				_ = k8sClient.Delete(ctx, item.(client.Object))
+			}
+			g.Expect(items).To(BeEmpty())
+		}).WithTimeout(30 * time.Second).Should(Succeed())
+	}
 	// Root and issuer Secrets outlive their MTLSRootRotation by design; a
 	// fresh install has none.
 	g.Expect(k8sClient.DeleteAllOf(ctx, &corev1.Secret{}, client.InNamespace(fixture.ControlPlaneNamespace),

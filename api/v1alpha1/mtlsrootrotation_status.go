@@ -196,6 +196,8 @@ const (
 	RolloutTimeoutReason = "RolloutTimeout"
 	// InvalidBundleReason: the issued bundle would be refused by Sentry.
 	InvalidBundleReason = "InvalidBundle"
+	// InvalidPrivateKeyReason: the brought root key cannot be used.
+	InvalidPrivateKeyReason = "InvalidPrivateKey"
 	// SuspendedReason: spec.suspend is true.
 	SuspendedReason = "Suspended"
 )

@@ -77,6 +77,7 @@ const (
 )
 
 // RootSpec configures the root certificate.
+// +kubebuilder:validation:XValidation:rule="!has(self.privateKeySecretRef) || !has(self.keyPolicy) || self.keyPolicy == 'Reuse'",message="root.privateKeySecretRef brings a root key to keep: it needs keyPolicy Reuse"
 type RootSpec struct {
 	// Duration is the validity of the root certificate; at least one hour.
 	// Defaults to one year, as Dapr's own root.
@@ -95,11 +96,32 @@ type RootSpec struct {
 	// +optional
 	Subject *Subject `json:"subject,omitempty"`
 
+	// PrivateKeySecretRef names a Secret in this namespace holding an existing
+	// root private key (PEM: SEC1 EC, PKCS#1 RSA or PKCS#8, as openssl and step
+	// write them) to sign the root with instead of a generated one. It must
+	// match privateKey's algorithm and size. The Secret is read, never modified.
+	// +optional
+	PrivateKeySecretRef *KeySecretRef `json:"privateKeySecretRef,omitempty"`
+
 	// KeyPolicy is Reuse (keep the root private key; the default and Dapr's own
 	// advice) or Rotate (a new key through a trust-overlap rotation).
 	// +kubebuilder:default=Reuse
 	// +optional
 	KeyPolicy KeyPolicy `json:"keyPolicy,omitempty"`
+}
+
+// KeySecretRef names a key of a Secret in the MTLSRootRotation's namespace.
+type KeySecretRef struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Name string `json:"name"`
+	// Key in the Secret's data holding the PEM private key.
+	// +kubebuilder:default="ca.key"
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Key string `json:"key,omitempty"`
 }
 
 // IssuerSpec configures the issuer certificate.

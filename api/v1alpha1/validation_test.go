@@ -114,6 +114,7 @@ func TestValidSpecsAreAccepted(t *testing.T) {
 		"apps not restarted":            "{applications: {restart: false, maxConcurrent: 1}}",
 		"trust domain with dots":        "{trustDomain: prod.example.org}",
 		"rotate":                        "{root: {keyPolicy: Rotate}}",
+		"brought key":                   "{root: {privateKeySecretRef: {name: my-key, key: tls.key}}}",
 	}
 	for name, spec := range valid {
 		t.Run(name, func(t *testing.T) {
@@ -149,6 +150,8 @@ func TestInvalidSpecsAreRefusedWithAMessage(t *testing.T) {
 		{"same key twice", "{target: {keys: {ca: ca.crt, issuerCert: ca.crt}}}", "target.keys must be three different key names"},
 		{"invalid secret name", "{target: {secretName: Dapr_Bundle}}", "target.secretName must be a valid Kubernetes object name"},
 		{"invalid key name", "{target: {keys: {ca: 'ca/crt'}}}", "keys.ca must consist of alphanumerics"},
+		{"brought key with Rotate", "{root: {keyPolicy: Rotate, privateKeySecretRef: {name: my-key}}}", "it needs keyPolicy Reuse"},
+		{"brought key without a name", "{root: {privateKeySecretRef: {name: ''}}}", "should be at least 1 chars long"},
 	}
 	for _, tt := range invalid {
 		t.Run(tt.name, func(t *testing.T) {

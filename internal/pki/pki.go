@@ -104,6 +104,20 @@ func ParsePrivateKey(data []byte) (crypto.Signer, error) {
 	}
 }
 
+// KeyAlgorithm names a key's algorithm and size as the API does: "ECDSA" with
+// the curve size, "RSA" with the modulus size, or "Ed25519" with 0.
+func KeyAlgorithm(key crypto.Signer) (string, int) {
+	switch k := key.(type) {
+	case *ecdsa.PrivateKey:
+		return "ECDSA", k.Curve.Params().BitSize
+	case *rsa.PrivateKey:
+		return "RSA", k.N.BitLen()
+	case ed25519.PrivateKey:
+		return "Ed25519", 0
+	}
+	return fmt.Sprintf("%T", key), 0
+}
+
 // EncodePrivateKey encodes a key as PKCS#8 PEM.
 func EncodePrivateKey(key crypto.Signer) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(key)

@@ -2,6 +2,7 @@ package pki_test
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -143,6 +144,19 @@ func TestParsePrivateKeyFormats(t *testing.T) {
 			_, err := pki.ParsePrivateKey(data)
 			NewWithT(t).Expect(err).To(HaveOccurred())
 		})
+	}
+}
+
+func TestKeyAlgorithm(t *testing.T) {
+	g := NewWithT(t)
+	for _, tt := range []struct {
+		key  any
+		alg  string
+		size int
+	}{{pkitest.ECDSAKey(t), "ECDSA", 256}, {pkitest.RSAKey(t, 2048), "RSA", 2048}, {pkitest.Ed25519Key(t), "Ed25519", 0}} {
+		alg, size := pki.KeyAlgorithm(tt.key.(interface{ Public() crypto.PublicKey }).(crypto.Signer))
+		g.Expect(alg).To(Equal(tt.alg))
+		g.Expect(size).To(Equal(tt.size))
 	}
 }
 

@@ -1,0 +1,91 @@
+package controllers
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+)
+
+// importRootKey puts a brought root key (spec.root.privateKeySecretRef) into
+// the root Secret before cert-manager issues the root, which then signs with
+// it (rotationPolicy Never keeps whatever key the Secret holds). The user's
+// Secret is only read. A root Secret that already holds another key is never
+// overwritten. It reports whether the object was marked Stalled.
+func (r *MTLSRootRotationReconciler) importRootKey(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (bool, error) {
+	ref := obj.Spec.Root.PrivateKeySecretRef
+	if ref == nil {
+		return false, nil
+	}
+	dataKey := ref.Key
+	if dataKey == "" {
+		dataKey = "ca.key"
+	}
+	src := &corev1.Secret{}
+	if err := r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: ref.Name}, src); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.markStalled(ctx, obj, rotatorv1.InvalidPrivateKeyReason,
+				"Secret %s/%s named by spec.root.privateKeySecretRef does not exist", obj.Namespace, ref.Name)
+			return true, nil
+		}
+		return false, fmt.Errorf("reading the root key Secret: %w", err)
+	}
+	key, err := pki.ParsePrivateKey(src.Data[dataKey])
+	if err != nil {
+		r.markStalled(ctx, obj, rotatorv1.InvalidPrivateKeyReason,
+			"key %q of Secret %s/%s holds no usable private key: %v", dataKey, obj.Namespace, ref.Name, err)
+		return true, nil
+	}
+	wantAlg, wantSize := string(obj.Spec.Root.PrivateKey.GetAlgorithm()), obj.Spec.Root.PrivateKey.GetSize()
+	if alg, size := pki.KeyAlgorithm(key); alg != wantAlg || size != wantSize {
+		r.markStalled(ctx, obj, rotatorv1.InvalidPrivateKeyReason,
+			"the key in Secret %s/%s is %s %d, but spec.root.privateKey asks for %s %d", obj.Namespace, ref.Name, alg, size, wantAlg, wantSize)
+		return true, nil
+	}
+	keyPEM, err := pki.EncodePrivateKey(key)
+	if err != nil {
+		return false, err
+	}
+
+	root := &corev1.Secret{}
+	name := rootSecretName(obj)
+	err = r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: name}, root)
+	switch {
+	case apierrors.IsNotFound(err):
+		root = &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: obj.Namespace, Labels: map[string]string{OwnerLabel: obj.Name}},
+			Type:       corev1.SecretTypeTLS,
+			Data:       map[string][]byte{corev1.TLSCertKey: {}, corev1.TLSPrivateKeyKey: keyPEM},
+		}
+		if err := r.Create(ctx, root); err != nil {
+			return false, fmt.Errorf("importing the root key into Secret %s: %w", name, err)
+		}
+		ctrlLog(ctx).Info("root key imported", "from", ref.Name, "into", name)
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("reading the root Secret: %w", err)
+	}
+	held, err := pki.ParsePrivateKey(root.Data[corev1.TLSPrivateKeyKey])
+	if err != nil || !publicKeysEqual(held, key) {
+		r.markStalled(ctx, obj, rotatorv1.InvalidPrivateKeyReason,
+			"root Secret %s/%s already holds another key than Secret %s; it is never overwritten: delete it to import the brought key",
+			obj.Namespace, name, ref.Name)
+		return true, nil
+	}
+	return false, nil
+}
+
+func publicKeysEqual(a, b interface{ Public() crypto.PublicKey }) bool {
+	pa, err1 := x509.MarshalPKIXPublicKey(a.Public())
+	pb, err2 := x509.MarshalPKIXPublicKey(b.Public())
+	return err1 == nil && err2 == nil && bytes.Equal(pa, pb)
+}
