@@ -257,6 +257,21 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	if err != nil || stalled {
 		return ctrl.Result{}, err
 	}
+	if obj.Spec.DryRun {
+		p, err := r.plan(ctx, obj, target)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		obj.Status.Plan = p
+		msg := fmt.Sprintf("dry run: a %s rotation would issue %d certificates, restart %d control-plane workloads, then %d applications in %d waves per phase%s",
+			p.KeyPolicy, len(p.Certificates), len(p.ControlPlane), p.Applications, p.Waves, phaseList(p.Phases))
+		if len(p.Blockers) > 0 {
+			msg += fmt.Sprintf("; it would stop: %s", p.Blockers[0])
+		}
+		markReady(obj, "%s", msg)
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationPlanned", "Plan", "%s", msg)
+		return ctrl.Result{}, nil
+	}
 
 	now := r.now()
 	rot := obj.Status.Rotation
@@ -286,6 +301,7 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		rot = rotation.Start(rotation.NewID(obj.UID, obj.Spec.Trigger, previous), obj.Spec.Trigger, rotation.SpecHash(obj.Spec), policy, now)
 		obj.Status.Rotation = rot
 		obj.Status.Applications = nil
+		obj.Status.Plan = nil
 		if policy == rotatorv1.KeyPolicyRotate {
 			// A new root key in a new Secret; the previous one stays until
 			// the rotation completes. Recorded with the start, so that a
@@ -363,6 +379,13 @@ func (r *MTLSRootRotationReconciler) dropPreviousRootKey(ctx context.Context, ob
 	if err := r.Delete(ctx, previous); err != nil && !apierrors.IsNotFound(err) {
 		ctrlLog(ctx).Error(err, "deleting the previous root key Secret", "secret", previous.Name)
 	}
+}
+
+func phaseList(phases []rotatorv1.RotationPhase) string {
+	if len(phases) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (phases %v)", phases)
 }
 
 // recordCompleted records a completed rotation as the last one and marks the

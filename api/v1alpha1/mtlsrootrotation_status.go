@@ -45,6 +45,10 @@ type MTLSRootRotationStatus struct {
 	// +optional
 	Applications *ApplicationsStatus `json:"applications,omitempty"`
 
+	// Plan is what the next rotation would do, computed when spec.dryRun is true.
+	// +optional
+	Plan *RotationPlan `json:"plan,omitempty"`
+
 	// LastCompletedRotation is the last rotation that finished.
 	// +optional
 	LastCompletedRotation *CompletedRotation `json:"lastCompletedRotation,omitempty"`
@@ -168,6 +172,40 @@ type ApplicationsStatus struct {
 	// Progress is Restarted/Total, for kubectl.
 	// +optional
 	Progress string `json:"progress,omitempty"`
+}
+
+// RotationPlan is what a rotation would do, computed without side effects.
+type RotationPlan struct {
+	// ComputedAt is when the plan was computed.
+	ComputedAt metav1.Time `json:"computedAt"`
+	// KeyPolicy the rotation would run with.
+	KeyPolicy KeyPolicy `json:"keyPolicy"`
+	// Phases a Rotate rotation would run (none for Reuse).
+	// +optional
+	Phases []RotationPhase `json:"phases,omitempty"`
+	// Certificates cert-manager would issue, in order.
+	// +optional
+	Certificates []string `json:"certificates,omitempty"`
+	// ControlPlane lists the control-plane workloads in restart order; missing
+	// optional ones are marked skipped.
+	// +optional
+	ControlPlane []string `json:"controlPlane,omitempty"`
+	// Applications is how many Dapr applications would be restarted.
+	Applications int32 `json:"applications"`
+	// Waves is how many application waves that takes, per phase.
+	Waves int32 `json:"waves"`
+	// FirstWaves lists the applications of the first waves (at most 10).
+	// +optional
+	FirstWaves []PlannedWave `json:"firstWaves,omitempty"`
+	// Blockers are what would stop the rotation now (a missing workload, say).
+	// +optional
+	Blockers []string `json:"blockers,omitempty"`
+}
+
+// PlannedWave is one wave of application restarts.
+type PlannedWave struct {
+	// Applications as Kind namespace/name.
+	Applications []string `json:"applications"`
 }
 
 // CompletedRotation records a finished rotation.

@@ -56,6 +56,12 @@ type MTLSRootRotationSpec struct {
 	// +optional
 	Trigger string `json:"trigger,omitempty"`
 
+	// DryRun computes the plan of the next rotation (phases, certificates to
+	// issue, workloads to restart in order, application waves) into
+	// status.plan and an event, and changes nothing else.
+	// +optional
+	DryRun bool `json:"dryRun,omitempty"`
+
 	// Suspend tells the operator to leave this rotation alone: nothing is issued,
 	// written or restarted while it is true. A rotation in flight resumes where
 	// it stopped when Suspend is cleared.

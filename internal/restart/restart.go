@@ -155,3 +155,20 @@ func NextWave(apps []Observed, maxConcurrent int) WavePlan {
 	}
 	return plan
 }
+
+// Waves splits applications into the waves NextWave would restart them in:
+// stable order (namespace, kind, name), at most maxConcurrent each.
+func Waves(apps []Ref, maxConcurrent int) [][]Ref {
+	if maxConcurrent < 1 {
+		maxConcurrent = 1
+	}
+	sorted := slices.Clone(apps)
+	slices.SortFunc(sorted, compareRefs)
+	var waves [][]Ref
+	for len(sorted) > 0 {
+		n := min(maxConcurrent, len(sorted))
+		waves = append(waves, sorted[:n])
+		sorted = sorted[n:]
+	}
+	return waves
+}

@@ -192,3 +192,29 @@ func TestWavesNeverExceedMaxConcurrent(t *testing.T) {
 		})
 	}
 }
+
+func TestWavesMatchWhatNextWaveDoes(t *testing.T) {
+	g := NewWithT(t)
+	var apps []Observed
+	var refs []Ref
+	for i := range 7 {
+		a := app(fmt.Sprintf("ns-%d", i%3), fmt.Sprintf("app-%d", i), false, true)
+		apps = append(apps, a)
+		refs = append(refs, a.Ref)
+	}
+	waves := Waves(refs, 3)
+	g.Expect(waves).To(HaveLen(3))
+	for _, wave := range waves {
+		plan := NextWave(apps, 3)
+		g.Expect(plan.Restart).To(Equal(wave))
+		for i := range apps {
+			for _, r := range wave {
+				if apps[i].Ref == r {
+					apps[i].Restarted = true
+				}
+			}
+		}
+	}
+	g.Expect(NextWave(apps, 3).Done).To(BeTrue())
+	g.Expect(Waves(nil, 3)).To(BeEmpty())
+}
