@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -26,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
@@ -33,7 +35,7 @@ import (
 const ControllerName = "mtls-rotator"
 
 // ownedConditions are the condition types this controller writes.
-var ownedConditions = []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition}
+var ownedConditions = []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition, rotatorv1.TrustBundleDriftCondition}
 
 // MTLSRootRotationReconciler reconciles MTLSRootRotation objects: it issues
 // the root and issuer through cert-manager, publishes them to Dapr Sentry's
@@ -284,6 +286,15 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	if !rotation.InFlight(rot) {
 		last := obj.Status.LastCompletedRotation
 		if last != nil && last.Trigger == obj.Spec.Trigger {
+			if drift, err := r.drift(ctx, obj, target); err != nil {
+				return ctrl.Result{}, err
+			} else if drift != "" {
+				conditions.MarkTrue(obj, rotatorv1.TrustBundleDriftCondition, rotatorv1.TrustBundleDriftReason, "%s", drift)
+				r.markStalled(ctx, obj, rotatorv1.TrustBundleDriftReason,
+					"%s; it is not overwritten: change spec.trigger to rotate onto a bundle of this operator (with keyPolicy Rotate if Sentry generated a new CA)", drift)
+				return ctrl.Result{}, nil
+			}
+			conditions.Delete(obj, rotatorv1.TrustBundleDriftCondition)
 			if stalled, err := r.importRootKey(ctx, obj); err != nil || stalled {
 				return ctrl.Result{}, err
 			}
@@ -302,6 +313,7 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		obj.Status.Rotation = rot
 		obj.Status.Applications = nil
 		obj.Status.Plan = nil
+		conditions.Delete(obj, rotatorv1.TrustBundleDriftCondition)
 		if policy == rotatorv1.KeyPolicyRotate {
 			// A new root key in a new Secret; the previous one stays until
 			// the rotation completes. Recorded with the start, so that a
@@ -386,6 +398,31 @@ func phaseList(phases []rotatorv1.RotationPhase) string {
 		return ""
 	}
 	return fmt.Sprintf(" (phases %v)", phases)
+}
+
+// drift names how the Secret and ConfigMap Sentry reads differ from what the
+// operator published, or returns "" when they do not. Both are read live: the
+// cache may not have seen the operator's own last write.
+func (r *MTLSRootRotationReconciler) drift(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) (string, error) {
+	if err := r.refreshTarget(ctx, t); err != nil {
+		return "", err
+	}
+	keys := keysOf(obj)
+	var parts []string
+	live := bundle.FromSecret(t.Secret.Data, keys)
+	if obj.Status.PublishedBundleHash != "" && bundle.Hash(live) != obj.Status.PublishedBundleHash {
+		what := "its content"
+		if issued, _, err := r.issuedBundle(ctx, obj); err == nil && bundle.Hash(issued) == obj.Status.PublishedBundleHash {
+			what = bundle.Describe(issued, live, keys)
+		}
+		parts = append(parts, fmt.Sprintf("Secret %s/%s changed since rotation %s published it: %s",
+			obj.Namespace, t.Secret.Name, obj.Status.LastCompletedRotation.ID, what))
+	}
+	if !bundle.Consistent(t.Secret.Data, t.ConfigMap.Data, keys) {
+		parts = append(parts, fmt.Sprintf("ConfigMap %s/%s %s differs from the Secret's, which makes Sentry generate a new CA at its next start",
+			obj.Namespace, t.ConfigMap.Name, keys.CA))
+	}
+	return strings.Join(parts, "; "), nil
 }
 
 // recordCompleted records a completed rotation as the last one and marks the

@@ -402,6 +402,7 @@ func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *ro
 			return fail(fmt.Errorf("publishing to ConfigMap %s/%s: %w", t.ConfigMap.Namespace, t.ConfigMap.Name, err))
 		}
 	}
+	obj.Status.PublishedBundleHash = hash
 	obj.Status.Root = certificateStatus(parsed.Anchors[len(parsed.Anchors)-1]) // the newest
 	obj.Status.Issuer = certificateStatus(parsed.Issuer())
 	obj.Status.TrustAnchors = int32(len(parsed.Anchors))

@@ -32,6 +32,11 @@ type MTLSRootRotationStatus struct {
 	// +optional
 	Issuer *CertificateStatus `json:"issuer,omitempty"`
 
+	// PublishedBundleHash is the content hash of the bundle last published;
+	// the Secret holding anything else is drift.
+	// +optional
+	PublishedBundleHash string `json:"publishedBundleHash,omitempty"`
+
 	// RootKeyGeneration counts the root private keys this object has made: a
 	// Rotate rotation starts a new one in a new Secret.
 	// +optional
@@ -234,6 +239,11 @@ const (
 	RolloutTimeoutReason = "RolloutTimeout"
 	// InvalidBundleReason: the issued bundle would be refused by Sentry.
 	InvalidBundleReason = "InvalidBundle"
+	// TrustBundleDriftCondition is True when the Secret or ConfigMap Sentry
+	// reads holds content the operator did not publish.
+	TrustBundleDriftCondition = "TrustBundleDrift"
+	// TrustBundleDriftReason: see TrustBundleDriftCondition.
+	TrustBundleDriftReason = "TrustBundleDrift"
 	// InvalidPrivateKeyReason: the brought root key cannot be used.
 	InvalidPrivateKeyReason = "InvalidPrivateKey"
 	// SuspendedReason: spec.suspend is true.
