@@ -328,11 +328,14 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 			return ctrl.Result{}, fmt.Errorf("recording the start of rotation %s: %w", rot.ID, err)
 		}
 	}
-	if rot.KeyPolicy != "" && rot.KeyPolicy != obj.Spec.Root.GetKeyPolicy() {
-		// Refused for this rotation: it finishes with the policy it started
-		// with; the new policy applies to the next one.
-		ctrlLog(ctx).Info("key policy changed during a rotation; it applies to the next one",
-			"rotation", rot.ID, "running", rot.KeyPolicy, "requested", obj.Spec.Root.GetKeyPolicy())
+	if want := obj.Spec.Root.GetKeyPolicy(); rot.KeyPolicy != "" && rot.KeyPolicy != want && rot.DeferredKeyPolicy != want {
+		// Refused for this rotation: switching policy half-way would publish
+		// bundles no phase proved. It finishes with the policy it started
+		// with; the new one applies to the next rotation (a new trigger).
+		rot.DeferredKeyPolicy = want
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, rotatorv1.KeyPolicyChangeDeferredReason, "Rotate",
+			"keyPolicy %s refused for rotation %s, which runs with %s and finishes so; change spec.trigger afterwards to rotate with %s",
+			want, rot.ID, rot.KeyPolicy, want)
 	}
 	if stalled, err := r.importRootKey(ctx, obj); err != nil || stalled {
 		return ctrl.Result{}, err

@@ -13,6 +13,8 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
@@ -118,4 +120,41 @@ func assertRestartedOnce(t *testing.T, id string) {
 		}
 		g.Expect(countReplicaSets(app.Namespace, map[string]string{"app": app.Name})).To(Equal(want), "%s restarted %d times for %s", app.Name, want, id)
 	}
+}
+
+// TestRotateSurvivesCrashesAtEveryPhaseBoundary kills the operator as each
+// phase of a trust-overlap rotation starts and mid-way through its restarts;
+// within each phase no workload is restarted twice.
+func TestRotateSurvivesCrashesAtEveryPhaseBoundary(t *testing.T) {
+	freshBundle(t)
+	sentryRoot := pkitest.NewRoot(t, pkitest.Options{})
+	sentryIssuer := pkitest.NewIssuer(t, sentryRoot, pkitest.Options{})
+	setBundle(t,
+		map[string][]byte{"ca.crt": sentryRoot.CertPEM(), "issuer.crt": sentryIssuer.CertPEM(), "issuer.key": sentryIssuer.KeyPEM(t)},
+		map[string]string{"ca.crt": string(sentryRoot.CertPEM())})
+	key := newRotation(t, "crashy-rotate", rotatorv1.MTLSRootRotationSpec{
+		Trigger: "one", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
+		Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 1},
+	})
+	at := func(phase rotatorv1.RotationPhase, step rotatorv1.RotationStep) func(*rotatorv1.RotationStatus, *rotatorv1.MTLSRootRotation) bool {
+		return func(r *rotatorv1.RotationStatus, _ *rotatorv1.MTLSRootRotation) bool {
+			return r.Phase == phase && r.Step == step
+		}
+	}
+	var points []crashPoint
+	for _, phase := range []rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune} {
+		points = append(points,
+			crashPoint{string(phase) + " published", at(phase, rotatorv1.StepRestartingControlPlane)},
+			crashPoint{string(phase) + " applications", at(phase, rotatorv1.StepRestartingApplications)},
+		)
+	}
+	done := runWithCrashes(t, key, "one", points)
+	for _, phase := range []string{"overlap", "switch", "prune"} {
+		assertRestartedOnce(t, done.Status.LastCompletedRotation.ID+"-"+phase)
+	}
+	s, _ := readBundle(t)
+	anchors, err := pki.ParseCertificates(s.Data["ca.crt"])
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	NewWithT(t).Expect(anchors).To(HaveLen(1))
+	NewWithT(t).Expect(pki.SamePublicKey(anchors[0], sentryRoot.Cert)).To(BeFalse())
 }

@@ -92,6 +92,10 @@ type RotationStatus struct {
 	// KeyPolicy is the root key policy the rotation runs with.
 	// +optional
 	KeyPolicy KeyPolicy `json:"keyPolicy,omitempty"`
+	// DeferredKeyPolicy is a key policy the spec asked for while this rotation
+	// ran: refused for it, applied to the next rotation.
+	// +optional
+	DeferredKeyPolicy KeyPolicy `json:"deferredKeyPolicy,omitempty"`
 	// Phase is the trust-overlap phase of a Rotate rotation: Overlap (old and
 	// new roots trusted, old issuer), Switch (new issuer) or Prune (new root only).
 	// +optional
@@ -239,6 +243,9 @@ const (
 	RolloutTimeoutReason = "RolloutTimeout"
 	// InvalidBundleReason: the issued bundle would be refused by Sentry.
 	InvalidBundleReason = "InvalidBundle"
+	// KeyPolicyChangeDeferredReason: spec.root.keyPolicy changed while a
+	// rotation with the other policy runs; it applies to the next rotation.
+	KeyPolicyChangeDeferredReason = "KeyPolicyChangeDeferred"
 	// TrustBundleDriftCondition is True when the Secret or ConfigMap Sentry
 	// reads holds content the operator did not publish.
 	TrustBundleDriftCondition = "TrustBundleDrift"
