@@ -277,6 +277,17 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 
 	now := r.now()
 	rot := obj.Status.Rotation
+	replaced := ""
+	if rotation.InFlight(rot) && !published(rot) &&
+		(rot.Trigger != obj.Spec.Trigger || (rot.KeyPolicy != "" && rot.KeyPolicy != obj.Spec.Root.GetKeyPolicy())) {
+		// Nothing of it was published: a new trigger or key policy (the way
+		// out of a RootKeyUnknown stall) replaces it.
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationReplaced", "Rotate",
+			"rotation %s had published nothing; replaced by a rotation for trigger %q with keyPolicy %s",
+			rot.ID, obj.Spec.Trigger, obj.Spec.Root.GetKeyPolicy())
+		replaced = rot.ID
+		obj.Status.Rotation, rot = nil, nil
+	}
 	if rot != nil && rot.Step == rotatorv1.StepCompleted &&
 		(obj.Status.LastCompletedRotation == nil || obj.Status.LastCompletedRotation.ID != rot.ID) {
 		// Completed, but the record of it was lost (a crash between two
@@ -295,6 +306,11 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 				return ctrl.Result{}, nil
 			}
 			conditions.Delete(obj, rotatorv1.TrustBundleDriftCondition)
+			if rot != nil && rot.KeyPolicy == rotatorv1.KeyPolicyRotate {
+				if err := r.dropPreviousRootKey(ctx, obj); err != nil {
+					return ctrl.Result{}, err
+				}
+			}
 			if stalled, err := r.importRootKey(ctx, obj); err != nil || stalled {
 				return ctrl.Result{}, err
 			}
@@ -308,6 +324,9 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		if last != nil {
 			previous = last.ID
 		}
+		if replaced != "" {
+			previous += "/" + replaced
+		}
 		policy := obj.Spec.Root.GetKeyPolicy()
 		rot = rotation.Start(rotation.NewID(obj.UID, obj.Spec.Trigger, previous), obj.Spec.Trigger, rotation.SpecHash(obj.Spec), policy, now)
 		obj.Status.Rotation = rot
@@ -315,10 +334,14 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		obj.Status.Plan = nil
 		conditions.Delete(obj, rotatorv1.TrustBundleDriftCondition)
 		if policy == rotatorv1.KeyPolicyRotate {
-			// A new root key in a new Secret; the previous one stays until
-			// the rotation completes. Recorded with the start, so that a
-			// replay does not start yet another key.
-			obj.Status.RootKeyGeneration = max(obj.Status.RootKeyGeneration, 1) + 1
+			// A new root key in a new Secret no earlier object left behind;
+			// the previous one stays until the rotation completes. Recorded
+			// with the start, so that a replay does not start yet another key.
+			gen, err := r.freeRootKeyGeneration(ctx, obj, max(obj.Status.RootKeyGeneration, 1)+1)
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			obj.Status.RootKeyGeneration = gen
 		}
 		markProgress(obj, "rotation %s started", rot.ID)
 		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationStarted", "Rotate",
@@ -328,7 +351,7 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 			return ctrl.Result{}, fmt.Errorf("recording the start of rotation %s: %w", rot.ID, err)
 		}
 	}
-	if want := obj.Spec.Root.GetKeyPolicy(); rot.KeyPolicy != "" && rot.KeyPolicy != want && rot.DeferredKeyPolicy != want {
+	if want := obj.Spec.Root.GetKeyPolicy(); published(rot) && rot.KeyPolicy != "" && rot.KeyPolicy != want && rot.DeferredKeyPolicy != want {
 		// Refused for this rotation: switching policy half-way would publish
 		// bundles no phase proved. It finishes with the policy it started
 		// with; the new one applies to the next rotation (a new trigger).
@@ -337,8 +360,11 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 			"keyPolicy %s refused for rotation %s, which runs with %s and finishes so; change spec.trigger afterwards to rotate with %s",
 			want, rot.ID, rot.KeyPolicy, want)
 	}
-	if stalled, err := r.importRootKey(ctx, obj); err != nil || stalled {
-		return ctrl.Result{}, err
+	if rot.KeyPolicy != rotatorv1.KeyPolicyRotate {
+		// A Rotate rotation makes its own key; a brought key waits for it.
+		if stalled, err := r.importRootKey(ctx, obj); err != nil || stalled {
+			return ctrl.Result{}, err
+		}
 	}
 	if err := r.ensureIssuance(ctx, obj); err != nil {
 		return ctrl.Result{}, err
@@ -378,7 +404,10 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	}
 
 	if rot.KeyPolicy == rotatorv1.KeyPolicyRotate {
-		r.dropPreviousRootKey(ctx, obj)
+		if err := r.dropPreviousRootKey(ctx, obj); err != nil {
+			// Retried by the steady-state passes.
+			ctrlLog(ctx).Error(err, "deleting the previous root key Secret")
+		}
 	}
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationCompleted", "Rotate", "rotation %s completed", rot.ID)
 	log.Info("rotation completed", "rotation", rot.ID)
@@ -386,14 +415,45 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 }
 
 // dropPreviousRootKey deletes the root key a completed Rotate rotation
-// replaced: no published anchor carries it any more.
-func (r *MTLSRootRotationReconciler) dropPreviousRootKey(ctx context.Context, obj *rotatorv1.MTLSRootRotation) {
-	previous := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
-		Namespace: obj.Namespace, Name: rootSecretNameFor(obj, obj.Status.RootKeyGeneration-1),
-	}}
-	if err := r.Delete(ctx, previous); err != nil && !apierrors.IsNotFound(err) {
-		ctrlLog(ctx).Error(err, "deleting the previous root key Secret", "secret", previous.Name)
+// replaced: no published anchor carries it any more. Idempotent.
+func (r *MTLSRootRotationReconciler) dropPreviousRootKey(ctx context.Context, obj *rotatorv1.MTLSRootRotation) error {
+	gen := obj.Status.RootKeyGeneration
+	if gen <= 1 {
+		return nil
 	}
+	previous := &corev1.Secret{}
+	err := r.Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: rootSecretNameFor(obj, gen-1)}, previous)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := r.Delete(ctx, previous); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting the previous root key Secret %s: %w", previous.Name, err)
+	}
+	ctrlLog(ctx).Info("previous root key deleted", "secret", previous.Name)
+	return nil
+}
+
+// freeRootKeyGeneration returns the first generation from gen on whose root
+// Secret does not exist: Secrets outlive their object, and a re-created object
+// counts from the start again.
+func (r *MTLSRootRotationReconciler) freeRootKeyGeneration(ctx context.Context, obj *rotatorv1.MTLSRootRotation, gen int32) (int32, error) {
+	for ; ; gen++ {
+		err := r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: rootSecretNameFor(obj, gen)}, &corev1.Secret{})
+		if apierrors.IsNotFound(err) {
+			return gen, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("looking for a free root key Secret: %w", err)
+		}
+	}
+}
+
+// published reports whether a rotation has written anything to the bundle.
+func published(rot *rotatorv1.RotationStatus) bool {
+	return rot.Step != rotatorv1.StepIssuing && rot.Step != rotatorv1.StepVerifying
 }
 
 func phaseList(phases []rotatorv1.RotationPhase) string {

@@ -251,6 +251,13 @@ func validateInstalled(b pki.Bundle, now time.Time) (*pki.ParsedBundle, error) {
 	return b.Validate(pki.ValidAt(now, chain...))
 }
 
+// allApplicationsRestarted reports whether every phase restarts every Dapr
+// application; selectors and restart: false leave some on old anchors.
+func allApplicationsRestarted(obj *rotatorv1.MTLSRootRotation) bool {
+	a := obj.Spec.Applications
+	return a.RestartEnabled() && a.Selector == nil && a.NamespaceSelector == nil
+}
+
 // refreshTarget re-reads the Secret and ConfigMap from the API server.
 func (r *MTLSRootRotationReconciler) refreshTarget(ctx context.Context, t *target) error {
 	s, cm := &corev1.Secret{}, &corev1.ConfigMap{}
@@ -332,9 +339,18 @@ func (r *MTLSRootRotationReconciler) phaseBundle(ctx context.Context, obj *rotat
 		return pki.Bundle{}, nil, stop(ctrl.Result{}, reconcile.TerminalError(err)), false
 	}
 	overlap := pki.ComposeAnchors(orig.Anchors, []*x509.Certificate{rootCert})
-	overlapCerts, err := pki.ParseCertificates(overlap)
+	// Later phases are proven against what is installed now (what the
+	// previous phase published), not against a recomputation of it.
+	live, err := validateInstalled(bundle.FromSecret(t.Secret.Data, keysOf(obj)), now)
 	if err != nil {
-		return pki.Bundle{}, nil, fail(err), false
+		r.markStalled(ctx, obj, rotatorv1.InvalidBundleReason, "the installed bundle is not valid during rotation %s: %v", rot.ID, err)
+		return pki.Bundle{}, nil, stop(ctrl.Result{}, reconcile.TerminalError(err)), false
+	}
+	trustSets := [][]*x509.Certificate{live.Anchors}
+	if !allApplicationsRestarted(obj) {
+		// Dapr workloads left out of the restarts still hold the original
+		// anchors: the proof must keep them working too.
+		trustSets = append(trustSets, orig.Anchors)
 	}
 	var next pki.Bundle
 	var mesh pki.Mesh
@@ -344,10 +360,10 @@ func (r *MTLSRootRotationReconciler) phaseBundle(ctx context.Context, obj *rotat
 		mesh = pki.Mesh{TrustSets: [][]*x509.Certificate{orig.Anchors}, Issuers: [][]*x509.Certificate{orig.Chain}}
 	case rotatorv1.PhaseSwitch:
 		next = pki.Bundle{TrustAnchors: overlap, IssuerChain: issued.IssuerChain, IssuerKey: issued.IssuerKey}
-		mesh = pki.Mesh{TrustSets: [][]*x509.Certificate{overlapCerts}, Issuers: [][]*x509.Certificate{orig.Chain}}
+		mesh = pki.Mesh{TrustSets: trustSets, Issuers: [][]*x509.Certificate{orig.Chain, live.Chain}}
 	default:
 		next = issued
-		mesh = pki.Mesh{TrustSets: [][]*x509.Certificate{overlapCerts}, Issuers: [][]*x509.Certificate{issuedParsed.Chain}}
+		mesh = pki.Mesh{TrustSets: trustSets, Issuers: [][]*x509.Certificate{live.Chain}}
 	}
 	parsed, err := next.Validate(pki.ValidAt(now, orig.Chain...))
 	if err == nil {

@@ -19,6 +19,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
@@ -130,6 +131,41 @@ func TestSentryMadeBundleIsRootKeyUnknown(t *testing.T) {
 	checkConditions(t, obj)
 	bundleUnchanged(t, before, beforeCM)
 	noRestartFor(t, obj.Status.Rotation.ID)
+
+	// The advice of the message, taken: the unpublished rotation is replaced
+	// by a Rotate one, which takes the bundle over.
+	obj.Spec.Root.KeyPolicy = rotatorv1.KeyPolicyRotate
+	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	done := waitRotationCompleted(t, key, "a")
+	g.Expect(done.Status.Rotation.KeyPolicy).To(Equal(rotatorv1.KeyPolicyRotate))
+	g.Expect(done.Status.Rotation.ID).NotTo(Equal(obj.Status.Rotation.ID))
+	g.Expect(eventsFor(t, key)).To(HaveKey("RotationReplaced"))
+}
+
+func TestRotateKeepsAppsLeftOutOfRestartsWorking(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	root := pkitest.NewRoot(t, pkitest.Options{})
+	issuer := pkitest.NewIssuer(t, root, pkitest.Options{})
+	setBundle(t,
+		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": issuer.CertPEM(), "issuer.key": issuer.KeyPEM(t)},
+		map[string]string{"ca.crt": string(root.CertPEM())})
+	startOperator(t)
+	noRestarts := false
+	key := newRotation(t, "partial", rotatorv1.MTLSRootRotationSpec{
+		Trigger: "a", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
+		Applications: rotatorv1.ApplicationsSpec{Restart: &noRestarts},
+	})
+	// Overlap is safe; switching the issuer would cut off sidecars that were
+	// never restarted onto the overlap anchors.
+	obj := waitStalled(t, key, rotatorv1.InvalidBundleReason)
+	g.Expect(obj.Status.Rotation.Phase).To(Equal(rotatorv1.PhaseSwitch))
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("would reject certificates from the new issuer"))
+	s, _ := readBundle(t)
+	anchors, err := pki.ParseCertificates(s.Data["ca.crt"])
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(anchors).To(HaveLen(2), "the overlap bundle stays published")
+	g.Expect(anchors[0].Equal(root.Cert)).To(BeTrue())
 }
 
 func TestRootKeySecretSurvivesDeletion(t *testing.T) {
