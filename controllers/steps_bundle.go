@@ -423,7 +423,7 @@ func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *ro
 	obj.Status.Issuer = certificateStatus(parsed.Issuer())
 	obj.Status.TrustAnchors = int32(len(parsed.Anchors))
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "TrustBundlePublished", "Publish",
-		"rotation %s: published root %s and issuer %s (%d trust anchors) to Secret and ConfigMap %s/%s%s",
+		"rotation %s: published root %s and issuer %s (trust anchors: %d) to Secret and ConfigMap %s/%s%s",
 		rot.ID, shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, obj.Namespace, t.Secret.Name, phaseSuffix(rot))
 	return advance()
 }
