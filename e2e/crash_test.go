@@ -14,7 +14,6 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
-	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
@@ -127,11 +126,7 @@ func assertRestartedOnce(t *testing.T, id string) {
 // within each phase no workload is restarted twice.
 func TestRotateSurvivesCrashesAtEveryPhaseBoundary(t *testing.T) {
 	freshBundle(t)
-	sentryRoot := pkitest.NewRoot(t, pkitest.Options{})
-	sentryIssuer := pkitest.NewIssuer(t, sentryRoot, pkitest.Options{})
-	setBundle(t,
-		map[string][]byte{"ca.crt": sentryRoot.CertPEM(), "issuer.crt": sentryIssuer.CertPEM(), "issuer.key": sentryIssuer.KeyPEM(t)},
-		map[string]string{"ca.crt": string(sentryRoot.CertPEM())})
+	sentryRoot := installSentryBundle(t)
 	key := newRotation(t, "crashy-rotate", rotatorv1.MTLSRootRotationSpec{
 		Trigger: "one", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
 		Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 1},

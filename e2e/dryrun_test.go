@@ -14,7 +14,6 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
-	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
@@ -72,11 +71,7 @@ func TestDryRunPlansAndTouchesNothing(t *testing.T) {
 func TestDryRunNamesWhatWouldStopARotation(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
-	root := pkitest.NewRoot(t, pkitest.Options{})
-	issuer := pkitest.NewIssuer(t, root, pkitest.Options{})
-	setBundle(t,
-		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": issuer.CertPEM(), "issuer.key": issuer.KeyPEM(t)},
-		map[string]string{"ca.crt": string(root.CertPEM())})
+	installSentryBundle(t)
 	startOperator(t)
 	key := newRotation(t, "planner", rotatorv1.MTLSRootRotationSpec{Trigger: "a", DryRun: true})
 	obj := waitPlan(t, key)

@@ -20,7 +20,6 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
-	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
@@ -116,11 +115,7 @@ func TestSentryMadeBundleIsRootKeyUnknown(t *testing.T) {
 	freshBundle(t)
 	// What Sentry writes when it generates its own CA: an ECDSA P-256 root and
 	// issuer; the root key is thrown away.
-	root := pkitest.NewRoot(t, pkitest.Options{})
-	issuer := pkitest.NewIssuer(t, root, pkitest.Options{})
-	setBundle(t,
-		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": issuer.CertPEM(), "issuer.key": issuer.KeyPEM(t)},
-		map[string]string{"ca.crt": string(root.CertPEM())})
+	installSentryBundle(t)
 	before, beforeCM := readBundle(t)
 
 	startOperator(t)
@@ -145,11 +140,7 @@ func TestSentryMadeBundleIsRootKeyUnknown(t *testing.T) {
 func TestRotateKeepsAppsLeftOutOfRestartsWorking(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
-	root := pkitest.NewRoot(t, pkitest.Options{})
-	issuer := pkitest.NewIssuer(t, root, pkitest.Options{})
-	setBundle(t,
-		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": issuer.CertPEM(), "issuer.key": issuer.KeyPEM(t)},
-		map[string]string{"ca.crt": string(root.CertPEM())})
+	root := installSentryBundle(t)
 	startOperator(t)
 	noRestarts := false
 	key := newRotation(t, "partial", rotatorv1.MTLSRootRotationSpec{

@@ -22,6 +22,7 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/controllers"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
 
 // freshBundle brings the fixture back to a fresh Helm install: no
@@ -126,4 +127,16 @@ func bundleUnchanged(t *testing.T, before *corev1.Secret, beforeCM *corev1.Confi
 	g.Expect(cm.Data).To(Equal(beforeCM.Data))
 	g.Expect(s.ResourceVersion).To(Equal(before.ResourceVersion), "the Secret was not written")
 	g.Expect(cm.ResourceVersion).To(Equal(beforeCM.ResourceVersion), "the ConfigMap was not written")
+}
+
+// installSentryBundle writes what Sentry writes when it generates its own CA:
+// an ECDSA P-256 root and issuer, the root key thrown away. It returns the root.
+func installSentryBundle(t *testing.T) *pkitest.CA {
+	t.Helper()
+	root := pkitest.NewRoot(t, pkitest.Options{})
+	issuer := pkitest.NewIssuer(t, root, pkitest.Options{})
+	setBundle(t,
+		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": issuer.CertPEM(), "issuer.key": issuer.KeyPEM(t)},
+		map[string]string{"ca.crt": string(root.CertPEM())})
+	return root
 }
