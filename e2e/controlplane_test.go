@@ -87,7 +87,7 @@ func TestMissingRequiredWorkloadStallsBeforeApplications(t *testing.T) {
 	// Another pass over the same stall must not warn again.
 	obj = getRotation(t, key)
 	obj.Annotations = map[string]string{meta.ReconcileRequestAnnotation: "again"}
-	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	updateRotation(t, obj)
 	g.Eventually(func() string { return getRotation(t, key).Status.LastHandledReconcileAt }).
 		WithTimeout(30 * time.Second).Should(Equal("again"))
 	time.Sleep(time.Second)

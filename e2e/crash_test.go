@@ -68,7 +68,7 @@ func TestCrashesDoNotRestartAnythingTwice(t *testing.T) {
 
 	obj := getRotation(t, key)
 	obj.Spec.Trigger = "two"
-	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	updateRotation(t, obj)
 	points[0] = crashPoint{"renewal requested", func(r *rotatorv1.RotationStatus, _ *rotatorv1.MTLSRootRotation) bool {
 		return r.Step == rotatorv1.StepIssuing && r.RootRevision > 0
 	}}

@@ -80,7 +80,7 @@ func TestDryRunNamesWhatWouldStopARotation(t *testing.T) {
 
 	// The advice taken: the Rotate plan overlaps the installed root.
 	obj.Spec.Root.KeyPolicy = rotatorv1.KeyPolicyRotate
-	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	updateRotation(t, obj)
 	g.Eventually(func(g Gomega) {
 		p := getRotation(t, key).Status.Plan
 		g.Expect(p.KeyPolicy).To(Equal(rotatorv1.KeyPolicyRotate))

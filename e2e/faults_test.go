@@ -53,7 +53,7 @@ func TestSuspendedRotationTouchesNothing(t *testing.T) {
 
 	obj := getRotation(t, key)
 	obj.Spec.Suspend = false
-	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	updateRotation(t, obj)
 	waitRotationCompleted(t, key, "a")
 }
 
@@ -130,7 +130,7 @@ func TestSentryMadeBundleIsRootKeyUnknown(t *testing.T) {
 	// The advice of the message, taken: the unpublished rotation is replaced
 	// by a Rotate one, which takes the bundle over.
 	obj.Spec.Root.KeyPolicy = rotatorv1.KeyPolicyRotate
-	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	updateRotation(t, obj)
 	done := waitRotationCompleted(t, key, "a")
 	g.Expect(done.Status.Rotation.KeyPolicy).To(Equal(rotatorv1.KeyPolicyRotate))
 	g.Expect(done.Status.Rotation.ID).NotTo(Equal(obj.Status.Rotation.ID))

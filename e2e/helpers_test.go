@@ -140,3 +140,22 @@ func installSentryBundle(t *testing.T) *pkitest.CA {
 		map[string]string{"ca.crt": string(root.CertPEM())})
 	return root
 }
+
+// updateRotation writes obj's spec and annotations onto the latest version of
+// the object: the operator patches its status all the time, so an update of
+// an object read a moment ago may conflict.
+func updateRotation(t *testing.T, obj *rotatorv1.MTLSRootRotation) {
+	t.Helper()
+	spec, annotations := obj.Spec.DeepCopy(), obj.Annotations
+	NewWithT(t).Eventually(func() error {
+		latest := &rotatorv1.MTLSRootRotation{}
+		if err := k8sClient.Get(t.Context(), client.ObjectKeyFromObject(obj), latest); err != nil {
+			return err
+		}
+		latest.Spec = *spec
+		if annotations != nil {
+			latest.Annotations = annotations
+		}
+		return k8sClient.Update(t.Context(), latest)
+	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(Succeed())
+}

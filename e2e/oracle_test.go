@@ -216,7 +216,7 @@ func TestAvailabilityOracle(t *testing.T) {
 		o := startOracle(t)
 		obj := getRotation(t, key)
 		obj.Spec.Trigger = "second"
-		g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+		updateRotation(t, obj)
 		waitRotationCompleted(t, key, "second")
 		time.Sleep(200 * time.Millisecond)
 		o.stop()

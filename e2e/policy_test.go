@@ -31,7 +31,7 @@ func TestKeyPolicyChangeDuringARotationIsRefused(t *testing.T) {
 
 	obj := getRotation(t, key)
 	obj.Spec.Root.KeyPolicy = rotatorv1.KeyPolicyRotate
-	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	updateRotation(t, obj)
 	g.Eventually(func(g Gomega) {
 		warnings := eventsFor(t, key)[rotatorv1.KeyPolicyChangeDeferredReason]
 		g.Expect(warnings).To(HaveLen(1))
@@ -50,7 +50,7 @@ func TestKeyPolicyChangeDuringARotationIsRefused(t *testing.T) {
 
 	// The next rotation runs with the new policy.
 	done.Spec.Trigger = "b"
-	g.Expect(k8sClient.Update(t.Context(), done)).To(Succeed())
+	updateRotation(t, done)
 	next := waitRotationCompleted(t, key, "b")
 	g.Expect(next.Status.Rotation.KeyPolicy).To(Equal(rotatorv1.KeyPolicyRotate))
 }

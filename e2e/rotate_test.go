@@ -105,7 +105,7 @@ func TestRotateTakesOverASentryBundle(t *testing.T) {
 	// From now on, same-key rotations of the adopted install are safe.
 	obj := getRotation(t, key)
 	obj.Spec.Trigger, obj.Spec.Root.KeyPolicy = "renew", rotatorv1.KeyPolicyReuse
-	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	updateRotation(t, obj)
 	renewed := waitRotationCompleted(t, key, "renew")
 	g.Expect(renewed.Status.Root.PublicKeySHA256).To(Equal(done.Status.Root.PublicKeySHA256))
 }
@@ -123,7 +123,7 @@ func TestRotateReplacesAManagedRootKey(t *testing.T) {
 
 	obj := getRotation(t, key)
 	obj.Spec.Trigger, obj.Spec.Root.KeyPolicy = "two", rotatorv1.KeyPolicyRotate
-	g.Expect(k8sClient.Update(t.Context(), obj)).To(Succeed())
+	updateRotation(t, obj)
 	second := waitRotationCompleted(t, key, "two")
 	g.Expect(second.Status.Root.PublicKeySHA256).NotTo(Equal(first.Status.Root.PublicKeySHA256))
 	g.Expect(second.Status.RootKeyGeneration).To(Equal(int32(2)))

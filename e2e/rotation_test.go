@@ -203,7 +203,7 @@ func TestSameKeyRotation(t *testing.T) {
 	// The second rotation: one Git commit changing the trigger.
 	g.Expect(k8sClient.Get(ctx, key, obj)).To(Succeed())
 	obj.Spec.Trigger = "second"
-	g.Expect(k8sClient.Update(ctx, obj)).To(Succeed())
+	updateRotation(t, obj)
 	obs = observeRestarts(t, func() string {
 		if id := currentID(); id != first.Status.LastCompletedRotation.ID {
 			return id
@@ -257,7 +257,7 @@ func TestSameKeyRotation(t *testing.T) {
 	secretVersion := secret.ResourceVersion
 	g.Expect(k8sClient.Get(ctx, key, obj)).To(Succeed())
 	obj.Annotations = map[string]string{meta.ReconcileRequestAnnotation: "now"}
-	g.Expect(k8sClient.Update(ctx, obj)).To(Succeed())
+	updateRotation(t, obj)
 	g.Eventually(func() string { return getRotation(t, key).Status.LastHandledReconcileAt }).
 		WithTimeout(30 * time.Second).Should(Equal("now"))
 	secret, _ = readBundle(t)
