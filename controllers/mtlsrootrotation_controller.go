@@ -77,17 +77,13 @@ func (r *MTLSRootRotationReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		)).
 		Owns(&cmapi.Certificate{}).
 		// A sibling created or deleted may start or end a Conflict.
-		Watches(&rotatorv1.MTLSRootRotation{}, handler.EnqueueRequestsFromMapFunc(r.siblings), builder.WithPredicates(predicate.Funcs{
+		Watches(&rotatorv1.MTLSRootRotation{}, handler.EnqueueRequestsFromMapFunc(r.inNamespace), builder.WithPredicates(predicate.Funcs{
 			UpdateFunc: func(event.UpdateEvent) bool { return false }, GenericFunc: func(event.GenericEvent) bool { return false },
 		})).
 		// The bundle appearing, or changing under us, wakes the rotations of its namespace.
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.inNamespace)).
 		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.inNamespace)).
 		Complete(r)
-}
-
-func (r *MTLSRootRotationReconciler) siblings(ctx context.Context, o client.Object) []reconcile.Request {
-	return r.inNamespace(ctx, o)
 }
 
 func (r *MTLSRootRotationReconciler) inNamespace(ctx context.Context, o client.Object) []reconcile.Request {

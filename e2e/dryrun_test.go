@@ -101,16 +101,8 @@ func workloadTemplates(t *testing.T) map[string]string {
 		out[app.Namespace+"/"+app.Name] = d.Spec.Template.Annotations[restart.Annotation]
 	}
 	for _, w := range fixture.ControlPlane {
-		var annotations map[string]string
-		if w.Kind == "StatefulSet" {
-			s := &appsv1.StatefulSet{}
-			g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: w.Name}, s)).To(Succeed())
-			annotations = s.Spec.Template.Annotations
-		} else {
-			d := &appsv1.Deployment{}
-			g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: w.Name}, d)).To(Succeed())
-			annotations = d.Spec.Template.Annotations
-		}
+		annotations, _, err := readControlPlane(t.Context(), w)
+		g.Expect(err).NotTo(HaveOccurred())
 		out[w.Name] = annotations[restart.Annotation]
 	}
 	return out

@@ -11,6 +11,7 @@ import (
 	"github.com/fluxcd/pkg/runtime/conditions"
 	"github.com/fluxcd/pkg/runtime/conditions/check"
 	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,6 +24,7 @@ import (
 	"github.com/mtls-rotator/mtls-rotator/controllers"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
+	"github.com/mtls-rotator/mtls-rotator/internal/rollout"
 )
 
 // freshBundle brings the fixture back to a fresh Helm install: no
@@ -158,4 +160,22 @@ func updateRotation(t *testing.T, obj *rotatorv1.MTLSRootRotation) {
 		}
 		return k8sClient.Update(t.Context(), latest)
 	}).WithTimeout(10 * time.Second).WithPolling(100 * time.Millisecond).Should(Succeed())
+}
+
+// readControlPlane returns a fixture control-plane workload's pod-template
+// annotations and rollout state.
+func readControlPlane(ctx context.Context, w fixture.Workload) (map[string]string, rollout.Status, error) {
+	key := types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: w.Name}
+	if w.Kind == "StatefulSet" {
+		s := &appsv1.StatefulSet{}
+		if err := k8sClient.Get(ctx, key, s); err != nil {
+			return nil, rollout.Status{}, err
+		}
+		return s.Spec.Template.Annotations, rollout.StatefulSet(s), nil
+	}
+	d := &appsv1.Deployment{}
+	if err := k8sClient.Get(ctx, key, d); err != nil {
+		return nil, rollout.Status{}, err
+	}
+	return d.Spec.Template.Annotations, rollout.Deployment(d), nil
 }

@@ -61,21 +61,11 @@ func observeRestarts(t *testing.T, rotationID func() string) *restartObserver {
 func (o *restartObserver) sample(ctx context.Context, id string, seen map[string]bool) {
 	rolledOut := true
 	for _, w := range fixture.ControlPlane {
-		var annotations map[string]string
-		var done bool
-		if w.Kind == "StatefulSet" {
-			s := &appsv1.StatefulSet{}
-			if k8sClient.Get(ctx, types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: w.Name}, s) != nil {
-				return
-			}
-			annotations, done = s.Spec.Template.Annotations, rollout.StatefulSet(s).Done
-		} else {
-			d := &appsv1.Deployment{}
-			if k8sClient.Get(ctx, types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: w.Name}, d) != nil {
-				return
-			}
-			annotations, done = d.Spec.Template.Annotations, rollout.Deployment(d).Done
+		annotations, st, err := readControlPlane(ctx, w)
+		if err != nil {
+			return
 		}
+		done := st.Done
 		if restart.RestartedFor(annotations, id) && !seen[w.Name] {
 			seen[w.Name] = true
 			o.mu.Lock()
