@@ -75,12 +75,18 @@ func subjectOf(spec *rotatorv1.MTLSRootRotationSpec) (string, *cmapi.X509Subject
 // desiredIssuance returns the cert-manager objects of obj: a SelfSigned Issuer,
 // the root Certificate (isCA, rotationPolicy Never: the key is kept), a CA
 // Issuer on the root's Secret, and the issuer Certificate (isCA) it signs.
+//
+// With an external issuer (spec.issuer.issuerRef) only the issuer Certificate
+// is made, signed by that issuer.
 func desiredIssuance(obj *rotatorv1.MTLSRootRotation) []client.Object {
 	n := namesFor(obj)
 	spec := &obj.Spec
 	cn, subject := subjectOf(spec)
 	meta := func(name string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{Name: name, Namespace: obj.Namespace, Labels: map[string]string{OwnerLabel: obj.Name}}
+	}
+	if ref := spec.Issuer.IssuerRef; ref != nil {
+		return []client.Object{issuerCertificate(obj, meta(n.Issuer), cmmeta.IssuerReference{Name: ref.Name, Kind: ref.GetKind(), Group: ref.GetGroup()})}
 	}
 	return []client.Object{
 		&cmapi.Issuer{ObjectMeta: meta(n.SelfSigned), Spec: cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{SelfSigned: &cmapi.SelfSignedIssuer{}}}},
@@ -94,16 +100,35 @@ func desiredIssuance(obj *rotatorv1.MTLSRootRotation) []client.Object {
 			IssuerRef:      cmmeta.IssuerReference{Name: n.SelfSigned, Kind: cmapi.IssuerKind},
 		}},
 		&cmapi.Issuer{ObjectMeta: meta(n.RootIssuer), Spec: cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: rootSecretName(obj)}}}},
-		&cmapi.Certificate{ObjectMeta: meta(n.Issuer), Spec: cmapi.CertificateSpec{
-			IsCA: true, CommonName: spec.GetTrustDomain(),
-			SecretName:     n.Issuer,
-			SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: map[string]string{OwnerLabel: obj.Name}},
-			Duration:       &metav1.Duration{Duration: spec.Issuer.GetDuration()},
-			PrivateKey:     keySpec(spec.Issuer.PrivateKey, cmapi.RotationPolicyAlways),
-			Usages:         []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageCRLSign, cmapi.UsageDigitalSignature},
-			IssuerRef:      cmmeta.IssuerReference{Name: n.RootIssuer, Kind: cmapi.IssuerKind},
-		}},
+		issuerCertificate(obj, meta(n.Issuer), cmmeta.IssuerReference{Name: n.RootIssuer, Kind: cmapi.IssuerKind}),
 	}
+}
+
+// issuerCertificate is the Certificate of the Dapr issuer: a CA whose key is
+// new at every issuance.
+func issuerCertificate(obj *rotatorv1.MTLSRootRotation, meta metav1.ObjectMeta, signer cmmeta.IssuerReference) *cmapi.Certificate {
+	spec := &obj.Spec
+	return &cmapi.Certificate{ObjectMeta: meta, Spec: cmapi.CertificateSpec{
+		IsCA: true, CommonName: spec.GetTrustDomain(),
+		SecretName:     meta.Name,
+		SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: map[string]string{OwnerLabel: obj.Name}},
+		Duration:       &metav1.Duration{Duration: spec.Issuer.GetDuration()},
+		PrivateKey:     keySpec(spec.Issuer.PrivateKey, cmapi.RotationPolicyAlways),
+		Usages:         []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageCRLSign, cmapi.UsageDigitalSignature},
+		IssuerRef:      signer,
+	}}
+}
+
+// unusedIssuance returns the cert-manager objects obj no longer wants: the
+// root and its issuers once an external issuer signs the Dapr issuer. The
+// root key Secret stays.
+func unusedIssuance(obj *rotatorv1.MTLSRootRotation) []client.Object {
+	if !obj.Spec.Issuer.External() {
+		return nil
+	}
+	n := namesFor(obj)
+	meta := func(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name, Namespace: obj.Namespace} }
+	return []client.Object{&cmapi.Issuer{ObjectMeta: meta(n.SelfSigned)}, &cmapi.Certificate{ObjectMeta: meta(n.Root)}, &cmapi.Issuer{ObjectMeta: meta(n.RootIssuer)}}
 }
 
 // ensureIssuance creates or updates the cert-manager objects, owned by obj.
@@ -135,6 +160,20 @@ func (r *MTLSRootRotationReconciler) ensureIssuance(ctx context.Context, obj *ro
 		if op != controllerutil.OperationResultNone {
 			ctrlLog(ctx).V(1).Info("cert-manager object applied", "kind", fmt.Sprintf("%T", desired), "name", desired.GetName(), "operation", op)
 		}
+	}
+	for _, unused := range unusedIssuance(obj) {
+		if err := r.Get(ctx, client.ObjectKeyFromObject(unused), unused); apierrors.IsNotFound(err) {
+			continue
+		} else if err != nil {
+			return fmt.Errorf("reading %T %s: %w", unused, unused.GetName(), err)
+		}
+		if !metav1.IsControlledBy(unused, obj) {
+			continue
+		}
+		if err := r.Delete(ctx, unused); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("deleting %T %s: %w", unused, unused.GetName(), err)
+		}
+		ctrlLog(ctx).Info("cert-manager object no longer used deleted", "kind", fmt.Sprintf("%T", unused), "name", unused.GetName())
 	}
 	return nil
 }

@@ -63,7 +63,7 @@ type MTLSRootRotationReconciler struct {
 // +kubebuilder:rbac:groups=events.k8s.io,namespace=dapr-system,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",namespace=dapr-system,resources=secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",namespace=dapr-system,resources=configmaps,verbs=get;list;watch;patch
-// +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates;issuers,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates;issuers,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates/status,verbs=update
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch;patch
@@ -255,6 +255,9 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	if err != nil || stalled {
 		return ctrl.Result{}, err
 	}
+	if err := r.adoptRootKeyGeneration(ctx, obj); err != nil {
+		return ctrl.Result{}, err
+	}
 	if obj.Spec.DryRun {
 		p, err := r.plan(ctx, obj, target)
 		if err != nil {
@@ -290,6 +293,12 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		// patches): record it rather than start it again.
 		recordCompleted(obj, rot)
 	}
+	if rot != nil && rot.Step == rotatorv1.StepRolledBack && rot.Trigger == obj.Spec.Trigger {
+		// Rolled back: the failure stays on display, and nothing starts
+		// again, until a new trigger asks for another attempt.
+		r.markStalled(ctx, obj, rotatorv1.RolledBackReason, "%s", rot.Message)
+		return ctrl.Result{}, nil
+	}
 	if !rotation.InFlight(rot) {
 		last := obj.Status.LastCompletedRotation
 		if last != nil && last.Trigger == obj.Spec.Trigger {
@@ -302,7 +311,7 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 				return ctrl.Result{}, nil
 			}
 			conditions.Delete(obj, rotatorv1.TrustBundleDriftCondition)
-			if rot != nil && rot.KeyPolicy == rotatorv1.KeyPolicyRotate {
+			if rot != nil && rot.Step == rotatorv1.StepCompleted && rot.KeyPolicy == rotatorv1.KeyPolicyRotate {
 				if err := r.dropPreviousRootKey(ctx, obj); err != nil {
 					return ctrl.Result{}, err
 				}
@@ -323,13 +332,16 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		if replaced != "" {
 			previous += "/" + replaced
 		}
+		if rot != nil && rot.Step == rotatorv1.StepRolledBack {
+			previous += "/" + rot.ID
+		}
 		policy := obj.Spec.Root.GetKeyPolicy()
 		rot = rotation.Start(rotation.NewID(obj.UID, obj.Spec.Trigger, previous), obj.Spec.Trigger, rotation.SpecHash(obj.Spec), policy, now)
 		obj.Status.Rotation = rot
 		obj.Status.Applications = nil
 		obj.Status.Plan = nil
 		conditions.Delete(obj, rotatorv1.TrustBundleDriftCondition)
-		if policy == rotatorv1.KeyPolicyRotate {
+		if policy == rotatorv1.KeyPolicyRotate && !obj.Spec.Issuer.External() {
 			// A new root key in a new Secret no earlier object left behind;
 			// the previous one stays until the rotation completes. Recorded
 			// with the start, so that a replay does not start yet another key.
@@ -376,7 +388,7 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		case rotatorv1.StepPublishing:
 			res = r.stepPublishing(ctx, obj, target)
 		case rotatorv1.StepRestartingControlPlane:
-			res = r.stepControlPlane(ctx, obj)
+			res = r.stepControlPlane(ctx, obj, target)
 		case rotatorv1.StepRestartingApplications:
 			res = r.stepApplications(ctx, obj)
 		default:
@@ -410,25 +422,24 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	return ctrl.Result{}, nil
 }
 
-// dropPreviousRootKey deletes the root key a completed Rotate rotation
-// replaced: no published anchor carries it any more. Idempotent.
+// dropPreviousRootKey deletes the root keys a completed Rotate rotation
+// replaced, including one a rolled-back attempt left: no published anchor
+// carries them any more. Idempotent.
 func (r *MTLSRootRotationReconciler) dropPreviousRootKey(ctx context.Context, obj *rotatorv1.MTLSRootRotation) error {
-	gen := obj.Status.RootKeyGeneration
-	if gen <= 1 {
-		return nil
+	for gen := obj.Status.RootKeyGeneration - 1; gen >= 1; gen-- {
+		previous := &corev1.Secret{}
+		err := r.Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: rootSecretNameFor(obj, gen)}, previous)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := r.Delete(ctx, previous); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("deleting the previous root key Secret %s: %w", previous.Name, err)
+		}
+		ctrlLog(ctx).Info("previous root key deleted", "secret", previous.Name)
 	}
-	previous := &corev1.Secret{}
-	err := r.Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: rootSecretNameFor(obj, gen-1)}, previous)
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if err := r.Delete(ctx, previous); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("deleting the previous root key Secret %s: %w", previous.Name, err)
-	}
-	ctrlLog(ctx).Info("previous root key deleted", "secret", previous.Name)
 	return nil
 }
 

@@ -28,13 +28,17 @@ func (r *MTLSRootRotationReconciler) plan(ctx context.Context, obj *rotatorv1.MT
 	p := &rotatorv1.RotationPlan{ComputedAt: r.now(), KeyPolicy: policy}
 	installed := bundle.FromSecret(t.Secret.Data, keysOf(obj))
 
-	rootExists := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: n.Root}, &cmapi.Certificate{}) == nil
-	switch {
-	case policy == rotatorv1.KeyPolicyRotate:
+	if policy == rotatorv1.KeyPolicyRotate {
 		p.Phases = rotation.Phases
 		if installed.IsEmpty() {
 			p.Phases = rotation.Phases[len(rotation.Phases)-1:]
 		}
+	}
+	rootExists := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: n.Root}, &cmapi.Certificate{}) == nil
+	switch ref := obj.Spec.Issuer.IssuerRef; {
+	case ref != nil:
+		p.Certificates = append(p.Certificates, fmt.Sprintf("issue issuer Certificate %s signed by %s %s, whose CA becomes the trust anchor", n.Issuer, ref.GetKind(), ref.Name))
+	case policy == rotatorv1.KeyPolicyRotate:
 		next := rootSecretNameFor(obj, max(obj.Status.RootKeyGeneration, 1)+1)
 		p.Certificates = append(p.Certificates, fmt.Sprintf("issue root Certificate %s with a new key into Secret %s", n.Root, next))
 	case obj.Spec.Root.PrivateKeySecretRef != nil && !rootExists:
@@ -44,9 +48,11 @@ func (r *MTLSRootRotationReconciler) plan(ctx context.Context, obj *rotatorv1.MT
 	default:
 		p.Certificates = append(p.Certificates, fmt.Sprintf("issue root Certificate %s with a new key into Secret %s", n.Root, rootSecretName(obj)))
 	}
-	p.Certificates = append(p.Certificates, fmt.Sprintf("issue issuer Certificate %s signed by that root", n.Issuer))
+	if obj.Spec.Issuer.IssuerRef == nil {
+		p.Certificates = append(p.Certificates, fmt.Sprintf("issue issuer Certificate %s signed by that root", n.Issuer))
+	}
 
-	if policy == rotatorv1.KeyPolicyReuse && !installed.IsEmpty() {
+	if policy == rotatorv1.KeyPolicyReuse && !installed.IsEmpty() && obj.Spec.Issuer.IssuerRef == nil {
 		if blocker := r.reuseBlocker(ctx, obj, installed); blocker != "" {
 			p.Blockers = append(p.Blockers, blocker)
 		}

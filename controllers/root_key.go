@@ -6,6 +6,8 @@ import (
 	"crypto"
 	"crypto/x509"
 	"fmt"
+	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -88,4 +90,48 @@ func publicKeysEqual(a, b interface{ Public() crypto.PublicKey }) bool {
 	pa, err1 := x509.MarshalPKIXPublicKey(a.Public())
 	pb, err2 := x509.MarshalPKIXPublicKey(b.Public())
 	return err1 == nil && err2 == nil && bytes.Equal(pa, pb)
+}
+
+// adoptRootKeyGeneration makes a new object (no generation recorded yet) take
+// up the newest root key Secret an earlier object of the same name left,
+// Secrets outliving their object by design: after a Rotate that is
+// <name>-root-gN, not <name>-root. It changes nothing when a generation is
+// recorded or no such Secret exists.
+func (r *MTLSRootRotationReconciler) adoptRootKeyGeneration(ctx context.Context, obj *rotatorv1.MTLSRootRotation) error {
+	if obj.Status.RootKeyGeneration != 0 {
+		return nil
+	}
+	secrets := &corev1.SecretList{}
+	if err := r.List(ctx, secrets, client.InNamespace(obj.Namespace), client.MatchingLabels{OwnerLabel: obj.Name}); err != nil {
+		return fmt.Errorf("looking for root key Secrets: %w", err)
+	}
+	names := make([]string, 0, len(secrets.Items))
+	for _, s := range secrets.Items {
+		names = append(names, s.Name)
+	}
+	if gen := newestRootKeyGeneration(obj.Name, names); gen > 0 {
+		obj.Status.RootKeyGeneration = gen
+		ctrlLog(ctx).Info("root key Secret found", "secret", rootSecretNameFor(obj, gen))
+	}
+	return nil
+}
+
+// newestRootKeyGeneration returns the highest root key generation among
+// Secret names of the object named name, 0 when none is one.
+func newestRootKeyGeneration(name string, secretNames []string) int32 {
+	var newest int32
+	for _, s := range secretNames {
+		rest, ok := strings.CutPrefix(s, name+"-root")
+		switch {
+		case !ok:
+			continue
+		case rest == "":
+			newest = max(newest, 1)
+		case strings.HasPrefix(rest, "-g"):
+			if n, err := strconv.ParseInt(rest[2:], 10, 32); err == nil && n > 1 && fmt.Sprintf("-g%d", n) == rest {
+				newest = max(newest, int32(n))
+			}
+		}
+	}
+	return newest
 }

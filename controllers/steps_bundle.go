@@ -41,10 +41,16 @@ const (
 // recorded before the renewal is triggered, so a replay never renews twice;
 // the issuer's state is read from what it was signed by.
 func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotatorv1.MTLSRootRotation, patcher *patch.SerialPatcher) stepResult {
+	if obj.Spec.Issuer.External() {
+		return r.stepIssuingExternal(ctx, obj, patcher)
+	}
 	rot := obj.Status.Rotation
 	n := namesFor(obj)
 	rootCrt, root, err := r.certificateState(ctx, obj.Namespace, n.Root)
 	if apierrors.IsNotFound(err) {
+		if rot.RootRevision == 0 {
+			rot.RootRevision = 1 // created for this rotation: its first issuance is ours
+		}
 		markProgress(obj, "rotation %s: waiting for Certificate %s to be created", rot.ID, n.Root)
 		return waitFor(r.poll())
 	}
@@ -171,14 +177,26 @@ func (r *MTLSRootRotationReconciler) signedByCurrentRoot(ctx context.Context, ob
 	return bytes.Equal(signer[0].Raw, rootCerts[0].Raw), nil
 }
 
-// issuedBundle composes the bundle to publish from what cert-manager issued.
+// issuedBundle composes the bundle to publish from what cert-manager issued;
+// the root is the newest trust anchor it holds.
 func (r *MTLSRootRotationReconciler) issuedBundle(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (pki.Bundle, *x509.Certificate, error) {
 	n := namesFor(obj)
-	root, err := r.issuedSecret(ctx, obj.Namespace, rootSecretName(obj))
+	issuer, err := r.issuedSecret(ctx, obj.Namespace, n.Issuer)
 	if err != nil {
 		return pki.Bundle{}, nil, err
 	}
-	issuer, err := r.issuedSecret(ctx, obj.Namespace, n.Issuer)
+	if obj.Spec.Issuer.External() {
+		anchors, err := externalAnchors(issuer)
+		if err != nil {
+			return pki.Bundle{}, nil, err
+		}
+		return pki.Bundle{
+			TrustAnchors: pki.EncodeCertificates(anchors...),
+			IssuerChain:  issuer.Data[corev1.TLSCertKey],
+			IssuerKey:    issuer.Data[corev1.TLSPrivateKeyKey],
+		}, anchors[len(anchors)-1], nil
+	}
+	root, err := r.issuedSecret(ctx, obj.Namespace, rootSecretName(obj))
 	if err != nil {
 		return pki.Bundle{}, nil, err
 	}
@@ -338,6 +356,19 @@ func (r *MTLSRootRotationReconciler) phaseBundle(ctx context.Context, obj *rotat
 			"the bundle installed before rotation %s is not valid (%v); there is no trust to overlap with", rot.ID, err)
 		return pki.Bundle{}, nil, stop(ctrl.Result{}, reconcile.TerminalError(err)), false
 	}
+	if pki.Expired(now, orig.Chain...) {
+		// No workload certificate chains to a valid issuer any more: the
+		// mesh is already cut off, and an overlap would only delay its repair.
+		if rot.Phase == rotation.Phases[0] {
+			rotation.SkipToLastPhase(rot)
+			r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, "InstalledIssuerExpired", "Publish",
+				"rotation %s: the installed issuer expired at %s, so no workload can renew its certificate and there is no working trust to overlap with; publishing the new root and issuer directly (%s phase) and restarting everything",
+				rot.ID, orig.Issuer().NotAfter.UTC().Format(time.RFC3339), rot.Phase)
+		}
+		if rot.Phase == rotatorv1.PhasePrune {
+			return issued, issuedParsed, stepResult{}, true
+		}
+	}
 	overlap := pki.ComposeAnchors(orig.Anchors, []*x509.Certificate{rootCert})
 	// Later phases are proven against what is installed now (what the
 	// previous phase published), not against a recomputation of it.
@@ -399,34 +430,58 @@ func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *ro
 	if _, err := r.backup(ctx, obj, bundle.FromSecret(t.Secret.Data, keys), rot.ID); err != nil {
 		return fail(err)
 	}
+	if err := r.keepReplaced(ctx, obj, t, rotation.RestartID(rot)); err != nil {
+		return fail(err)
+	}
 	hash := bundle.Hash(next)
-	if _, changed := bundle.SecretData(t.Secret.Data, next, keys); changed || t.Secret.Annotations[BundleHashAnnotation] != hash {
-		ac := corev1ac.Secret(t.Secret.Name, t.Secret.Namespace).
-			WithResourceVersion(t.Secret.ResourceVersion).
-			WithAnnotations(map[string]string{BundleHashAnnotation: hash, RotationAnnotation: rot.ID}).
-			WithData(map[string][]byte{keys.CA: next.TrustAnchors, keys.IssuerCert: next.IssuerChain, keys.IssuerKey: next.IssuerKey})
-		if err := r.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {
-			return fail(fmt.Errorf("publishing to Secret %s/%s: %w", t.Secret.Namespace, t.Secret.Name, err))
-		}
+	if err := r.writeBundle(ctx, obj, t, next, next.TrustAnchors, rot.ID); err != nil {
+		return fail(err)
 	}
-	if _, changed := bundle.ConfigMapData(t.ConfigMap.Data, next, keys); changed || t.ConfigMap.Annotations[BundleHashAnnotation] != hash {
-		ac := corev1ac.ConfigMap(t.ConfigMap.Name, t.ConfigMap.Namespace).
-			WithResourceVersion(t.ConfigMap.ResourceVersion).
-			WithAnnotations(map[string]string{BundleHashAnnotation: hash, RotationAnnotation: rot.ID}).
-			WithData(map[string]string{keys.CA: string(next.TrustAnchors)})
-		if err := r.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {
-			return fail(fmt.Errorf("publishing to ConfigMap %s/%s: %w", t.ConfigMap.Namespace, t.ConfigMap.Name, err))
-		}
-	}
-	obj.Status.PublishedBundleHash = hash
-	obj.Status.Root = certificateStatus(parsed.Anchors[len(parsed.Anchors)-1]) // the newest
-	obj.Status.Issuer = certificateStatus(parsed.Issuer())
-	obj.Status.TrustAnchors = int32(len(parsed.Anchors))
+	setPublished(obj, hash, parsed)
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "TrustBundlePublished", "Publish",
 		"rotation %s: published root %s and issuer %s (trust anchors: %d) to Secret and ConfigMap %s/%s%s",
 		rot.ID, shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, obj.Namespace, t.Secret.Name, phaseSuffix(rot))
 	return advance()
 }
+
+// writeBundle writes b to the Secret and the ConfigMap's anchors to
+// configMapCA, leaving every other key, label and annotation as it is. Each
+// write is conditional on the resourceVersion last read into t, and skipped
+// when it would change nothing.
+func (r *MTLSRootRotationReconciler) writeBundle(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target, b pki.Bundle, configMapCA []byte, rotationID string) error {
+	keys := keysOf(obj)
+	hash := bundle.Hash(b)
+	annotations := map[string]string{BundleHashAnnotation: hash, RotationAnnotation: rotationID}
+	if _, changed := bundle.SecretData(t.Secret.Data, b, keys); changed || t.Secret.Annotations[BundleHashAnnotation] != hash {
+		ac := corev1ac.Secret(t.Secret.Name, t.Secret.Namespace).
+			WithResourceVersion(t.Secret.ResourceVersion).
+			WithAnnotations(annotations).
+			WithData(map[string][]byte{keys.CA: b.TrustAnchors, keys.IssuerCert: b.IssuerChain, keys.IssuerKey: b.IssuerKey})
+		if err := r.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {
+			return fmt.Errorf("writing Secret %s/%s: %w", t.Secret.Namespace, t.Secret.Name, err)
+		}
+	}
+	if current, ok := t.ConfigMap.Data[keys.CA]; !ok || current != string(configMapCA) || t.ConfigMap.Annotations[BundleHashAnnotation] != hash {
+		ac := corev1ac.ConfigMap(t.ConfigMap.Name, t.ConfigMap.Namespace).
+			WithResourceVersion(t.ConfigMap.ResourceVersion).
+			WithAnnotations(annotations).
+			WithData(map[string]string{keys.CA: string(configMapCA)})
+		if err := r.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {
+			return fmt.Errorf("writing ConfigMap %s/%s: %w", t.ConfigMap.Namespace, t.ConfigMap.Name, err)
+		}
+	}
+	return nil
+}
+
+// setPublished records in status what the bundle now installed holds.
+func setPublished(obj *rotatorv1.MTLSRootRotation, hash string, parsed *pki.ParsedBundle) {
+	obj.Status.PublishedBundleHash = hash
+	obj.Status.Root = certificateStatus(parsed.Anchors[len(parsed.Anchors)-1]) // the newest
+	obj.Status.Issuer = certificateStatus(parsed.Issuer())
+	obj.Status.TrustAnchors = int32(len(parsed.Anchors))
+}
+
+func backupName(obj *rotatorv1.MTLSRootRotation) string { return obj.Name + "-backup" }
 
 // backup keeps the bundle installed before a rotation in a Secret owned by
 // obj, once per rotation, and returns it: a replay after a publish must not
@@ -434,7 +489,7 @@ func (r *MTLSRootRotationReconciler) stepPublishing(ctx context.Context, obj *ro
 func (r *MTLSRootRotationReconciler) backup(ctx context.Context, obj *rotatorv1.MTLSRootRotation, installed pki.Bundle, rotationID string) (pki.Bundle, error) {
 	keys := keysOf(obj)
 	s := &corev1.Secret{}
-	key := client.ObjectKey{Namespace: obj.Namespace, Name: obj.Name + "-backup"}
+	key := client.ObjectKey{Namespace: obj.Namespace, Name: backupName(obj)}
 	err := r.reader().Get(ctx, key, s)
 	switch {
 	case err == nil && s.Annotations[RotationAnnotation] == rotationID:

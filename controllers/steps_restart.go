@@ -34,6 +34,19 @@ func workloadObject(kind string) (client.Object, error) {
 	return nil, fmt.Errorf("unsupported workload kind %q", kind)
 }
 
+// templateAnnotations returns the pod template annotations of a workload.
+func templateAnnotations(o client.Object) map[string]string {
+	switch w := o.(type) {
+	case *appsv1.Deployment:
+		return w.Spec.Template.Annotations
+	case *appsv1.StatefulSet:
+		return w.Spec.Template.Annotations
+	case *appsv1.DaemonSet:
+		return w.Spec.Template.Annotations
+	}
+	return nil
+}
+
 // observe reports what a rotation needs to know of one workload object.
 func observe(o client.Object, rotationID string) restart.Observed {
 	obs := restart.Observed{Exists: true}
@@ -71,10 +84,11 @@ func (r *MTLSRootRotationReconciler) restartWorkload(ctx context.Context, ref re
 
 // stepControlPlane restarts the control-plane workloads one at a time, in
 // order, each awaited until fully rolled out.
-func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *rotatorv1.MTLSRootRotation) stepResult {
+func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) stepResult {
 	rot := obj.Status.Rotation
 	workloads := obj.Spec.ControlPlane.GetWorkloads()
 	observed := make([]restart.Observed, 0, len(workloads))
+	var rollingBack *restart.Ref
 	for _, w := range workloads {
 		o, err := workloadObject(string(w.Kind))
 		if err != nil {
@@ -90,6 +104,14 @@ func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *
 		obs := observe(o, rotation.RestartID(rot))
 		obs.Optional = w.Optional
 		observed = append(observed, obs)
+		if restart.RestartedFor(templateAnnotations(o), rollbackID(rotation.RestartID(rot))) {
+			rollingBack = &obs.Ref
+		}
+	}
+	if rollingBack != nil {
+		// A rollback was under way when the operator stopped, or this pass
+		// read the status from before it: finish it, which is idempotent.
+		return r.rollBack(ctx, obj, t, *rollingBack)
 	}
 
 	a := restart.NextControlPlane(observed)
@@ -110,9 +132,8 @@ func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *
 		since := rotation.Wait(rot, a.Workload.Ref.String(), now)
 		timeout := obj.Spec.ControlPlane.GetRolloutTimeout()
 		if now.Sub(since.Time) > timeout {
-			r.markStalled(ctx, obj, rotatorv1.RolloutTimeoutReason,
-				"control-plane workload %s did not roll out within %s (%s); no application was restarted", a.Workload.Ref, timeout, a.Workload.Waiting)
-			return waitFor(r.poll())
+			ctrlLog(ctx).Info("control-plane rollout timed out", "workload", a.Workload.Ref.String(), "waiting", a.Workload.Waiting)
+			return r.rollBack(ctx, obj, t, a.Workload.Ref)
 		}
 		markProgress(obj, "rotation %s: waiting for %s to roll out: %s", rot.ID, a.Workload.Ref, a.Workload.Waiting)
 		return waitFor(r.poll())

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/yaml"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/controllers"
@@ -108,15 +110,29 @@ func (l *logBuffer) String() string {
 }
 
 // startOperator runs the operator's manager, as main.go builds it, under its
-// ServiceAccount; stop it (a crash, as far as the rotation is concerned) with stop.
+// ServiceAccount, managing the fixture's Dapr namespace; stop it (a crash, as
+// far as the rotation is concerned) with stop.
 func startOperator(t *testing.T) *operator {
 	t.Helper()
+	return startOperatorFor(t, fixture.ControlPlaneNamespace)
+}
+
+// startOperatorFor runs the operator managing the given namespaces; each
+// besides the fixture's gets the generated Role, as an install managing
+// several control planes grants it.
+func startOperatorFor(t *testing.T, namespaces ...string) *operator {
+	t.Helper()
 	g := NewWithT(t)
+	for _, ns := range namespaces {
+		if ns != fixture.ControlPlaneNamespace {
+			grantRole(t, ns)
+		}
+	}
 	scheme := runtime.NewScheme()
 	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
 	g.Expect(cmapi.AddToScheme(scheme)).To(Succeed())
 	g.Expect(rotatorv1.AddToScheme(scheme)).To(Succeed())
-	cacheOptions, err := controllers.CacheOptions([]string{fixture.ControlPlaneNamespace})
+	cacheOptions, err := controllers.CacheOptions(namespaces)
 	g.Expect(err).NotTo(HaveOccurred())
 	// Debug verbosity, so that every log line is checked for key material.
 	logs := &logBuffer{}
@@ -159,5 +175,36 @@ func (o *operator) stop() {
 	select {
 	case <-o.done:
 	case <-time.After(30 * time.Second):
+	}
+}
+
+// grantRole gives the operator's ServiceAccount, in namespace, the Role
+// generated from the RBAC markers for the Dapr namespace.
+func grantRole(t *testing.T, namespace string) {
+	t.Helper()
+	g := NewWithT(t)
+	operatorConfig(t) // the ServiceAccount exists
+	root, err := cluster.RepoRoot()
+	g.Expect(err).NotTo(HaveOccurred())
+	data, err := os.ReadFile(filepath.Join(root, "config", "rbac", "role.yaml"))
+	g.Expect(err).NotTo(HaveOccurred())
+	var role *rbacv1.Role
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		r := &rbacv1.Role{}
+		if err := yaml.Unmarshal([]byte(doc), r); err == nil && r.Kind == "Role" {
+			role = r
+		}
+	}
+	g.Expect(role).NotTo(BeNil(), "config/rbac/role.yaml holds a Role")
+	role.Namespace, role.ResourceVersion = namespace, ""
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name, Namespace: namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: operatorServiceAccount, Namespace: operatorNamespace}},
+	}
+	for _, obj := range []client.Object{role, binding} {
+		if err := k8sClient.Create(t.Context(), obj); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("creating %T in %s: %v", obj, namespace, err)
+		}
 	}
 }

@@ -138,4 +138,51 @@ func TestRotateReplacesAManagedRootKey(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(anchors).To(HaveLen(1))
 	g.Expect(pki.SamePublicKey(anchors[0], certs[0])).To(BeTrue())
+
+	// An object deleted and created again (a Git revert and re-apply) finds
+	// the newest key generation and renews with it, not with an old name.
+	g.Expect(k8sClient.Delete(t.Context(), getRotation(t, key))).To(Succeed())
+	g.Eventually(func() bool { return apierrors.IsNotFound(k8sClient.Get(t.Context(), key, &rotatorv1.MTLSRootRotation{})) }).
+		WithTimeout(10 * time.Second).Should(BeTrue())
+	newRotation(t, "rekey", rotatorv1.MTLSRootRotationSpec{Trigger: "three"})
+	third := waitRotationCompleted(t, key, "three")
+	g.Expect(third.Status.RootKeyGeneration).To(Equal(int32(2)))
+	g.Expect(third.Status.Root.PublicKeySHA256).To(Equal(second.Status.Root.PublicKeySHA256), "the same root key")
+	g.Expect(third.Status.Root.SerialNumber).NotTo(Equal(second.Status.Root.SerialNumber), "a renewed root")
+}
+
+// TestRotateOverAnExpiredIssuerPublishesDirectly: Sentry's issuer has expired,
+// so no workload can renew its certificate and the mesh is already cut off;
+// an overlap would only delay the repair, so the new root and issuer are
+// published at once and everything restarts.
+func TestRotateOverAnExpiredIssuerPublishesDirectly(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	madeAt := time.Now().Add(-48 * time.Hour)
+	root := pkitest.NewRoot(t, pkitest.Options{NotBefore: madeAt})
+	expired := pkitest.NewIssuer(t, root, pkitest.Options{NotBefore: madeAt, Validity: 24 * time.Hour})
+	setBundle(t,
+		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": expired.CertPEM(), "issuer.key": expired.KeyPEM(t)},
+		map[string]string{"ca.crt": string(root.CertPEM())})
+	startOperator(t)
+	key := newRotation(t, "expired", rotatorv1.MTLSRootRotationSpec{Trigger: "a", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate}})
+
+	done := waitRotationCompleted(t, key, "a")
+	var phases []rotatorv1.RotationPhase
+	for _, s := range done.Status.Rotation.Steps {
+		if s.Name == rotatorv1.StepPublishing {
+			phases = append(phases, s.Phase)
+		}
+	}
+	g.Expect(phases).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhasePrune}), "one publish, of the end state")
+	s, _ := readBundle(t)
+	published, err := pki.Bundle{TrustAnchors: s.Data["ca.crt"], IssuerChain: s.Data["issuer.crt"], IssuerKey: s.Data["issuer.key"]}.Validate(time.Now())
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(published.Anchors).To(HaveLen(1))
+	g.Expect(pki.SamePublicKey(published.Anchors[0], root.Cert)).To(BeFalse(), "a new root key")
+	g.Expect(done.Status.Applications.Restarted).To(Equal(done.Status.Applications.Total))
+	warnings := eventsFor(t, key)["InstalledIssuerExpired"]
+	g.Expect(warnings).To(HaveLen(1))
+	g.Expect(warnings[0].Message).To(ContainSubstring("publishing the new root and issuer directly (Prune phase)"))
+	g.Expect(kstatusOf(t, done)).To(Equal(status.CurrentStatus))
 }

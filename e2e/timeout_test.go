@@ -62,6 +62,7 @@ func TestControlPlaneRolloutTimeoutStallsBeforeApplications(t *testing.T) {
 	msg := conditions.GetMessage(obj, meta.StalledCondition)
 	g.Expect(msg).To(ContainSubstring("Deployment dapr-system/dapr-sidecar-injector did not roll out within 3s"))
 	g.Expect(msg).To(ContainSubstring("no application was restarted"))
+	g.Expect(msg).To(ContainSubstring("the bundle was empty before rotation"), "a first issuance has nothing to roll back to")
 	g.Expect(kstatusOf(t, obj)).To(Equal(status.FailedStatus))
 	checkConditions(t, obj)
 	id := obj.Status.Rotation.ID

@@ -71,6 +71,15 @@ func (i *IssuerSpec) GetDuration() time.Duration {
 	return durationOr(i.Duration, DefaultCertificateDuration)
 }
 
+// External reports whether an existing issuer signs the Dapr issuer.
+func (i *IssuerSpec) External() bool { return i.IssuerRef != nil }
+
+// GetKind returns the kind of the referenced issuer.
+func (r *IssuerReference) GetKind() string { return stringOr(r.Kind, "Issuer") }
+
+// GetGroup returns the API group of the referenced issuer.
+func (r *IssuerReference) GetGroup() string { return stringOr(r.Group, "cert-manager.io") }
+
 // GetAlgorithm returns the key algorithm.
 func (k *PrivateKeySpec) GetAlgorithm() KeyAlgorithm {
 	if k.Algorithm == "" {

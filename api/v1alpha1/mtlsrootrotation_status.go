@@ -60,7 +60,7 @@ type MTLSRootRotationStatus struct {
 }
 
 // RotationStep is a step of a rotation.
-// +kubebuilder:validation:Enum=Issuing;Verifying;Publishing;RestartingControlPlane;RestartingApplications;Completed
+// +kubebuilder:validation:Enum=Issuing;Verifying;Publishing;RestartingControlPlane;RestartingApplications;Completed;RolledBack
 type RotationStep string
 
 const (
@@ -76,6 +76,9 @@ const (
 	StepRestartingApplications RotationStep = "RestartingApplications"
 	// StepCompleted marks a finished rotation.
 	StepCompleted RotationStep = "Completed"
+	// StepRolledBack marks a rotation that ended by restoring the bundle its
+	// last publish replaced; it does not start again until spec.trigger changes.
+	StepRolledBack RotationStep = "RolledBack"
 )
 
 // RotationStatus is the progress of one rotation.
@@ -253,6 +256,12 @@ const (
 	TrustBundleDriftReason = "TrustBundleDrift"
 	// InvalidPrivateKeyReason: the brought root key cannot be used.
 	InvalidPrivateKeyReason = "InvalidPrivateKey"
+	// RolledBackReason: a control-plane workload did not roll out after a
+	// publish; the previous bundle was restored and the workload restarted on it.
+	RolledBackReason = "RolledBack"
+	// IssuerCANotSelfSignedReason: the CA of spec.issuer.issuerRef is not a
+	// self-signed root, which Dapr Sentry refuses as a trust anchor.
+	IssuerCANotSelfSignedReason = "IssuerCANotSelfSigned"
 	// SuspendedReason: spec.suspend is true.
 	SuspendedReason = "Suspended"
 )

@@ -10,7 +10,8 @@ const MTLSRootRotationKind = "MTLSRootRotation"
 // MTLSRootRotationSpec declares the trust material of one Dapr control plane:
 // how its root and issuer certificates are made, where Dapr Sentry reads them,
 // and what must restart, in which order, after they change.
-// +kubebuilder:validation:XValidation:rule="!has(self.issuer) || !has(self.root) || !has(self.issuer.duration) || !has(self.root.duration) || duration(self.issuer.duration) <= duration(self.root.duration)",message="issuer.duration must not exceed root.duration: an issuer cannot outlive the root that signs it"
+// +kubebuilder:validation:XValidation:rule="!has(self.issuer) || !has(self.root) || has(self.issuer.issuerRef) || !has(self.issuer.duration) || !has(self.root.duration) || duration(self.issuer.duration) <= duration(self.root.duration)",message="issuer.duration must not exceed root.duration: an issuer cannot outlive the root that signs it"
+// +kubebuilder:validation:XValidation:rule="!has(self.issuer) || !has(self.root) || !has(self.issuer.issuerRef) || !has(self.root.privateKeySecretRef)",message="issuer.issuerRef and root.privateKeySecretRef cannot be used together: with an external issuer the root and its key belong to that issuer's CA"
 type MTLSRootRotationSpec struct {
 	// TrustDomain is the SPIFFE trust domain of the Dapr control plane
 	// (Dapr's global.mtls.controlPlaneTrustDomain).
@@ -144,6 +145,36 @@ type IssuerSpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	PrivateKey PrivateKeySpec `json:"privateKey,omitempty"`
+
+	// IssuerRef names an existing cert-manager Issuer (in this namespace) or
+	// ClusterIssuer (an organisation CA, Vault, ...) that signs the Dapr issuer
+	// certificate directly, instead of a root this object makes; spec.root is
+	// then not used. The trust anchors are that issuer's CA, which must be a
+	// self-signed root (Dapr Sentry requires it): an issuer whose CA is an
+	// intermediate is refused. Two control planes pointing at the same CA
+	// trust each other's workloads.
+	// +optional
+	IssuerRef *IssuerReference `json:"issuerRef,omitempty"`
+}
+
+// IssuerReference names a cert-manager issuer.
+type IssuerReference struct {
+	// Name of the issuer.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Name string `json:"name"`
+	// Kind is Issuer (in this namespace) or ClusterIssuer.
+	// +kubebuilder:default=Issuer
+	// +kubebuilder:validation:Enum=Issuer;ClusterIssuer
+	// +optional
+	Kind string `json:"kind,omitempty"`
+	// Group is the API group of the issuer: cert-manager.io for cert-manager's
+	// own, another for an external issuer (step-issuer, AWS PCA, ...).
+	// +kubebuilder:default="cert-manager.io"
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Group string `json:"group,omitempty"`
 }
 
 // KeyAlgorithm is a private key algorithm Dapr Sentry accepts.

@@ -115,6 +115,9 @@ func TestValidSpecsAreAccepted(t *testing.T) {
 		"trust domain with dots":        "{trustDomain: prod.example.org}",
 		"rotate":                        "{root: {keyPolicy: Rotate}}",
 		"brought key":                   "{root: {privateKeySecretRef: {name: my-key, key: tls.key}}}",
+		"external cluster issuer":       "{issuer: {issuerRef: {name: org-ca, kind: ClusterIssuer}}}",
+		"external issuer, long issuer":  "{root: {duration: 720h}, issuer: {duration: 8760h, issuerRef: {name: vault, group: cert-manager.io}}}",
+		"external issuer with Rotate":   "{root: {keyPolicy: Rotate}, issuer: {issuerRef: {name: org-ca}}}",
 	}
 	for name, spec := range valid {
 		t.Run(name, func(t *testing.T) {
@@ -152,6 +155,9 @@ func TestInvalidSpecsAreRefusedWithAMessage(t *testing.T) {
 		{"invalid key name", "{target: {keys: {ca: 'ca/crt'}}}", "keys.ca must consist of alphanumerics"},
 		{"brought key with Rotate", "{root: {keyPolicy: Rotate, privateKeySecretRef: {name: my-key}}}", "it needs keyPolicy Reuse"},
 		{"brought key without a name", "{root: {privateKeySecretRef: {name: ''}}}", "should be at least 1 chars long"},
+		{"brought key and external issuer", "{root: {privateKeySecretRef: {name: my-key}}, issuer: {issuerRef: {name: org-ca}}}", "issuer.issuerRef and root.privateKeySecretRef cannot be used together"},
+		{"external issuer of an unknown kind", "{issuer: {issuerRef: {name: org-ca, kind: Certificate}}}", `Unsupported value: "Certificate"`},
+		{"external issuer without a name", "{issuer: {issuerRef: {name: ''}}}", "should be at least 1 chars long"},
 	}
 	for _, tt := range invalid {
 		t.Run(tt.name, func(t *testing.T) {

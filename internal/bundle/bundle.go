@@ -94,3 +94,44 @@ func Describe(a, b pki.Bundle, k Keys) string {
 	}
 	return fmt.Sprintf("%v differ", diff)
 }
+
+// Replaced is what a publish overwrote: the managed keys of the Secret and the
+// ConfigMap's anchors, byte for byte, so that a rollback restores exactly them.
+type Replaced struct {
+	Bundle         pki.Bundle
+	ConfigMapCA    []byte
+	HasConfigMapCA bool
+}
+
+const (
+	replacedPrefix          = "replaced."
+	replacedConfigMapPrefix = "replaced.configmap."
+)
+
+// ReplacedData returns backup Secret data recording r: backup, with the
+// replaced entries set under their own prefix and every other key kept.
+func ReplacedData(backup map[string][]byte, r Replaced, k Keys) map[string][]byte {
+	data := maps.Clone(backup)
+	if data == nil {
+		data = map[string][]byte{}
+	}
+	for key, value := range map[string][]byte{k.CA: r.Bundle.TrustAnchors, k.IssuerCert: r.Bundle.IssuerChain, k.IssuerKey: r.Bundle.IssuerKey} {
+		data[replacedPrefix+key] = bytes.Clone(value)
+	}
+	delete(data, replacedConfigMapPrefix+k.CA)
+	if r.HasConfigMapCA {
+		data[replacedConfigMapPrefix+k.CA] = bytes.Clone(r.ConfigMapCA)
+	}
+	return data
+}
+
+// ReplacedFrom reads what ReplacedData recorded.
+func ReplacedFrom(backup map[string][]byte, k Keys) Replaced {
+	cm, ok := backup[replacedConfigMapPrefix+k.CA]
+	return Replaced{
+		Bundle: pki.Bundle{
+			TrustAnchors: backup[replacedPrefix+k.CA], IssuerChain: backup[replacedPrefix+k.IssuerCert], IssuerKey: backup[replacedPrefix+k.IssuerKey],
+		},
+		ConfigMapCA: cm, HasConfigMapCA: ok,
+	}
+}

@@ -66,3 +66,23 @@ func TestHashAndDescribe(t *testing.T) {
 	g.Expect(Describe(a, b, keys)).To(Equal("[ca.crt issuer.crt] differ"))
 	g.Expect(Describe(a, a, keys)).To(Equal("no difference"))
 }
+
+func TestReplacedRoundTripsByteForByte(t *testing.T) {
+	g := NewWithT(t)
+	k := Keys{CA: "root.pem", IssuerCert: "issuer.pem", IssuerKey: "issuer-key.pem"}
+	original := map[string][]byte{"ca.crt": []byte("original anchors"), "issuer.crt": []byte("chain"), "issuer.key": []byte("key")}
+	r := Replaced{
+		Bundle:      pki.Bundle{TrustAnchors: []byte("A\r\n"), IssuerChain: []byte("B"), IssuerKey: []byte("C")},
+		ConfigMapCA: []byte("A differently\n"), HasConfigMapCA: true,
+	}
+	data := ReplacedData(original, r, k)
+	g.Expect(ReplacedFrom(data, k)).To(Equal(r))
+	for key, v := range original {
+		g.Expect(data).To(HaveKeyWithValue(key, v), "the backup's own bundle is kept")
+	}
+	g.Expect(original).To(HaveLen(3), "the input is not modified")
+
+	none := Replaced{Bundle: pki.Bundle{TrustAnchors: []byte("X"), IssuerChain: []byte("Y"), IssuerKey: []byte("Z")}}
+	g.Expect(ReplacedFrom(ReplacedData(data, none, k), k)).To(Equal(none), "a ConfigMap without anchors is recorded as such")
+	g.Expect(ReplacedFrom(original, k).Bundle.IsEmpty()).To(BeTrue(), "nothing recorded reads as empty")
+}

@@ -56,7 +56,7 @@ func (b Bundle) Validate(now time.Time) (*ParsedBundle, error) {
 		return nil, fmt.Errorf("trust anchors: %w", err)
 	}
 	for i, a := range anchors {
-		if err := checkSelfSignedCA(a); err != nil {
+		if err := CheckSelfSignedCA(a); err != nil {
 			return nil, fmt.Errorf("trust anchor %d (%s): %w", i+1, a.Subject, err)
 		}
 	}
@@ -84,7 +84,9 @@ func (b Bundle) Validate(now time.Time) (*ParsedBundle, error) {
 	return &ParsedBundle{Anchors: anchors, Chain: chain, Key: key}, nil
 }
 
-func checkSelfSignedCA(c *x509.Certificate) error {
+// CheckSelfSignedCA checks that c can be a Dapr trust anchor: a CA
+// certificate signed by its own key.
+func CheckSelfSignedCA(c *x509.Certificate) error {
 	if !c.IsCA || !c.BasicConstraintsValid {
 		return errors.New("not a CA certificate")
 	}

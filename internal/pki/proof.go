@@ -46,6 +46,9 @@ func ProveReuse(installed, next *ParsedBundle, root *x509.Certificate, now time.
 	return ProveTransition(Mesh{TrustSets: [][]*x509.Certificate{installed.Anchors}, Issuers: [][]*x509.Certificate{installed.Chain}}, next, now)
 }
 
+// Expired reports whether any of certs has expired at now.
+func Expired(now time.Time, certs ...*x509.Certificate) bool { return anyExpired(now, certs) }
+
 func anyExpired(now time.Time, certs []*x509.Certificate) bool {
 	for _, c := range certs {
 		if now.After(c.NotAfter) {

@@ -67,7 +67,7 @@ func Start(id, trigger, specHash string, policy rotatorv1.KeyPolicy, now metav1.
 // phase starts at Publishing. Advancing a completed rotation changes nothing.
 func Advance(r *rotatorv1.RotationStatus, now metav1.Time) rotatorv1.RotationStep {
 	i := slices.Index(Steps, r.Step)
-	if i < 0 || r.Step == rotatorv1.StepCompleted {
+	if i < 0 || !InFlight(r) {
 		return r.Step
 	}
 	for j := range r.Steps {
@@ -112,9 +112,27 @@ func RestartID(r *rotatorv1.RotationStatus) string {
 	return r.ID + "-" + strings.ToLower(string(r.Phase))
 }
 
-// InFlight reports whether r is a rotation that has not completed.
+// InFlight reports whether r is a rotation that has neither completed nor
+// been rolled back.
 func InFlight(r *rotatorv1.RotationStatus) bool {
-	return r != nil && r.Step != rotatorv1.StepCompleted
+	return r != nil && r.Step != rotatorv1.StepCompleted && r.Step != rotatorv1.StepRolledBack
+}
+
+// RollBack ends an in-flight rotation as rolled back: the current step
+// finishes now and the rotation stays at RolledBack, which only a new
+// rotation replaces. Rolling back a finished rotation changes nothing.
+func RollBack(r *rotatorv1.RotationStatus, now metav1.Time) {
+	if !InFlight(r) {
+		return
+	}
+	for j := range r.Steps {
+		if r.Steps[j].Name == r.Step && r.Steps[j].Phase == r.Phase && r.Steps[j].FinishedAt == nil {
+			r.Steps[j].FinishedAt = &now
+		}
+	}
+	r.Step = rotatorv1.StepRolledBack
+	r.WaitingFor, r.WaitingSince = "", nil
+	r.Steps = append(r.Steps, rotatorv1.StepStatus{Name: r.Step, Phase: r.Phase, StartedAt: now, FinishedAt: &now})
 }
 
 // Wait records that the step now waits for what, keeping the start of the

@@ -102,3 +102,30 @@ func TestWaitKeepsTheStartOfTheSameWait(t *testing.T) {
 	g.Expect(Wait(r, "Deployment a", later)).To(Equal(t0))
 	g.Expect(Wait(r, "Deployment b", later)).To(Equal(later))
 }
+
+func TestRollBackEndsTheRotationWhereItStood(t *testing.T) {
+	g := NewWithT(t)
+	t0 := metav1.NewTime(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC))
+	t1 := metav1.NewTime(t0.Add(time.Minute))
+	r := Start("r-1", "t", "h", rotatorv1.KeyPolicyRotate, t0)
+	for r.Step != rotatorv1.StepRestartingControlPlane || r.Phase != rotatorv1.PhaseSwitch {
+		Advance(r, t0)
+	}
+	Wait(r, "Deployment dapr-system/dapr-sentry", t0)
+
+	RollBack(r, t1)
+	g.Expect(r.Step).To(Equal(rotatorv1.StepRolledBack))
+	g.Expect(r.Phase).To(Equal(rotatorv1.PhaseSwitch), "the phase it stopped in stays visible")
+	g.Expect(InFlight(r)).To(BeFalse())
+	g.Expect(r.WaitingFor).To(BeEmpty())
+	g.Expect(r.WaitingSince).To(BeNil())
+	n := len(r.Steps)
+	g.Expect(r.Steps[n-2]).To(Equal(rotatorv1.StepStatus{Name: rotatorv1.StepRestartingControlPlane, Phase: rotatorv1.PhaseSwitch, StartedAt: t0, FinishedAt: &t1}))
+	g.Expect(r.Steps[n-1].Name).To(Equal(rotatorv1.StepRolledBack))
+
+	before := *r
+	before.Steps = append([]rotatorv1.StepStatus(nil), r.Steps...)
+	RollBack(r, metav1.NewTime(t1.Add(time.Hour)))
+	g.Expect(Advance(r, t1)).To(Equal(rotatorv1.StepRolledBack), "a rolled-back rotation does not advance")
+	g.Expect(*r).To(Equal(before), "rolling back twice changes nothing")
+}

@@ -1,0 +1,97 @@
+package controllers
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	"github.com/fluxcd/pkg/runtime/patch"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+)
+
+// stepIssuingExternal has the external issuer (spec.issuer.issuerRef) sign a
+// new Dapr issuer once per rotation and checks that the CA it names is a
+// self-signed root. The issuer revision it waits for is recorded before the
+// renewal is triggered, so a replay never renews twice.
+func (r *MTLSRootRotationReconciler) stepIssuingExternal(ctx context.Context, obj *rotatorv1.MTLSRootRotation, patcher *patch.SerialPatcher) stepResult {
+	rot := obj.Status.Rotation
+	n := namesFor(obj)
+	crt, issuer, err := r.certificateState(ctx, obj.Namespace, n.Issuer)
+	if apierrors.IsNotFound(err) {
+		if rot.IssuerRevision == 0 {
+			rot.IssuerRevision = 1 // created for this rotation: its first issuance is ours
+		}
+		markProgress(obj, "rotation %s: waiting for Certificate %s to be created", rot.ID, n.Issuer)
+		return waitFor(r.poll())
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if rot.IssuerRevision == 0 {
+		rot.IssuerRevision = issuer.Revision + 1
+		if err := checkpoint(ctx, patcher, obj); err != nil {
+			return fail(fmt.Errorf("recording the revision to issue: %w", err))
+		}
+	}
+	ref := obj.Spec.Issuer.IssuerRef
+	if issuer.Revision < rot.IssuerRevision || !issuer.Ready {
+		if res, waiting := r.issuanceFailed(obj, crt); waiting {
+			return res
+		}
+		// A new Certificate is issued by cert-manager on its own.
+		if issuer.Revision < rot.IssuerRevision && !issuer.Issuing && (issuer.Revision > 0 || issuer.Ready) {
+			if err := r.renew(ctx, crt); err != nil {
+				return fail(err)
+			}
+			ctrlLog(ctx).Info("renewal triggered", "certificate", n.Issuer, "revision", rot.IssuerRevision)
+		}
+		markProgress(obj, "rotation %s: waiting for %s %s to issue Certificate %s revision %d: %s",
+			rot.ID, ref.GetKind(), ref.Name, n.Issuer, rot.IssuerRevision, issuer.Message)
+		return waitFor(r.poll())
+	}
+	if _, _, err := r.issuedBundle(ctx, obj); err != nil {
+		var reason externalCAError
+		if errors.As(err, &reason) {
+			r.markStalled(ctx, obj, rotatorv1.IssuerCANotSelfSignedReason,
+				"%s %s cannot be Dapr's trust anchor: %s; Dapr Sentry only accepts self-signed roots: point spec.issuer.issuerRef at an issuer whose CA is a root (for a CA issuer on an intermediate, add the root as ca.crt to its Secret), then change spec.trigger",
+				ref.GetKind(), ref.Name, string(reason))
+			return stop(ctrl.Result{}, reconcile.TerminalError(reason))
+		}
+		return fail(err)
+	}
+	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "CertificatesIssued", "Issue",
+		"rotation %s: issuer revision %d issued by %s %s", rot.ID, issuer.Revision, ref.GetKind(), ref.Name)
+	return advance()
+}
+
+// externalCAError says why the CA an external issuer names cannot be a trust
+// anchor. It holds no certificate body.
+type externalCAError string
+
+func (e externalCAError) Error() string { return string(e) }
+
+// externalAnchors returns the CA an external issuer recorded with the issued
+// certificate (ca.crt), which must be self-signed roots.
+func externalAnchors(issued *corev1.Secret) ([]*x509.Certificate, error) {
+	if len(issued.Data[cmmeta.TLSCAKey]) == 0 {
+		return nil, externalCAError("it recorded no CA certificate (ca.crt) with the issued certificate")
+	}
+	cas, err := pki.ParseCertificates(issued.Data[cmmeta.TLSCAKey])
+	if err != nil {
+		return nil, externalCAError(fmt.Sprintf("its CA certificate (ca.crt) cannot be parsed: %v", err))
+	}
+	for _, c := range cas {
+		if err := pki.CheckSelfSignedCA(c); err != nil {
+			return nil, externalCAError(fmt.Sprintf("its CA %q, issued by %q, is %v", c.Subject, c.Issuer, err))
+		}
+	}
+	return cas, nil
+}

@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/controllers"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
+)
+
+// sentryWorkload is the fixture's Sentry Deployment.
+var sentryWorkload = fixture.Workload{Kind: "Deployment", Name: fixture.Sentry}
+
+// expectRolledBack checks a rotation that rolled back because Sentry's new pods
+// never became ready: the bundle is what it was byte for byte, Sentry was
+// restarted on it, nothing after Sentry and no application was restarted, and
+// an unchanged trigger does not start the rotation again.
+func expectRolledBack(t *testing.T, key types.NamespacedName, before *corev1.Secret, beforeCM *corev1.ConfigMap) *rotatorv1.MTLSRootRotation {
+	t.Helper()
+	g := NewWithT(t)
+	obj := waitStalled(t, key, rotatorv1.RolledBackReason)
+	// Conditions are patched before the rest of the status.
+	g.Eventually(func() rotatorv1.RotationStep {
+		obj = getRotation(t, key)
+		return obj.Status.Rotation.Step
+	}).WithTimeout(10 * time.Second).Should(Equal(rotatorv1.StepRolledBack))
+	rot := obj.Status.Rotation
+	msg := conditions.GetMessage(obj, meta.StalledCondition)
+	g.Expect(msg).To(ContainSubstring("control-plane workload Deployment dapr-system/dapr-sentry did not roll out within 3s"))
+	g.Expect(msg).To(ContainSubstring("the bundle it replaced was restored to Secret dapr-system/dapr-trust-bundle and ConfigMap dapr-system/dapr-trust-bundle"))
+	g.Expect(msg).To(ContainSubstring("change spec.trigger to rotate again"))
+	g.Expect(kstatusOf(t, obj)).To(Equal(status.FailedStatus))
+	checkConditions(t, obj)
+
+	after, afterCM := readBundle(t)
+	for _, k := range []string{"ca.crt", "issuer.crt", "issuer.key"} {
+		g.Expect(after.Data[k]).To(Equal(before.Data[k]), "Secret key %s restored byte for byte", k)
+	}
+	g.Expect(afterCM.Data["ca.crt"]).To(Equal(beforeCM.Data["ca.crt"]), "ConfigMap restored byte for byte")
+	g.Expect(obj.Status.PublishedBundleHash).To(Equal(after.Annotations[controllers.BundleHashAnnotation]))
+
+	annotations, _, err := readControlPlane(t.Context(), sentryWorkload)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(annotations[restart.Annotation]).To(Equal(rotation.RestartID(rot)+"-rollback"), "Sentry restarted on the restored bundle")
+	injector, _, err := readControlPlane(t.Context(), fixture.Workload{Kind: "Deployment", Name: fixture.SidecarInjector})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(restart.RestartedFor(injector, rotation.RestartID(rot))).To(BeFalse(), "nothing after the stuck workload is restarted")
+	g.Expect(restartedApps(t, rotation.RestartID(rot))).To(BeEmpty(), "applications are untouched")
+
+	g.Consistently(func(g Gomega) {
+		now := getRotation(t, key)
+		g.Expect(now.Status.Rotation.ID).To(Equal(rot.ID))
+		g.Expect(now.Status.Rotation.Step).To(Equal(rotatorv1.StepRolledBack), "an unchanged trigger does not start again")
+		s, cm := readBundle(t)
+		g.Expect(s.ResourceVersion).To(Equal(after.ResourceVersion))
+		g.Expect(cm.ResourceVersion).To(Equal(afterCM.ResourceVersion))
+	}).WithTimeout(3 * time.Second).WithPolling(250 * time.Millisecond).Should(Succeed())
+	g.Expect(eventsFor(t, key)[rotatorv1.RolledBackReason]).To(HaveLen(1))
+	g.Expect(eventsFor(t, key)[rotatorv1.RolledBackReason][0].Count).To(BeNumerically("<=", 1), "one Warning, not one per pass")
+	return obj
+}
+
+func TestRollbackRestoresTheReplacedBundle(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "rollback", rotatorv1.MTLSRootRotationSpec{
+		Trigger:      "a",
+		ControlPlane: rotatorv1.ControlPlaneSpec{RolloutTimeout: &metav1.Duration{Duration: 3 * time.Second}},
+	})
+	waitRotationCompleted(t, key, "a")
+	before, beforeCM := readBundle(t)
+
+	testInjector.HoldUnready(fixture.ControlPlaneNamespace, fixture.Sentry)
+	t.Cleanup(func() { testInjector.Release(fixture.ControlPlaneNamespace, fixture.Sentry) })
+	obj := getRotation(t, key)
+	obj.Spec.Trigger = "b"
+	updateRotation(t, obj)
+	rolledBack := expectRolledBack(t, key, before, beforeCM)
+	g.Expect(rolledBack.Status.LastCompletedRotation.Trigger).To(Equal("a"))
+
+	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.Sentry)
+	obj = getRotation(t, key)
+	obj.Spec.Trigger = "c"
+	updateRotation(t, obj)
+	done := waitRotationCompleted(t, key, "c")
+	g.Expect(done.Status.Rotation.ID).NotTo(Equal(rolledBack.Status.Rotation.ID))
+	g.Expect(kstatusOf(t, done)).To(Equal(status.CurrentStatus))
+}
+
+func TestRollbackOfAnOverlapRestoresSentrysBundle(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	installSentryBundle(t)
+	before, beforeCM := readBundle(t)
+	testInjector.HoldUnready(fixture.ControlPlaneNamespace, fixture.Sentry)
+	t.Cleanup(func() { testInjector.Release(fixture.ControlPlaneNamespace, fixture.Sentry) })
+	startOperator(t)
+	key := newRotation(t, "rollback-rotate", rotatorv1.MTLSRootRotationSpec{
+		Trigger:      "a",
+		Root:         rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
+		ControlPlane: rotatorv1.ControlPlaneSpec{RolloutTimeout: &metav1.Duration{Duration: 3 * time.Second}},
+	})
+	rolledBack := expectRolledBack(t, key, before, beforeCM)
+	g.Expect(rolledBack.Status.Rotation.Phase).To(Equal(rotatorv1.PhaseOverlap))
+	g.Expect(rolledBack.Status.TrustAnchors).To(Equal(int32(1)), "status describes the restored bundle")
+
+	// Another attempt makes yet another key and, once complete, drops the one
+	// the rolled-back attempt made.
+	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.Sentry)
+	obj := getRotation(t, key)
+	obj.Spec.Trigger = "b"
+	updateRotation(t, obj)
+	done := waitRotationCompleted(t, key, "b")
+	g.Expect(done.Status.RootKeyGeneration).To(Equal(int32(3)))
+	g.Eventually(func() bool {
+		err := k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "rollback-rotate-root-g2"}, &corev1.Secret{})
+		return apierrors.IsNotFound(err)
+	}).WithTimeout(10*time.Second).Should(BeTrue(), "the rolled-back attempt's key is deleted")
+	s, _ := readBundle(t)
+	g.Expect(parseOne(t, s.Data["ca.crt"]).PublicKey).NotTo(Equal(parseOne(t, before.Data["ca.crt"]).PublicKey))
+}
