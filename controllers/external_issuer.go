@@ -41,7 +41,7 @@ func (r *MTLSRootRotationReconciler) stepIssuingExternal(ctx context.Context, ob
 			return fail(fmt.Errorf("recording the revision to issue: %w", err))
 		}
 	}
-	ref := obj.Spec.Issuer.IssuerRef
+	ref := issuerRefOf(obj)
 	if issuer.Revision < rot.IssuerRevision || !issuer.Ready {
 		if res, waiting := r.issuanceFailed(obj, crt); waiting {
 			return res
@@ -58,18 +58,25 @@ func (r *MTLSRootRotationReconciler) stepIssuingExternal(ctx context.Context, ob
 		return waitFor(r.poll())
 	}
 	if _, _, err := r.issuedBundle(ctx, obj); err != nil {
-		var reason externalCAError
-		if errors.As(err, &reason) {
-			r.markStalled(ctx, obj, rotatorv1.IssuerCANotSelfSignedReason,
-				"%s %s cannot be Dapr's trust anchor: %s; Dapr Sentry only accepts self-signed roots: point spec.issuer.issuerRef at an issuer whose CA is a root (for a CA issuer on an intermediate, add the root as ca.crt to its Secret), then change spec.trigger",
-				ref.GetKind(), ref.Name, string(reason))
-			return stop(ctrl.Result{}, reconcile.TerminalError(reason))
-		}
-		return fail(err)
+		return fail(err) // an unusable CA stalls the rotation (stallOnExternalCA)
 	}
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "CertificatesIssued", "Issue",
 		"rotation %s: issuer revision %d issued by %s %s", rot.ID, issuer.Revision, ref.GetKind(), ref.Name)
 	return advance()
+}
+
+// stallOnExternalCA turns a step's failure on an unusable external CA, at
+// whatever step it is found, into a Stalled condition and a terminal error:
+// only a change of the issuer (and a new trigger) can fix it.
+func (r *MTLSRootRotationReconciler) stallOnExternalCA(ctx context.Context, obj *rotatorv1.MTLSRootRotation, res stepResult) stepResult {
+	var reason externalCAError
+	if !errors.As(res.err, &reason) {
+		return res
+	}
+	r.markStalled(ctx, obj, rotatorv1.IssuerCANotSelfSignedReason,
+		"%s cannot be Dapr's trust anchor: %s; Dapr Sentry only accepts self-signed roots: point spec.issuer.issuerRef at an issuer whose CA is a root (for a CA issuer on an intermediate, add the root as ca.crt to its Secret), then change spec.trigger",
+		describeIssuerRef(issuerRefOf(obj)), string(reason))
+	return stop(ctrl.Result{}, reconcile.TerminalError(reason))
 }
 
 // externalCAError says why the CA an external issuer names cannot be a trust

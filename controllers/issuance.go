@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
 // OwnerLabel names the MTLSRootRotation an object belongs to.
@@ -51,6 +52,29 @@ func namesFor(obj *rotatorv1.MTLSRootRotation) issuanceNames {
 	}
 }
 
+// issuerRefOf is the external issuer the current rotation issues from: the
+// one pinned at its start while it runs, the spec's otherwise.
+func issuerRefOf(obj *rotatorv1.MTLSRootRotation) *rotatorv1.IssuerReference {
+	if rot := obj.Status.Rotation; rotation.InFlight(rot) {
+		return rot.IssuerRef
+	}
+	return obj.Spec.Issuer.IssuerRef
+}
+
+func sameIssuerRef(a, b *rotatorv1.IssuerReference) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Name == b.Name && a.GetKind() == b.GetKind() && a.GetGroup() == b.GetGroup()
+}
+
+func describeIssuerRef(ref *rotatorv1.IssuerReference) string {
+	if ref == nil {
+		return "a root of its own"
+	}
+	return ref.GetKind() + " " + ref.Name
+}
+
 func keySpec(k rotatorv1.PrivateKeySpec, policy cmapi.PrivateKeyRotationPolicy) *cmapi.CertificatePrivateKey {
 	alg := map[rotatorv1.KeyAlgorithm]cmapi.PrivateKeyAlgorithm{
 		rotatorv1.ECDSA: cmapi.ECDSAKeyAlgorithm, rotatorv1.RSA: cmapi.RSAKeyAlgorithm, rotatorv1.Ed25519: cmapi.Ed25519KeyAlgorithm,
@@ -85,7 +109,7 @@ func desiredIssuance(obj *rotatorv1.MTLSRootRotation) []client.Object {
 	meta := func(name string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{Name: name, Namespace: obj.Namespace, Labels: map[string]string{OwnerLabel: obj.Name}}
 	}
-	if ref := spec.Issuer.IssuerRef; ref != nil {
+	if ref := issuerRefOf(obj); ref != nil {
 		return []client.Object{issuerCertificate(obj, meta(n.Issuer), cmmeta.IssuerReference{Name: ref.Name, Kind: ref.GetKind(), Group: ref.GetGroup()})}
 	}
 	return []client.Object{
@@ -123,7 +147,7 @@ func issuerCertificate(obj *rotatorv1.MTLSRootRotation, meta metav1.ObjectMeta, 
 // root and its issuers once an external issuer signs the Dapr issuer. The
 // root key Secret stays.
 func unusedIssuance(obj *rotatorv1.MTLSRootRotation) []client.Object {
-	if !obj.Spec.Issuer.External() {
+	if issuerRefOf(obj) == nil {
 		return nil
 	}
 	n := namesFor(obj)

@@ -202,10 +202,18 @@ func markProgress(obj *rotatorv1.MTLSRootRotation, format string, args ...any) {
 	}
 }
 
-// markStalled says the rotation cannot go on without a change in the cluster or the spec.
+// markStalled says the rotation cannot go on without a change in the
+// cluster or the spec, with a Warning event the first time.
 func (r *MTLSRootRotationReconciler) markStalled(ctx context.Context, obj *rotatorv1.MTLSRootRotation, reason, format string, args ...any) {
-	passOf(ctx).stalled = true
 	msg := fmt.Sprintf(format, args...)
+	if setStalled(ctx, obj, reason, msg) {
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, reason, "Rotate", "%s", msg)
+	}
+}
+
+// setStalled sets the Stalled conditions; it reports whether they changed.
+func setStalled(ctx context.Context, obj *rotatorv1.MTLSRootRotation, reason, msg string) bool {
+	passOf(ctx).stalled = true
 	alreadyStalled := conditions.IsStalled(obj) && conditions.GetReason(obj, meta.StalledCondition) == reason &&
 		conditions.GetMessage(obj, meta.StalledCondition) == msg
 	conditions.MarkStalled(obj, reason, "%s", msg)
@@ -214,9 +222,7 @@ func (r *MTLSRootRotationReconciler) markStalled(ctx context.Context, obj *rotat
 	if obj.Status.Rotation != nil {
 		obj.Status.Rotation.Message = msg
 	}
-	if !alreadyStalled {
-		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, reason, "Rotate", "%s", msg)
-	}
+	return !alreadyStalled
 }
 
 func markReady(obj *rotatorv1.MTLSRootRotation, format string, args ...any) {
@@ -255,7 +261,7 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	if err != nil || stalled {
 		return ctrl.Result{}, err
 	}
-	if err := r.adoptRootKeyGeneration(ctx, obj); err != nil {
+	if err := r.adoptRootKeyGeneration(ctx, obj, target); err != nil {
 		return ctrl.Result{}, err
 	}
 	if obj.Spec.DryRun {
@@ -278,12 +284,13 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	rot := obj.Status.Rotation
 	replaced := ""
 	if rotation.InFlight(rot) && !published(rot) &&
-		(rot.Trigger != obj.Spec.Trigger || (rot.KeyPolicy != "" && rot.KeyPolicy != obj.Spec.Root.GetKeyPolicy())) {
-		// Nothing of it was published: a new trigger or key policy (the way
-		// out of a RootKeyUnknown stall) replaces it.
+		(rot.Trigger != obj.Spec.Trigger || (rot.KeyPolicy != "" && rot.KeyPolicy != obj.Spec.Root.GetKeyPolicy()) ||
+			!sameIssuerRef(rot.IssuerRef, obj.Spec.Issuer.IssuerRef)) {
+		// Nothing of it was published: a new trigger, key policy (the way
+		// out of a RootKeyUnknown stall) or issuer replaces it.
 		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationReplaced", "Rotate",
-			"rotation %s had published nothing; replaced by a rotation for trigger %q with keyPolicy %s",
-			rot.ID, obj.Spec.Trigger, obj.Spec.Root.GetKeyPolicy())
+			"rotation %s had published nothing; replaced by a rotation for trigger %q with keyPolicy %s, issuing from %s",
+			rot.ID, obj.Spec.Trigger, obj.Spec.Root.GetKeyPolicy(), describeIssuerRef(obj.Spec.Issuer.IssuerRef))
 		replaced = rot.ID
 		obj.Status.Rotation, rot = nil, nil
 	}
@@ -337,6 +344,7 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		}
 		policy := obj.Spec.Root.GetKeyPolicy()
 		rot = rotation.Start(rotation.NewID(obj.UID, obj.Spec.Trigger, previous), obj.Spec.Trigger, rotation.SpecHash(obj.Spec), policy, now)
+		rot.IssuerRef = obj.Spec.Issuer.IssuerRef.DeepCopy()
 		obj.Status.Rotation = rot
 		obj.Status.Applications = nil
 		obj.Status.Plan = nil
@@ -368,6 +376,14 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 			"keyPolicy %s refused for rotation %s, which runs with %s and finishes so; change spec.trigger afterwards to rotate with %s",
 			want, rot.ID, rot.KeyPolicy, want)
 	}
+	if published(rot) && !sameIssuerRef(rot.IssuerRef, obj.Spec.Issuer.IssuerRef) && !rot.IssuerRefChangeDeferred {
+		// Pinned like the key policy: the phases left were proven for the
+		// issuer the rotation started with.
+		rot.IssuerRefChangeDeferred = true
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, rotatorv1.IssuerRefChangeDeferredReason, "Rotate",
+			"spec.issuer.issuerRef refused for rotation %s, which issues from %s and finishes so; change spec.trigger afterwards to rotate onto %s",
+			rot.ID, describeIssuerRef(rot.IssuerRef), describeIssuerRef(obj.Spec.Issuer.IssuerRef))
+	}
 	if rot.KeyPolicy != rotatorv1.KeyPolicyRotate {
 		// A Rotate rotation makes its own key; a brought key waits for it.
 		if stalled, err := r.importRootKey(ctx, obj); err != nil || stalled {
@@ -388,13 +404,14 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		case rotatorv1.StepPublishing:
 			res = r.stepPublishing(ctx, obj, target)
 		case rotatorv1.StepRestartingControlPlane:
-			res = r.stepControlPlane(ctx, obj, target)
+			res = r.stepControlPlane(ctx, obj, target, patcher)
 		case rotatorv1.StepRestartingApplications:
 			res = r.stepApplications(ctx, obj)
 		default:
 			return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("unknown rotation step %q", rot.Step))
 		}
 		if !res.advance {
+			res = r.stallOnExternalCA(ctx, obj, res)
 			return res.result, res.err
 		}
 		next := rotation.Advance(rot, r.now())

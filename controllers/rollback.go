@@ -3,13 +3,16 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
+	"github.com/fluxcd/pkg/runtime/patch"
 	corev1 "k8s.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
@@ -55,7 +58,11 @@ func (r *MTLSRootRotationReconciler) keepReplaced(ctx context.Context, obj *rota
 // restarted on it, and the rotation stops as RolledBack until spec.trigger
 // changes. With nothing to go back to (a first issuance) or a replaced bundle
 // Sentry would refuse, nothing is restored and the rotation waits, Stalled.
-func (r *MTLSRootRotationReconciler) rollBack(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target, stuck restart.Ref) stepResult {
+//
+// The intent is recorded in status before the restore, so that a restarted
+// operator finishes it. announce is false when the world shows the rollback
+// done already (a pass that read an older status): it raises no new event.
+func (r *MTLSRootRotationReconciler) rollBack(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target, patcher *patch.SerialPatcher, stuck restart.Ref, announce bool) stepResult {
 	rot := obj.Status.Rotation
 	// The same words on every pass, so that a replay raises no new event.
 	why := fmt.Sprintf("control-plane workload %s did not roll out within %s", stuck, obj.Spec.ControlPlane.GetRolloutTimeout())
@@ -84,6 +91,18 @@ func (r *MTLSRootRotationReconciler) rollBack(ctx context.Context, obj *rotatorv
 			"%s; no application was restarted; the bundle rotation %s replaced would not pass Dapr Sentry's checks (%v), so it is not restored", why, rot.ID, err)
 		return waitFor(r.poll())
 	}
+	if pki.Expired(now.Time, parsed.Chain...) {
+		r.markStalled(ctx, obj, rotatorv1.RolloutTimeoutReason,
+			"%s; no application was restarted; the bundle rotation %s replaced holds an issuer that expired at %s, so restoring it would not help: the new bundle stays",
+			why, rot.ID, parsed.Issuer().NotAfter.UTC().Format(time.RFC3339))
+		return waitFor(r.poll())
+	}
+	if rot.RollingBack != stuck.String() {
+		rot.RollingBack = stuck.String()
+		if err := checkpoint(ctx, patcher, obj); err != nil {
+			return fail(fmt.Errorf("recording the rollback: %w", err))
+		}
+	}
 	if err := r.refreshTarget(ctx, t); err != nil {
 		return fail(err)
 	}
@@ -102,10 +121,19 @@ func (r *MTLSRootRotationReconciler) rollBack(ctx context.Context, obj *rotatorv
 	if rot.Phase != "" {
 		phase = fmt.Sprintf(" (%s phase)", rot.Phase)
 	}
+	if rot.Phase == rotatorv1.PhaseOverlap && obj.Status.RootKeyGeneration > 1 {
+		// The new root reached no restored anchor: later rotations go on
+		// with the previous key, and the next Rotate makes another.
+		obj.Status.RootKeyGeneration--
+	}
 	rotation.RollBack(rot, now)
 	ctrlLog(ctx).Info("rotation rolled back", "rotation", rot.ID, "phase", rot.Phase, "workload", stuck.String())
-	r.markStalled(ctx, obj, rotatorv1.RolledBackReason,
-		"%s after rotation %s published%s: the bundle it replaced was restored to Secret %s/%s and ConfigMap %s/%s and %s restarted on it; no application was restarted in this phase; change spec.trigger to rotate again",
+	msg := fmt.Sprintf("%s after rotation %s published%s: the bundle it replaced was restored to Secret %s/%s and ConfigMap %s/%s and %s restarted on it; no application was restarted in this phase; change spec.trigger to rotate again",
 		why, rot.ID, phase, obj.Namespace, t.Secret.Name, obj.Namespace, t.ConfigMap.Name, stuck)
+	if announce {
+		r.markStalled(ctx, obj, rotatorv1.RolledBackReason, "%s", msg)
+	} else {
+		setStalled(ctx, obj, rotatorv1.RolledBackReason, msg)
+	}
 	return waitFor(ctrl.Result{})
 }

@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -15,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 )
 
@@ -92,46 +94,62 @@ func publicKeysEqual(a, b interface{ Public() crypto.PublicKey }) bool {
 	return err1 == nil && err2 == nil && bytes.Equal(pa, pb)
 }
 
-// adoptRootKeyGeneration makes a new object (no generation recorded yet) take
-// up the newest root key Secret an earlier object of the same name left,
-// Secrets outliving their object by design: after a Rotate that is
-// <name>-root-gN, not <name>-root. It changes nothing when a generation is
-// recorded or no such Secret exists.
-func (r *MTLSRootRotationReconciler) adoptRootKeyGeneration(ctx context.Context, obj *rotatorv1.MTLSRootRotation) error {
-	if obj.Status.RootKeyGeneration != 0 {
+// adoptRootKeyGeneration makes a new object (no rotation yet) take up the
+// root key Secret an earlier object of the same name left, Secrets outliving
+// their object by design: after a Rotate that is <name>-root-gN, not
+// <name>-root. Of several, it takes the newest whose key made one of the
+// installed anchors, or else the newest. It changes nothing for an object
+// that has rotated or when no such Secret exists.
+func (r *MTLSRootRotationReconciler) adoptRootKeyGeneration(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) error {
+	if obj.Status.RootKeyGeneration != 0 || obj.Status.Rotation != nil {
 		return nil
 	}
 	secrets := &corev1.SecretList{}
 	if err := r.List(ctx, secrets, client.InNamespace(obj.Namespace), client.MatchingLabels{OwnerLabel: obj.Name}); err != nil {
 		return fmt.Errorf("looking for root key Secrets: %w", err)
 	}
+	byName := map[string]*corev1.Secret{}
 	names := make([]string, 0, len(secrets.Items))
-	for _, s := range secrets.Items {
-		names = append(names, s.Name)
+	for i := range secrets.Items {
+		byName[secrets.Items[i].Name] = &secrets.Items[i]
+		names = append(names, secrets.Items[i].Name)
 	}
-	if gen := newestRootKeyGeneration(obj.Name, names); gen > 0 {
-		obj.Status.RootKeyGeneration = gen
-		ctrlLog(ctx).Info("root key Secret found", "secret", rootSecretNameFor(obj, gen))
+	generations := rootKeyGenerations(obj.Name, names)
+	if len(generations) == 0 {
+		return nil
 	}
+	chosen := generations[0]
+	anchors, _ := pki.ParseCertificates(bundle.FromSecret(t.Secret.Data, keysOf(obj)).TrustAnchors)
+	for _, gen := range generations {
+		key, err := pki.ParsePrivateKey(byName[rootSecretNameFor(obj, gen)].Data[corev1.TLSPrivateKeyKey])
+		if err == nil && slices.ContainsFunc(anchors, func(a *x509.Certificate) bool { return pki.KeyMatches(key, a) }) {
+			chosen = gen
+			break
+		}
+	}
+	obj.Status.RootKeyGeneration = chosen
+	ctrlLog(ctx).Info("root key Secret of an earlier object taken up", "secret", rootSecretNameFor(obj, chosen))
 	return nil
 }
 
-// newestRootKeyGeneration returns the highest root key generation among
-// Secret names of the object named name, 0 when none is one.
-func newestRootKeyGeneration(name string, secretNames []string) int32 {
-	var newest int32
+// rootKeyGenerations returns the root key generations among the Secret names
+// of the object named name, newest first.
+func rootKeyGenerations(name string, secretNames []string) []int32 {
+	var gens []int32
 	for _, s := range secretNames {
 		rest, ok := strings.CutPrefix(s, name+"-root")
 		switch {
 		case !ok:
 			continue
 		case rest == "":
-			newest = max(newest, 1)
+			gens = append(gens, 1)
 		case strings.HasPrefix(rest, "-g"):
 			if n, err := strconv.ParseInt(rest[2:], 10, 32); err == nil && n > 1 && fmt.Sprintf("-g%d", n) == rest {
-				newest = max(newest, int32(n))
+				gens = append(gens, int32(n))
 			}
 		}
 	}
-	return newest
+	slices.Sort(gens)
+	slices.Reverse(gens)
+	return slices.Compact(gens)
 }

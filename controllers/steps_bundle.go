@@ -41,7 +41,7 @@ const (
 // recorded before the renewal is triggered, so a replay never renews twice;
 // the issuer's state is read from what it was signed by.
 func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotatorv1.MTLSRootRotation, patcher *patch.SerialPatcher) stepResult {
-	if obj.Spec.Issuer.External() {
+	if issuerRefOf(obj) != nil {
 		return r.stepIssuingExternal(ctx, obj, patcher)
 	}
 	rot := obj.Status.Rotation
@@ -185,7 +185,7 @@ func (r *MTLSRootRotationReconciler) issuedBundle(ctx context.Context, obj *rota
 	if err != nil {
 		return pki.Bundle{}, nil, err
 	}
-	if obj.Spec.Issuer.External() {
+	if issuerRefOf(obj) != nil {
 		anchors, err := externalAnchors(issuer)
 		if err != nil {
 			return pki.Bundle{}, nil, err
@@ -334,7 +334,7 @@ func (r *MTLSRootRotationReconciler) phaseBundle(ctx context.Context, obj *rotat
 	if err != nil {
 		return pki.Bundle{}, nil, fail(err), false
 	}
-	issued, rootCert, err := r.issuedBundle(ctx, obj)
+	issued, _, err := r.issuedBundle(ctx, obj)
 	if err != nil {
 		return pki.Bundle{}, nil, fail(err), false
 	}
@@ -369,7 +369,7 @@ func (r *MTLSRootRotationReconciler) phaseBundle(ctx context.Context, obj *rotat
 			return issued, issuedParsed, stepResult{}, true
 		}
 	}
-	overlap := pki.ComposeAnchors(orig.Anchors, []*x509.Certificate{rootCert})
+	overlap := pki.ComposeAnchors(orig.Anchors, issuedParsed.Anchors)
 	// Later phases are proven against what is installed now (what the
 	// previous phase published), not against a recomputation of it.
 	live, err := validateInstalled(bundle.FromSecret(t.Secret.Data, keysOf(obj)), now)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fluxcd/pkg/runtime/patch"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -84,7 +85,7 @@ func (r *MTLSRootRotationReconciler) restartWorkload(ctx context.Context, ref re
 
 // stepControlPlane restarts the control-plane workloads one at a time, in
 // order, each awaited until fully rolled out.
-func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) stepResult {
+func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target, patcher *patch.SerialPatcher) stepResult {
 	rot := obj.Status.Rotation
 	workloads := obj.Spec.ControlPlane.GetWorkloads()
 	observed := make([]restart.Observed, 0, len(workloads))
@@ -109,9 +110,17 @@ func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *
 		}
 	}
 	if rollingBack != nil {
-		// A rollback was under way when the operator stopped, or this pass
-		// read the status from before it: finish it, which is idempotent.
-		return r.rollBack(ctx, obj, t, *rollingBack)
+		// This pass read the status from before a rollback that is done in
+		// the world: finish it again, which is idempotent, and quietly.
+		return r.rollBack(ctx, obj, t, patcher, *rollingBack, false)
+	}
+	if rot.RollingBack != "" {
+		// A rollback was under way when the operator stopped: finish it.
+		ref, err := restart.ParseRef(rot.RollingBack)
+		if err != nil {
+			return fail(fmt.Errorf("status.rotation.rollingBack: %w", err))
+		}
+		return r.rollBack(ctx, obj, t, patcher, ref, true)
 	}
 
 	a := restart.NextControlPlane(observed)
@@ -133,7 +142,7 @@ func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *
 		timeout := obj.Spec.ControlPlane.GetRolloutTimeout()
 		if now.Sub(since.Time) > timeout {
 			ctrlLog(ctx).Info("control-plane rollout timed out", "workload", a.Workload.Ref.String(), "waiting", a.Workload.Waiting)
-			return r.rollBack(ctx, obj, t, a.Workload.Ref)
+			return r.rollBack(ctx, obj, t, patcher, a.Workload.Ref, true)
 		}
 		markProgress(obj, "rotation %s: waiting for %s to roll out: %s", rot.ID, a.Workload.Ref, a.Workload.Waiting)
 		return waitFor(r.poll())

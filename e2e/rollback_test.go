@@ -16,6 +16,7 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/controllers"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
@@ -37,6 +38,7 @@ func expectRolledBack(t *testing.T, key types.NamespacedName, before *corev1.Sec
 		return obj.Status.Rotation.Step
 	}).WithTimeout(10 * time.Second).Should(Equal(rotatorv1.StepRolledBack))
 	rot := obj.Status.Rotation
+	g.Expect(rot.RollingBack).To(Equal("Deployment dapr-system/dapr-sentry"), "the rollback was recorded before the restore")
 	msg := conditions.GetMessage(obj, meta.StalledCondition)
 	g.Expect(msg).To(ContainSubstring("control-plane workload Deployment dapr-system/dapr-sentry did not roll out within 3s"))
 	g.Expect(msg).To(ContainSubstring("the bundle it replaced was restored to Secret dapr-system/dapr-trust-bundle and ConfigMap dapr-system/dapr-trust-bundle"))
@@ -131,4 +133,37 @@ func TestRollbackOfAnOverlapRestoresSentrysBundle(t *testing.T) {
 	}).WithTimeout(10*time.Second).Should(BeTrue(), "the rolled-back attempt's key is deleted")
 	s, _ := readBundle(t)
 	g.Expect(parseOne(t, s.Data["ca.crt"]).PublicKey).NotTo(Equal(parseOne(t, before.Data["ca.crt"]).PublicKey))
+}
+
+// TestRollbackNeverRestoresAnExpiredIssuer: the bundle a publish replaced held
+// an issuer that has expired, so restoring it would leave the mesh cut off;
+// the new bundle stays and the rotation waits for Sentry to recover.
+func TestRollbackNeverRestoresAnExpiredIssuer(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	madeAt := time.Now().Add(-48 * time.Hour)
+	root := pkitest.NewRoot(t, pkitest.Options{NotBefore: madeAt})
+	expired := pkitest.NewIssuer(t, root, pkitest.Options{NotBefore: madeAt, Validity: 24 * time.Hour})
+	setBundle(t,
+		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": expired.CertPEM(), "issuer.key": expired.KeyPEM(t)},
+		map[string]string{"ca.crt": string(root.CertPEM())})
+	testInjector.HoldUnready(fixture.ControlPlaneNamespace, fixture.Sentry)
+	t.Cleanup(func() { testInjector.Release(fixture.ControlPlaneNamespace, fixture.Sentry) })
+	startOperator(t)
+	key := newRotation(t, "expired-rollback", rotatorv1.MTLSRootRotationSpec{
+		Trigger:      "a",
+		Root:         rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
+		ControlPlane: rotatorv1.ControlPlaneSpec{RolloutTimeout: &metav1.Duration{Duration: 3 * time.Second}},
+	})
+
+	obj := waitStalled(t, key, rotatorv1.RolloutTimeoutReason)
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("holds an issuer that expired at"))
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("the new bundle stays"))
+	s, _ := readBundle(t)
+	g.Expect(s.Data["issuer.crt"]).NotTo(Equal(expired.CertPEM()), "the expired issuer is not restored")
+	g.Expect(bundleIn(t, fixture.ControlPlaneNamespace).Anchors[0].Raw).NotTo(Equal(root.Cert.Raw))
+
+	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.Sentry)
+	done := waitRotationCompleted(t, key, "a")
+	g.Expect(done.Status.Rotation.Step).To(Equal(rotatorv1.StepCompleted))
 }

@@ -142,7 +142,9 @@ func TestRotateReplacesAManagedRootKey(t *testing.T) {
 	// An object deleted and created again (a Git revert and re-apply) finds
 	// the newest key generation and renews with it, not with an old name.
 	g.Expect(k8sClient.Delete(t.Context(), getRotation(t, key))).To(Succeed())
-	g.Eventually(func() bool { return apierrors.IsNotFound(k8sClient.Get(t.Context(), key, &rotatorv1.MTLSRootRotation{})) }).
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(k8sClient.Get(t.Context(), key, &rotatorv1.MTLSRootRotation{}))
+	}).
 		WithTimeout(10 * time.Second).Should(BeTrue())
 	newRotation(t, "rekey", rotatorv1.MTLSRootRotationSpec{Trigger: "three"})
 	third := waitRotationCompleted(t, key, "three")

@@ -99,6 +99,21 @@ type RotationStatus struct {
 	// ran: refused for it, applied to the next rotation.
 	// +optional
 	DeferredKeyPolicy KeyPolicy `json:"deferredKeyPolicy,omitempty"`
+	// IssuerRef is the external issuer the rotation issues from (none: a root
+	// of its own), pinned at its start: a change of spec.issuer.issuerRef
+	// replaces a rotation that has published nothing, and otherwise applies to
+	// the next one.
+	// +optional
+	IssuerRef *IssuerReference `json:"issuerRef,omitempty"`
+	// IssuerRefChangeDeferred is true once a change of spec.issuer.issuerRef
+	// was refused for this rotation (and announced).
+	// +optional
+	IssuerRefChangeDeferred bool `json:"issuerRefChangeDeferred,omitempty"`
+	// RollingBack names the control-plane workload whose failed rollout the
+	// rotation rolls back; recorded before the bundle is restored, so that a
+	// restarted operator finishes the rollback, and kept afterwards.
+	// +optional
+	RollingBack string `json:"rollingBack,omitempty"`
 	// Phase is the trust-overlap phase of a Rotate rotation: Overlap (old and
 	// new roots trusted, old issuer), Switch (new issuer) or Prune (new root only).
 	// +optional
@@ -262,6 +277,9 @@ const (
 	// IssuerCANotSelfSignedReason: the CA of spec.issuer.issuerRef is not a
 	// self-signed root, which Dapr Sentry refuses as a trust anchor.
 	IssuerCANotSelfSignedReason = "IssuerCANotSelfSigned"
+	// IssuerRefChangeDeferredReason: spec.issuer.issuerRef changed while a
+	// rotation that already published runs; it applies to the next rotation.
+	IssuerRefChangeDeferredReason = "IssuerRefChangeDeferred"
 	// SuspendedReason: spec.suspend is true.
 	SuspendedReason = "Suspended"
 )

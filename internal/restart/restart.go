@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // Annotation is set on the pod template of every workload a rotation
@@ -39,6 +40,16 @@ type Ref struct {
 }
 
 func (r Ref) String() string { return fmt.Sprintf("%s %s/%s", r.Kind, r.Namespace, r.Name) }
+
+// ParseRef reads what Ref.String wrote.
+func ParseRef(s string) (Ref, error) {
+	kind, rest, ok1 := strings.Cut(s, " ")
+	ns, name, ok2 := strings.Cut(rest, "/")
+	if !ok1 || !ok2 || kind == "" || ns == "" || name == "" || strings.ContainsAny(name, " /") {
+		return Ref{}, fmt.Errorf("%q is not a workload reference (Kind namespace/name)", s)
+	}
+	return Ref{Kind: kind, Namespace: ns, Name: name}, nil
+}
 
 func compareRefs(a, b Ref) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Name, b.Name))

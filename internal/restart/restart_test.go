@@ -218,3 +218,13 @@ func TestWavesMatchWhatNextWaveDoes(t *testing.T) {
 	g.Expect(NextWave(apps, 3).Done).To(BeTrue())
 	g.Expect(Waves(nil, 3)).To(BeEmpty())
 }
+
+func TestParseRefReadsWhatStringWrote(t *testing.T) {
+	g := NewWithT(t)
+	ref := Ref{Kind: "StatefulSet", Namespace: "dapr-system", Name: "dapr-placement-server"}
+	g.Expect(ParseRef(ref.String())).To(Equal(ref))
+	for _, bad := range []string{"", "Deployment", "Deployment dapr-system", "Deployment /x", "Deployment ns/", " ns/x", "Deployment ns/a/b", "Deployment ns/a b"} {
+		_, err := ParseRef(bad)
+		g.Expect(err).To(HaveOccurred(), "%q", bad)
+	}
+}
