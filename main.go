@@ -17,6 +17,7 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -91,10 +92,17 @@ func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, name
 	if err != nil {
 		return fmt.Errorf("creating event recorder: %w", err)
 	}
+	metrics := controllers.NewMetrics(mgr.GetScheme(), mgr.GetClient())
+	for _, c := range metrics.Collectors() {
+		if err := ctrlmetrics.Registry.Register(c); err != nil {
+			return fmt.Errorf("registering metrics: %w", err)
+		}
+	}
 	if err := (&controllers.MTLSRootRotationReconciler{
 		Client:        mgr.GetClient(),
 		APIReader:     mgr.GetAPIReader(),
 		EventRecorder: recorder,
+		Metrics:       metrics,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the %s controller: %w", rotatorv1.MTLSRootRotationKind, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/fluxcd/pkg/runtime/patch"
 	corev1 "k8s.io/api/core/v1"
@@ -35,27 +36,9 @@ func (r *MTLSRootRotationReconciler) stepIssuingExternal(ctx context.Context, ob
 	if err != nil {
 		return fail(err)
 	}
-	if rot.IssuerRevision == 0 {
-		rot.IssuerRevision = issuer.Revision + 1
-		if err := checkpoint(ctx, patcher, obj); err != nil {
-			return fail(fmt.Errorf("recording the revision to issue: %w", err))
-		}
-	}
 	ref := issuerRefOf(obj)
-	if issuer.Revision < rot.IssuerRevision || !issuer.Ready {
-		if res, waiting := r.issuanceFailed(obj, crt); waiting {
-			return res
-		}
-		// A new Certificate is issued by cert-manager on its own.
-		if issuer.Revision < rot.IssuerRevision && !issuer.Issuing && (issuer.Revision > 0 || issuer.Ready) {
-			if err := r.renew(ctx, crt); err != nil {
-				return fail(err)
-			}
-			ctrlLog(ctx).Info("renewal triggered", "certificate", n.Issuer, "revision", rot.IssuerRevision)
-		}
-		markProgress(obj, "rotation %s: waiting for %s %s to issue Certificate %s revision %d: %s",
-			rot.ID, ref.GetKind(), ref.Name, n.Issuer, rot.IssuerRevision, issuer.Message)
-		return waitFor(r.poll())
+	if res, waiting := r.renewIssuerOnce(ctx, obj, patcher, crt, issuer, describeIssuerRef(ref)); waiting {
+		return res
 	}
 	if _, _, err := r.issuedBundle(ctx, obj); err != nil {
 		return fail(err) // an unusable CA stalls the rotation (stallOnExternalCA)
@@ -63,6 +46,37 @@ func (r *MTLSRootRotationReconciler) stepIssuingExternal(ctx context.Context, ob
 	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "CertificatesIssued", "Issue",
 		"rotation %s: issuer revision %d issued by %s %s", rot.ID, issuer.Revision, ref.GetKind(), ref.Name)
 	return advance()
+}
+
+// renewIssuerOnce has the issuer Certificate issued anew once per rotation,
+// by signer, and reports whether the rotation still waits for it. The
+// revision it waits for is recorded before the renewal is triggered, so a
+// replay never renews twice.
+func (r *MTLSRootRotationReconciler) renewIssuerOnce(ctx context.Context, obj *rotatorv1.MTLSRootRotation, patcher *patch.SerialPatcher,
+	crt *cmapi.Certificate, issuer certificateState, signer string) (stepResult, bool) {
+	rot := obj.Status.Rotation
+	if rot.IssuerRevision == 0 {
+		rot.IssuerRevision = issuer.Revision + 1
+		if err := checkpoint(ctx, patcher, obj); err != nil {
+			return fail(fmt.Errorf("recording the revision to issue: %w", err)), true
+		}
+	}
+	if issuer.Revision >= rot.IssuerRevision && issuer.Ready {
+		return stepResult{}, false
+	}
+	if res, waiting := r.issuanceFailed(obj, crt); waiting {
+		return res, true
+	}
+	// A new Certificate is issued by cert-manager on its own.
+	if issuer.Revision < rot.IssuerRevision && !issuer.Issuing && (issuer.Revision > 0 || issuer.Ready) {
+		if err := r.renew(ctx, crt); err != nil {
+			return fail(err), true
+		}
+		ctrlLog(ctx).Info("renewal triggered", "certificate", crt.Name, "revision", rot.IssuerRevision)
+	}
+	markProgress(obj, "rotation %s: waiting for %s to issue Certificate %s revision %d: %s",
+		rot.ID, signer, crt.Name, rot.IssuerRevision, issuer.Message)
+	return waitFor(r.poll()), true
 }
 
 // stallOnExternalCA turns a step's failure on an unusable external CA, at

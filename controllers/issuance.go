@@ -222,7 +222,17 @@ func (r *MTLSRootRotationReconciler) certificateState(ctx context.Context, ns, n
 	st.Issuing = cmapiutil.CertificateHasCondition(crt, cmapi.CertificateCondition{Type: cmapi.CertificateConditionIssuing, Status: cmmeta.ConditionTrue})
 	ready := cmapiutil.GetCertificateCondition(crt, cmapi.CertificateConditionReady)
 	st.Ready = ready != nil && ready.Status == cmmeta.ConditionTrue && ready.ObservedGeneration >= crt.Generation && !st.Issuing
-	if ready != nil {
+	switch {
+	case ready == nil:
+		st.Message = "no Ready condition yet"
+	case st.Issuing:
+		st.Message = "being issued"
+		if c := cmapiutil.GetCertificateCondition(crt, cmapi.CertificateConditionIssuing); c != nil && c.Message != "" {
+			st.Message += ": " + c.Message
+		}
+	case ready.ObservedGeneration < crt.Generation:
+		st.Message = fmt.Sprintf("generation %d not yet observed by cert-manager", crt.Generation)
+	default:
 		st.Message = ready.Message
 	}
 	return crt, st, nil

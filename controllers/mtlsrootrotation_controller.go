@@ -28,6 +28,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/expiry"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
@@ -35,7 +36,8 @@ import (
 const ControllerName = "mtls-rotator"
 
 // ownedConditions are the condition types this controller writes.
-var ownedConditions = []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition, rotatorv1.TrustBundleDriftCondition}
+var ownedConditions = []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition,
+	rotatorv1.TrustBundleDriftCondition, rotatorv1.ExpiringSoonCondition}
 
 // MTLSRootRotationReconciler reconciles MTLSRootRotation objects: it issues
 // the root and issuer through cert-manager, publishes them to Dapr Sentry's
@@ -51,6 +53,8 @@ type MTLSRootRotationReconciler struct {
 	// PollInterval is how often a rotation that waits on rollouts or issuance
 	// looks again (watches wake it sooner); 2s when zero.
 	PollInterval time.Duration
+	// Metrics records Prometheus metrics; nil records none.
+	Metrics *Metrics
 }
 
 // Namespace-scoped access is granted in the Dapr control-plane namespace only
@@ -65,6 +69,7 @@ type MTLSRootRotationReconciler struct {
 // +kubebuilder:rbac:groups="",namespace=dapr-system,resources=configmaps,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates;issuers,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates/status,verbs=update
+// +kubebuilder:rbac:groups=dapr.io,namespace=dapr-system,resources=configurations,verbs=get
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch;patch
 
@@ -140,6 +145,7 @@ func passOf(ctx context.Context) *pass {
 
 // Reconcile brings one MTLSRootRotation a step closer to its declared state.
 func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	start := time.Now()
 	obj := &rotatorv1.MTLSRootRotation{}
 	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
@@ -150,6 +156,15 @@ func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Req
 
 	defer func() {
 		r.finalizeStatus(obj, p, retErr)
+		if p.ran && retErr == nil {
+			// Wake exactly when the expiry calls for something next
+			// (a warning, a renewal), rather than polling.
+			if next := r.expiryOf(obj).Next; !next.IsZero() {
+				if d := next.Sub(r.now().Time) + time.Second; result.RequeueAfter == 0 || d < result.RequeueAfter {
+					result.RequeueAfter = d
+				}
+			}
+		}
 		if err := patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil && !apierrors.IsNotFound(err) {
 			// The status must be retried even after a terminal error, so
 			// the reconcile error is kept as text, not wrapped.
@@ -159,6 +174,7 @@ func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Req
 				retErr = fmt.Errorf("patching status: %w", err)
 			}
 		}
+		r.Metrics.recordReconcile(ctx, obj, start)
 	}()
 
 	if obj.Spec.Suspend {
@@ -182,6 +198,7 @@ func (r *MTLSRootRotationReconciler) finalizeStatus(obj *rotatorv1.MTLSRootRotat
 	if !p.stalled {
 		conditions.Delete(obj, meta.StalledCondition)
 	}
+	r.markExpiry(obj, r.expiryOf(obj))
 	terminal := errors.Is(retErr, reconcile.TerminalError(nil))
 	if retErr == nil || p.stalled || terminal {
 		obj.Status.ObservedGeneration = obj.Generation
@@ -261,6 +278,11 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	if err != nil || stalled {
 		return ctrl.Result{}, err
 	}
+	observeInstalled(obj, target)
+	if err := r.readDaprConfiguration(ctx, obj); err != nil {
+		// Monitoring only: it never holds a rotation up.
+		log.Error(err, "reading the Dapr Configuration")
+	}
 	if err := r.adoptRootKeyGeneration(ctx, obj, target); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -284,7 +306,8 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	rot := obj.Status.Rotation
 	replaced := ""
 	if rotation.InFlight(rot) && !published(rot) &&
-		(rot.Trigger != obj.Spec.Trigger || (rot.KeyPolicy != "" && rot.KeyPolicy != obj.Spec.Root.GetKeyPolicy()) ||
+		(rot.Trigger != obj.Spec.Trigger ||
+			(rot.Cause != rotatorv1.CauseRenewal && rot.KeyPolicy != "" && rot.KeyPolicy != obj.Spec.Root.GetKeyPolicy()) ||
 			!sameIssuerRef(rot.IssuerRef, obj.Spec.Issuer.IssuerRef)) {
 		// Nothing of it was published: a new trigger, key policy (the way
 		// out of a RootKeyUnknown stall) or issuer replaces it.
@@ -292,6 +315,7 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 			"rotation %s had published nothing; replaced by a rotation for trigger %q with keyPolicy %s, issuing from %s",
 			rot.ID, obj.Spec.Trigger, obj.Spec.Root.GetKeyPolicy(), describeIssuerRef(obj.Spec.Issuer.IssuerRef))
 		replaced = rot.ID
+		r.Metrics.rotationEnded(obj, rot, ResultReplaced, now.Time)
 		obj.Status.Rotation, rot = nil, nil
 	}
 	if rot != nil && rot.Step == rotatorv1.StepCompleted &&
@@ -308,6 +332,7 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 	}
 	if !rotation.InFlight(rot) {
 		last := obj.Status.LastCompletedRotation
+		cause, renews := rotatorv1.CauseTrigger, expiry.None
 		if last != nil && last.Trigger == obj.Spec.Trigger {
 			if drift, err := r.drift(ctx, obj, target); err != nil {
 				return ctrl.Result{}, err
@@ -329,8 +354,14 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 			if err := r.ensureIssuance(ctx, obj); err != nil {
 				return ctrl.Result{}, err
 			}
-			markReady(obj, "rotation %s completed at %s", last.ID, last.FinishedAt.Format(time.RFC3339))
-			return ctrl.Result{}, nil
+			state := r.expiryOf(obj)
+			if state.Due == expiry.None {
+				markReady(obj, "rotation %s completed at %s", last.ID, last.FinishedAt.Format(time.RFC3339))
+				return ctrl.Result{}, nil
+			}
+			cause, renews = rotatorv1.CauseRenewal, state.Due
+			r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RenewalDue", "Renew",
+				"%s, within spec.renewBefore %s: renewing the %s with the same key", describeDue(obj, state.Due), obj.Spec.GetRenewBefore(), renewsWhat(state.Due))
 		}
 		previous := ""
 		if last != nil {
@@ -343,8 +374,12 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 			previous += "/" + rot.ID
 		}
 		policy := obj.Spec.Root.GetKeyPolicy()
+		if cause == rotatorv1.CauseRenewal {
+			policy = rotatorv1.KeyPolicyReuse // a renewal keeps the key
+		}
 		rot = rotation.Start(rotation.NewID(obj.UID, obj.Spec.Trigger, previous), obj.Spec.Trigger, rotation.SpecHash(obj.Spec), policy, now)
 		rot.IssuerRef = obj.Spec.Issuer.IssuerRef.DeepCopy()
+		rot.Cause, rot.Renews = cause, string(renews)
 		obj.Status.Rotation = rot
 		obj.Status.Applications = nil
 		obj.Status.Plan = nil
@@ -360,14 +395,19 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 			obj.Status.RootKeyGeneration = gen
 		}
 		markProgress(obj, "rotation %s started", rot.ID)
+		started := fmt.Sprintf("trigger %q", obj.Spec.Trigger)
+		if cause == rotatorv1.CauseRenewal {
+			started = fmt.Sprintf("automatic renewal of the %s", renewsWhat(renews))
+		}
 		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RotationStarted", "Rotate",
-			"rotation %s started (trigger %q)", rot.ID, obj.Spec.Trigger)
+			"rotation %s started (%s)", rot.ID, started)
 		log.Info("rotation started", "rotation", rot.ID, "trigger", obj.Spec.Trigger)
 		if err := patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
 			return ctrl.Result{}, fmt.Errorf("recording the start of rotation %s: %w", rot.ID, err)
 		}
 	}
-	if want := obj.Spec.Root.GetKeyPolicy(); published(rot) && rot.KeyPolicy != "" && rot.KeyPolicy != want && rot.DeferredKeyPolicy != want {
+	if want := obj.Spec.Root.GetKeyPolicy(); published(rot) && rot.Cause != rotatorv1.CauseRenewal &&
+		rot.KeyPolicy != "" && rot.KeyPolicy != want && rot.DeferredKeyPolicy != want {
 		// Refused for this rotation: switching policy half-way would publish
 		// bundles no phase proved. It finishes with the policy it started
 		// with; the new one applies to the next rotation (a new trigger).
@@ -414,12 +454,15 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 			res = r.stallOnExternalCA(ctx, obj, res)
 			return res.result, res.err
 		}
+		finished, phase, startedAt := rot.Step, rot.Phase, stepStartedAt(rot)
 		next := rotation.Advance(rot, r.now())
+		r.Metrics.stepFinished(finished, phase, r.now().Sub(startedAt))
 		log.Info("rotation step", "rotation", rot.ID, "step", next)
 		if next == rotatorv1.StepCompleted {
 			// Recorded in the same patch as the step, so that a crash cannot
 			// leave a completed rotation that looks like one to start.
 			recordCompleted(obj, rot)
+			r.Metrics.rotationEnded(obj, rot, ResultCompleted, r.now().Time)
 		} else {
 			markProgress(obj, "rotation %s: %s", rot.ID, next)
 		}
@@ -475,6 +518,16 @@ func (r *MTLSRootRotationReconciler) freeRootKeyGeneration(ctx context.Context, 
 	}
 }
 
+// stepStartedAt is when the current step of rot started.
+func stepStartedAt(rot *rotatorv1.RotationStatus) time.Time {
+	for i := len(rot.Steps) - 1; i >= 0; i-- {
+		if s := rot.Steps[i]; s.Name == rot.Step && s.Phase == rot.Phase {
+			return s.StartedAt.Time
+		}
+	}
+	return rot.StartedAt.Time
+}
+
 // published reports whether a rotation has written anything to the bundle.
 func published(rot *rotatorv1.RotationStatus) bool {
 	return rot.Step != rotatorv1.StepIssuing && rot.Step != rotatorv1.StepVerifying
@@ -519,7 +572,7 @@ func recordCompleted(obj *rotatorv1.MTLSRootRotation, rot *rotatorv1.RotationSta
 	if n := len(rot.Steps); n > 0 {
 		finished = rot.Steps[n-1].StartedAt
 	}
-	obj.Status.LastCompletedRotation = &rotatorv1.CompletedRotation{ID: rot.ID, Trigger: rot.Trigger, FinishedAt: finished}
+	obj.Status.LastCompletedRotation = &rotatorv1.CompletedRotation{ID: rot.ID, Trigger: rot.Trigger, Cause: rot.Cause, FinishedAt: finished}
 	rot.Message = "completed"
 	markReady(obj, "rotation %s completed at %s", rot.ID, finished.Format(time.RFC3339))
 }

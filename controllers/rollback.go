@@ -132,6 +132,7 @@ func (r *MTLSRootRotationReconciler) rollBack(ctx context.Context, obj *rotatorv
 		why, rot.ID, phase, obj.Namespace, t.Secret.Name, obj.Namespace, t.ConfigMap.Name, stuck)
 	if announce {
 		r.markStalled(ctx, obj, rotatorv1.RolledBackReason, "%s", msg)
+		r.Metrics.rotationEnded(obj, rot, ResultRolledBack, now.Time)
 	} else {
 		setStalled(ctx, obj, rotatorv1.RolledBackReason, msg)
 	}

@@ -23,6 +23,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/expiry"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
@@ -59,6 +60,9 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 	}
 	if rot.RootRevision == 0 {
 		rot.RootRevision = root.Revision + 1
+		if rot.Renews == string(expiry.Issuer) {
+			rot.RootRevision = max(root.Revision, 1) // the root stays as it is
+		}
 		if err := checkpoint(ctx, patcher, obj); err != nil {
 			return fail(fmt.Errorf("recording the revision to issue: %w", err))
 		}
@@ -94,6 +98,9 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 		return waitFor(r.poll())
 	}
 	if !root.Ready && rot.KeyPolicy != rotatorv1.KeyPolicyRotate {
+		if res, waiting := r.issuanceFailed(obj, rootCrt); waiting {
+			return res
+		}
 		markProgress(obj, "rotation %s: waiting for Certificate %s to be Ready: %s", rot.ID, n.Root, root.Message)
 		return waitFor(r.poll())
 	}
@@ -105,6 +112,12 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 	}
 	if err != nil {
 		return fail(err)
+	}
+	if rot.Renews == string(expiry.Issuer) {
+		// The root is not renewed: the issuer is re-issued by it once.
+		if res, waiting := r.renewIssuerOnce(ctx, obj, patcher, issuerCrt, issuer, "Issuer "+n.RootIssuer); waiting {
+			return res
+		}
 	}
 	if !issuer.Ready {
 		if res, waiting := r.issuanceFailed(obj, issuerCrt); waiting {

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/expiry"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 	"github.com/mtls-rotator/mtls-rotator/internal/rollout"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
@@ -227,6 +228,11 @@ func (r *MTLSRootRotationReconciler) applications(ctx context.Context, obj *rota
 // maxConcurrent, each wave awaited before the next starts.
 func (r *MTLSRootRotationReconciler) stepApplications(ctx context.Context, obj *rotatorv1.MTLSRootRotation) stepResult {
 	rot := obj.Status.Rotation
+	if rot.Renews == string(expiry.Issuer) {
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
+			"rotation %s: applications not restarted: the trust anchors did not change, and sidecars renew their workload certificates from the new issuer on their own", rot.ID)
+		return advance()
+	}
 	if !obj.Spec.Applications.RestartEnabled() {
 		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
 			"rotation %s: applications not restarted (spec.applications.restart is false): their sidecars keep their trust anchors until their pods are recreated", rot.ID)
@@ -251,6 +257,7 @@ func (r *MTLSRootRotationReconciler) stepApplications(ctx context.Context, obj *
 			if err := r.restartWorkload(ctx, ref, rotation.RestartID(rot)); err != nil {
 				return fail(err)
 			}
+			r.Metrics.applicationsRestarted(obj, 1)
 		}
 		rot.WaitingFor, rot.WaitingSince = "applications wave", &now
 		markProgress(obj, "rotation %s: restarting %d applications (%d/%d done)", rot.ID, len(plan.Restart), plan.Restarted, plan.Total)

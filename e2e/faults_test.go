@@ -19,6 +19,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/health"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
@@ -50,11 +51,13 @@ func TestSuspendedRotationTouchesNothing(t *testing.T) {
 		g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "no Certificate is created while suspended")
 	}).WithTimeout(3 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
 	bundleUnchanged(t, before, beforeCM)
+	g.Expect(argoHealthOf(t, key)).To(Equal(health.Result{Status: health.Suspended, Message: "Suspended: spec.suspend is true"}))
 
 	obj := getRotation(t, key)
 	obj.Spec.Suspend = false
 	updateRotation(t, obj)
 	waitRotationCompleted(t, key, "a")
+	g.Expect(argoHealthOf(t, key).Status).To(Equal(health.Healthy))
 }
 
 func TestConflictingRotationTouchesNothing(t *testing.T) {

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,7 +24,9 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/controllers"
+	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/health"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/rollout"
 )
@@ -109,6 +113,30 @@ func kstatusOf(t *testing.T, obj client.Object) status.Status {
 		t.Fatal(err)
 	}
 	return res.Status
+}
+
+// argoHealthOf runs the Argo CD health script of config/argocd on the object
+// as the cluster holds it now.
+func argoHealthOf(t *testing.T, key types.NamespacedName) health.Result {
+	t.Helper()
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, err := os.ReadFile(filepath.Join(root, "config", "argocd", "health.lua"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(rotatorv1.GroupVersion.WithKind(rotatorv1.MTLSRootRotationKind))
+	if err := k8sClient.Get(t.Context(), key, u); err != nil {
+		t.Fatal(err)
+	}
+	res, err := health.Evaluate(string(script), u.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
 }
 
 // checkConditions runs Flux's conditions checker (kstatus rules for the

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"os"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/yaml"
 
@@ -114,7 +116,7 @@ func (l *logBuffer) String() string {
 // far as the rotation is concerned) with stop.
 func startOperator(t *testing.T) *operator {
 	t.Helper()
-	return startOperatorFor(t, fixture.ControlPlaneNamespace)
+	return startOperatorWith(t, operatorOptions{})
 }
 
 // startOperatorFor runs the operator managing the given namespaces; each
@@ -122,7 +124,24 @@ func startOperator(t *testing.T) *operator {
 // several control planes grants it.
 func startOperatorFor(t *testing.T, namespaces ...string) *operator {
 	t.Helper()
+	return startOperatorWith(t, operatorOptions{namespaces: namespaces})
+}
+
+// operatorOptions vary the operator a test runs.
+type operatorOptions struct {
+	namespaces []string // the fixture's Dapr namespace when empty
+	// metricsAddr serves the metrics endpoint there, with the operator's
+	// metrics registered in controller-runtime's registry for the test.
+	metricsAddr string
+}
+
+func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
+	t.Helper()
 	g := NewWithT(t)
+	namespaces := opts.namespaces
+	if len(namespaces) == 0 {
+		namespaces = []string{fixture.ControlPlaneNamespace}
+	}
 	for _, ns := range namespaces {
 		if ns != fixture.ControlPlaneNamespace {
 			grantRole(t, ns)
@@ -145,7 +164,7 @@ func startOperatorFor(t *testing.T, namespaces ...string) *operator {
 	mgr, err := ctrl.NewManager(operatorConfig(t), ctrl.Options{
 		Scheme:                 scheme,
 		Cache:                  cacheOptions,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
+		Metrics:                metricsserver.Options{BindAddress: cmp.Or(opts.metricsAddr, "0")},
 		HealthProbeBindAddress: "0",
 		Logger:                 log,
 		// Each test starts a fresh manager in this process; names repeat.
@@ -154,8 +173,17 @@ func startOperatorFor(t *testing.T, namespaces ...string) *operator {
 	g.Expect(err).NotTo(HaveOccurred())
 	recorder, err := events.NewRecorder(log, "", controllers.ControllerName, events.WithManager(mgr))
 	g.Expect(err).NotTo(HaveOccurred())
+	var metrics *controllers.Metrics
+	if opts.metricsAddr != "" {
+		metrics = controllers.NewMetrics(scheme, mgr.GetClient())
+		for _, c := range metrics.Collectors() {
+			g.Expect(ctrlmetrics.Registry.Register(c)).To(Succeed())
+			t.Cleanup(func() { ctrlmetrics.Registry.Unregister(c) })
+		}
+	}
 	g.Expect((&controllers.MTLSRootRotationReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), EventRecorder: recorder, PollInterval: 200 * time.Millisecond,
+		Metrics: metrics,
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	ctx, cancel := context.WithCancel(context.Background())

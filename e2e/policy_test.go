@@ -12,6 +12,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/health"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
 
@@ -35,6 +36,7 @@ func TestKeyPolicyChangeDuringARotationIsRefused(t *testing.T) {
 		}
 		return ""
 	}).WithTimeout(time.Minute).Should(Equal(rotatorv1.StepRestartingControlPlane))
+	g.Expect(argoHealthOf(t, key).Status).To(Equal(health.Progressing), "Argo CD sees the rotation under way")
 
 	obj := getRotation(t, key)
 	obj.Spec.Root.KeyPolicy = rotatorv1.KeyPolicyRotate

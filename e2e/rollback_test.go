@@ -16,6 +16,7 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/controllers"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/health"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
@@ -45,6 +46,9 @@ func expectRolledBack(t *testing.T, key types.NamespacedName, before *corev1.Sec
 	g.Expect(msg).To(ContainSubstring("change spec.trigger to rotate again"))
 	g.Expect(kstatusOf(t, obj)).To(Equal(status.FailedStatus))
 	checkConditions(t, obj)
+	argo := argoHealthOf(t, key)
+	g.Expect(argo.Status).To(Equal(health.Degraded))
+	g.Expect(argo.Message).To(HavePrefix("RolledBack: control-plane workload Deployment dapr-system/dapr-sentry did not roll out"))
 
 	after, afterCM := readBundle(t)
 	for _, k := range []string{"ca.crt", "issuer.crt", "issuer.key"} {

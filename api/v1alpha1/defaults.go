@@ -53,6 +53,26 @@ func (s *MTLSRootRotationSpec) GetTrustDomain() string {
 	return stringOr(s.TrustDomain, DefaultTrustDomain)
 }
 
+// DefaultExpiryWarning is spec.expiryWarning's default.
+const DefaultExpiryWarning = 720 * time.Hour
+
+// GetExpiryWarning returns how long before expiry to warn.
+func (s *MTLSRootRotationSpec) GetExpiryWarning() time.Duration {
+	if s.ExpiryWarning == nil {
+		return DefaultExpiryWarning
+	}
+	return max(s.ExpiryWarning.Duration, 0)
+}
+
+// GetRenewBefore returns how long before expiry to renew on its own; zero
+// when automatic renewal is off.
+func (s *MTLSRootRotationSpec) GetRenewBefore() time.Duration {
+	if s.RenewBefore == nil {
+		return 0
+	}
+	return max(s.RenewBefore.Duration, 0)
+}
+
 // GetDuration returns the root validity.
 func (r *RootSpec) GetDuration() time.Duration {
 	return durationOr(r.Duration, DefaultCertificateDuration)

@@ -57,6 +57,30 @@ type MTLSRootRotationStatus struct {
 	// LastCompletedRotation is the last rotation that finished.
 	// +optional
 	LastCompletedRotation *CompletedRotation `json:"lastCompletedRotation,omitempty"`
+
+	// NextRenewal is when the next automatic renewal falls due (spec.renewBefore).
+	// +optional
+	NextRenewal *metav1.Time `json:"nextRenewal,omitempty"`
+
+	// DaprConfiguration is what the Dapr Configuration daprsystem in this
+	// namespace says of mTLS, as last read.
+	// +optional
+	DaprConfiguration *DaprConfigurationStatus `json:"daprConfiguration,omitempty"`
+}
+
+// DaprConfigurationStatus is the mTLS settings of Dapr's system Configuration.
+type DaprConfigurationStatus struct {
+	// Name of the Configuration.
+	Name string `json:"name"`
+	// MTLSEnabled is spec.mtls.enabled; false means sidecars do not use the
+	// certificates this object rotates.
+	MTLSEnabled bool `json:"mtlsEnabled"`
+	// WorkloadCertTTL is spec.mtls.workloadCertTTL (Dapr's default is 24h).
+	// +optional
+	WorkloadCertTTL string `json:"workloadCertTTL,omitempty"`
+	// AllowedClockSkew is spec.mtls.allowedClockSkew (Dapr's default is 15m).
+	// +optional
+	AllowedClockSkew string `json:"allowedClockSkew,omitempty"`
 }
 
 // RotationStep is a step of a rotation.
@@ -118,6 +142,14 @@ type RotationStatus struct {
 	// new roots trusted, old issuer), Switch (new issuer) or Prune (new root only).
 	// +optional
 	Phase RotationPhase `json:"phase,omitempty"`
+	// Cause is what started the rotation: Trigger (spec.trigger, or a first
+	// issuance) or Renewal (spec.renewBefore).
+	// +optional
+	Cause RotationCause `json:"cause,omitempty"`
+	// Renews is what a Renewal rotation renews: Issuer (the trust anchors
+	// stay; applications are not restarted) or Root (root and issuer).
+	// +optional
+	Renews string `json:"renews,omitempty"`
 	// Step is the current step.
 	Step RotationStep `json:"step"`
 	// StartedAt is when the rotation started.
@@ -142,6 +174,17 @@ type RotationStatus struct {
 	// +optional
 	Steps []StepStatus `json:"steps,omitempty"`
 }
+
+// RotationCause is what started a rotation.
+// +kubebuilder:validation:Enum=Trigger;Renewal
+type RotationCause string
+
+const (
+	// CauseTrigger: spec.trigger changed, or the object was created.
+	CauseTrigger RotationCause = "Trigger"
+	// CauseRenewal: a published certificate fell within spec.renewBefore.
+	CauseRenewal RotationCause = "Renewal"
+)
 
 // RotationPhase is a phase of a trust-overlap (Rotate) rotation.
 // +kubebuilder:validation:Enum=Overlap;Switch;Prune
@@ -242,6 +285,9 @@ type CompletedRotation struct {
 	// Trigger that started it.
 	// +optional
 	Trigger string `json:"trigger,omitempty"`
+	// Cause is what started it: Trigger or Renewal.
+	// +optional
+	Cause RotationCause `json:"cause,omitempty"`
 	// FinishedAt is when it completed.
 	FinishedAt metav1.Time `json:"finishedAt"`
 }
@@ -280,6 +326,13 @@ const (
 	// IssuerRefChangeDeferredReason: spec.issuer.issuerRef changed while a
 	// rotation that already published runs; it applies to the next rotation.
 	IssuerRefChangeDeferredReason = "IssuerRefChangeDeferred"
+	// ExpiringSoonCondition is True while the published root or issuer
+	// expires within spec.expiryWarning (or has expired).
+	ExpiringSoonCondition = "ExpiringSoon"
+	// ExpiringSoonReason: see ExpiringSoonCondition.
+	ExpiringSoonReason = "ExpiringSoon"
+	// MTLSDisabledReason: Dapr's Configuration turns mTLS off.
+	MTLSDisabledReason = "MTLSDisabled"
 	// SuspendedReason: spec.suspend is true.
 	SuspendedReason = "Suspended"
 )

@@ -11,6 +11,7 @@ const MTLSRootRotationKind = "MTLSRootRotation"
 // how its root and issuer certificates are made, where Dapr Sentry reads them,
 // and what must restart, in which order, after they change.
 // +kubebuilder:validation:XValidation:rule="!has(self.issuer) || !has(self.root) || has(self.issuer.issuerRef) || !has(self.issuer.duration) || !has(self.root.duration) || duration(self.issuer.duration) <= duration(self.root.duration)",message="issuer.duration must not exceed root.duration: an issuer cannot outlive the root that signs it"
+// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || !has(self.issuer) || !has(self.issuer.duration) || duration(self.renewBefore) < duration(self.issuer.duration)",message="renewBefore must be shorter than issuer.duration: a renewed issuer would be due again at once"
 // +kubebuilder:validation:XValidation:rule="!has(self.issuer) || !has(self.root) || !has(self.issuer.issuerRef) || !has(self.root.privateKeySecretRef)",message="issuer.issuerRef and root.privateKeySecretRef cannot be used together: with an external issuer the root and its key belong to that issuer's CA"
 type MTLSRootRotationSpec struct {
 	// TrustDomain is the SPIFFE trust domain of the Dapr control plane
@@ -56,6 +57,27 @@ type MTLSRootRotationSpec struct {
 	// +kubebuilder:validation:MaxLength=253
 	// +optional
 	Trigger string `json:"trigger,omitempty"`
+
+	// ExpiryWarning is how long before the published root or issuer expires
+	// the object gets an ExpiringSoon condition and a Warning event (Dapr
+	// Sentry no longer warns). Defaults to 30 days.
+	// +kubebuilder:default="720h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s')",message="expiryWarning must not be negative"
+	// +optional
+	ExpiryWarning *metav1.Duration `json:"expiryWarning,omitempty"`
+
+	// RenewBefore, when set, starts a same-key rotation on its own when the
+	// published issuer or root expires within it. An issuer falling due
+	// renews the issuer alone: the trust anchors stay, so only the control
+	// plane restarts, and applications pick up certificates of the new
+	// issuer as theirs renew (keep it above Dapr's workloadCertTTL). A root
+	// falling due renews both and restarts everything. The root of an
+	// external issuer is only reported. Unset: renewals wait for a new trigger.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="renewBefore must be at least 1m"
+	// +optional
+	RenewBefore *metav1.Duration `json:"renewBefore,omitempty"`
 
 	// DryRun computes the plan of the next rotation (phases, certificates to
 	// issue, workloads to restart in order, application waves) into
@@ -375,6 +397,7 @@ type ApplicationsSpec struct {
 // +kubebuilder:printcolumn:name="Issuer expires",type="string",JSONPath=".status.issuer.notAfter"
 // +kubebuilder:printcolumn:name="Apps",type="string",JSONPath=".status.applications.progress"
 // +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
+// +kubebuilder:printcolumn:name="Next renewal",type="string",JSONPath=".status.nextRenewal",priority=1
 // +kubebuilder:printcolumn:name="Status",type="string",JSONPath=".status.conditions[?(@.type==\"Ready\")].message",priority=1
 type MTLSRootRotation struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -88,6 +88,9 @@ func TestDefaults(t *testing.T) {
 	// The Go defaults the operator falls back on agree with the CRD's.
 	var zero rotatorv1.MTLSRootRotationSpec
 	g.Expect(zero.GetTrustDomain()).To(Equal(s.TrustDomain))
+	g.Expect(zero.GetExpiryWarning()).To(Equal(s.ExpiryWarning.Duration))
+	g.Expect(s.RenewBefore).To(BeNil(), "automatic renewal is off unless asked for")
+	g.Expect(zero.GetRenewBefore()).To(BeZero())
 	g.Expect(zero.Root.GetDuration()).To(Equal(s.Root.Duration.Duration))
 	g.Expect(zero.Issuer.GetDuration()).To(Equal(s.Issuer.Duration.Duration))
 	g.Expect(zero.Root.GetKeyPolicy()).To(Equal(s.Root.KeyPolicy))
@@ -118,6 +121,9 @@ func TestValidSpecsAreAccepted(t *testing.T) {
 		"external cluster issuer":       "{issuer: {issuerRef: {name: org-ca, kind: ClusterIssuer}}}",
 		"external issuer, long issuer":  "{root: {duration: 720h}, issuer: {duration: 8760h, issuerRef: {name: vault, group: cert-manager.io}}}",
 		"external issuer with Rotate":   "{root: {keyPolicy: Rotate}, issuer: {issuerRef: {name: org-ca}}}",
+		"renewal a week ahead":          "{renewBefore: 168h, expiryWarning: 720h}",
+		"short-lived issuer renewed":    "{issuer: {duration: 1h}, renewBefore: 59m}",
+		"no expiry warning":             "{expiryWarning: 0s}",
 	}
 	for name, spec := range valid {
 		t.Run(name, func(t *testing.T) {
@@ -157,6 +163,10 @@ func TestInvalidSpecsAreRefusedWithAMessage(t *testing.T) {
 		{"brought key without a name", "{root: {privateKeySecretRef: {name: ''}}}", "should be at least 1 chars long"},
 		{"brought key and external issuer", "{root: {privateKeySecretRef: {name: my-key}}, issuer: {issuerRef: {name: org-ca}}}", "issuer.issuerRef and root.privateKeySecretRef cannot be used together"},
 		{"external issuer of an unknown kind", "{issuer: {issuerRef: {name: org-ca, kind: Certificate}}}", `Unsupported value: "Certificate"`},
+		{"renewal as long as the issuer", "{issuer: {duration: 720h}, renewBefore: 720h}", "renewBefore must be shorter than issuer.duration"},
+		{"renewal longer than the default issuer", "{renewBefore: 9000h}", "renewBefore must be shorter than issuer.duration"},
+		{"renewal too soon", "{renewBefore: 30s}", "renewBefore must be at least 1m"},
+		{"negative expiry warning", "{expiryWarning: -1h}", "expiryWarning must not be negative"},
 		{"external issuer without a name", "{issuer: {issuerRef: {name: ''}}}", "should be at least 1 chars long"},
 	}
 	for _, tt := range invalid {

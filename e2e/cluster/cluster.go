@@ -490,7 +490,10 @@ func DefaultOptions(ctx context.Context, root, dir string) (Options, error) {
 		Dir:               dir,
 		AssetsDir:         assets,
 		CertManagerBinary: certManager,
-		CRDPaths:          []string{filepath.Join(cmDir, "deploy", "crds"), filepath.Join(root, "config", "crd", "bases")},
+		CRDPaths: []string{
+			filepath.Join(cmDir, "deploy", "crds"), filepath.Join(root, "config", "crd", "bases"),
+			filepath.Join(root, "e2e", "fixture", "crds"),
+		},
 	}, nil
 }
 

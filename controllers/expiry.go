@@ -1,0 +1,191 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/fluxcd/pkg/runtime/conditions"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/expiry"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+)
+
+// DaprConfigurationName is the Configuration Dapr's control plane reads its
+// mTLS settings from, in its namespace.
+const DaprConfigurationName = "daprsystem"
+
+var daprConfigurationGVK = schema.GroupVersionKind{Group: "dapr.io", Version: "v1alpha1", Kind: "Configuration"}
+
+// observeInstalled describes in status the root and issuer installed when
+// nothing was published yet (an install Sentry or Helm filled), so that their
+// expiry is shown and watched from the start.
+func observeInstalled(obj *rotatorv1.MTLSRootRotation, t *target) {
+	if obj.Status.PublishedBundleHash != "" {
+		return
+	}
+	installed := bundle.FromSecret(t.Secret.Data, keysOf(obj))
+	anchors, err1 := pki.ParseCertificates(installed.TrustAnchors)
+	chain, err2 := pki.ParseCertificates(installed.IssuerChain)
+	if err1 != nil || err2 != nil {
+		return
+	}
+	obj.Status.Root = certificateStatus(anchors[len(anchors)-1])
+	obj.Status.Issuer = certificateStatus(chain[0])
+	obj.Status.TrustAnchors = int32(len(anchors))
+}
+
+// expiryOf evaluates the expiry of the root and issuer in status.
+func (r *MTLSRootRotationReconciler) expiryOf(obj *rotatorv1.MTLSRootRotation) expiry.State {
+	cert := func(name string, c *rotatorv1.CertificateStatus) expiry.Certificate {
+		if c == nil {
+			return expiry.Certificate{Name: name}
+		}
+		return expiry.Certificate{Name: name, NotAfter: c.NotAfter.Time}
+	}
+	return expiry.Evaluate(cert("root", obj.Status.Root), cert("issuer", obj.Status.Issuer), expiry.Policy{
+		Warning:       obj.Spec.GetExpiryWarning(),
+		RenewBefore:   obj.Spec.GetRenewBefore(),
+		RootRenewable: obj.Spec.Issuer.IssuerRef == nil,
+	}, r.now().Time)
+}
+
+// markExpiry sets or clears the ExpiringSoon condition, with one Warning
+// event whenever the set of expiring certificates grows, and records when the
+// next automatic renewal falls due.
+func (r *MTLSRootRotationReconciler) markExpiry(obj *rotatorv1.MTLSRootRotation, s expiry.State) {
+	obj.Status.NextRenewal = nil
+	if !s.RenewAt.IsZero() {
+		obj.Status.NextRenewal = &metav1.Time{Time: s.RenewAt}
+	}
+	if len(s.Expiring) == 0 {
+		conditions.Delete(obj, rotatorv1.ExpiringSoonCondition)
+		return
+	}
+	names := make([]string, 0, len(s.Expiring))
+	for _, c := range s.Expiring {
+		names = append(names, c.Name)
+	}
+	reason := expiringReason(names)
+	msg := expiry.Describe(s.Expiring, r.now().Time)
+	if obj.Spec.GetRenewBefore() == 0 {
+		msg += "; change spec.trigger to renew (or set spec.renewBefore to renew on its own)"
+	}
+	announced := conditions.IsTrue(obj, rotatorv1.ExpiringSoonCondition) &&
+		covers(conditions.GetReason(obj, rotatorv1.ExpiringSoonCondition), reason)
+	conditions.MarkTrue(obj, rotatorv1.ExpiringSoonCondition, reason, "%s", msg)
+	if !announced {
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, rotatorv1.ExpiringSoonReason, "Monitor", "%s", msg)
+	}
+}
+
+// expiringReason names what expires: RootExpiringSoon, IssuerExpiringSoon
+// or RootAndIssuerExpiringSoon.
+func expiringReason(names []string) string {
+	root, issuer := false, false
+	for _, n := range names {
+		root = root || n == "root"
+		issuer = issuer || n == "issuer"
+	}
+	switch {
+	case root && issuer:
+		return "RootAndIssuer" + rotatorv1.ExpiringSoonReason
+	case root:
+		return "Root" + rotatorv1.ExpiringSoonReason
+	}
+	return "Issuer" + rotatorv1.ExpiringSoonReason
+}
+
+// covers reports whether the reason already announced covers the new one.
+func covers(announced, reason string) bool {
+	if announced == reason || announced == "RootAndIssuer"+rotatorv1.ExpiringSoonReason {
+		return true
+	}
+	return false
+}
+
+// readDaprConfiguration reports in status what Dapr's system Configuration
+// says of mTLS, with a Warning when it turns mTLS off or renews workload
+// certificates too slowly for spec.renewBefore; each is announced once per
+// change. A cluster without the Configuration (or its CRD) reports nothing.
+func (r *MTLSRootRotationReconciler) readDaprConfiguration(ctx context.Context, obj *rotatorv1.MTLSRootRotation) error {
+	u := &unstructured.Unstructured{}
+	u.SetGroupVersionKind(daprConfigurationGVK)
+	err := r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: DaprConfigurationName}, u)
+	if apierrors.IsNotFound(err) || apimeta.IsNoMatchError(err) {
+		obj.Status.DaprConfiguration = nil
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading Dapr Configuration %s/%s: %w", obj.Namespace, DaprConfigurationName, err)
+	}
+	enabled, _, _ := unstructured.NestedBool(u.Object, "spec", "mtls", "enabled")
+	ttl, _, _ := unstructured.NestedString(u.Object, "spec", "mtls", "workloadCertTTL")
+	skew, _, _ := unstructured.NestedString(u.Object, "spec", "mtls", "allowedClockSkew")
+	observed := &rotatorv1.DaprConfigurationStatus{Name: DaprConfigurationName, MTLSEnabled: enabled, WorkloadCertTTL: ttl, AllowedClockSkew: skew}
+	previous := obj.Status.DaprConfiguration
+	obj.Status.DaprConfiguration = observed
+	if previous != nil && *previous == *observed {
+		return nil
+	}
+	if !enabled {
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, rotatorv1.MTLSDisabledReason, "Monitor",
+			"Dapr Configuration %s/%s has mTLS disabled: sidecars do not use the certificates this object rotates", obj.Namespace, DaprConfigurationName)
+	}
+	if warning := renewBeforeWarning(obj.Spec.GetRenewBefore(), ttl, skew); warning != "" {
+		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, "RenewBeforeTooShort", "Monitor", "%s", warning)
+	}
+	return nil
+}
+
+// renewBeforeWarning says why renewBefore is too short for Dapr's workload
+// certificates, or "": an issuer renewal restarts no application, so the old
+// issuer must outlive every workload certificate it signed.
+func renewBeforeWarning(renewBefore time.Duration, ttl, skew string) string {
+	if renewBefore == 0 {
+		return ""
+	}
+	life := 24 * time.Hour // Dapr's default workloadCertTTL
+	if d, err := time.ParseDuration(ttl); err == nil && d > 0 {
+		life = d
+	}
+	allowance := 15 * time.Minute // Dapr's default allowedClockSkew
+	if d, err := time.ParseDuration(skew); err == nil && d >= 0 {
+		allowance = d
+	}
+	if renewBefore > life+allowance {
+		return ""
+	}
+	return strings.TrimSpace(fmt.Sprintf(
+		"spec.renewBefore %s does not exceed Dapr's workloadCertTTL %s plus allowedClockSkew %s: workload certificates signed just before an issuer renewal could outlive the old issuer; renew earlier",
+		renewBefore, life, allowance))
+}
+
+func renewsWhat(due expiry.Renewal) string {
+	if due == expiry.Root {
+		return "root and issuer"
+	}
+	return "issuer"
+}
+
+// describeDue says which published certificate fell due.
+func describeDue(obj *rotatorv1.MTLSRootRotation, due expiry.Renewal) string {
+	c, name := obj.Status.Issuer, "issuer"
+	if due == expiry.Root {
+		c, name = obj.Status.Root, "root"
+	}
+	if c == nil {
+		return name + " certificate due"
+	}
+	return fmt.Sprintf("%s certificate expires at %s", name, c.NotAfter.UTC().Format(time.RFC3339))
+}

@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/health"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
+)
+
+// setSystemConfiguration replaces Dapr's daprsystem Configuration.
+func setSystemConfiguration(ctx context.Context, t *testing.T, mtls bool) {
+	t.Helper()
+	g := NewWithT(t)
+	want := fixture.SystemConfiguration(mtls)
+	current := &unstructured.Unstructured{}
+	current.SetGroupVersionKind(want.GroupVersionKind())
+	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(want), current)).To(Succeed())
+	current.Object["spec"] = want.Object["spec"]
+	g.Expect(k8sClient.Update(ctx, current)).To(Succeed())
+}
+
+// TestShortLivedIssuerRenewsItself: with spec.renewBefore the operator renews
+// an issuer about to expire on its own, at the moment it falls due (no other
+// event wakes it), with the same root: the trust anchors stay, so only the
+// control plane restarts. ExpiringSoon appears, and clears when the warning
+// window no longer covers the issuer.
+func TestShortLivedIssuerRenewsItself(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "short", rotatorv1.MTLSRootRotationSpec{
+		Trigger:     "a",
+		Issuer:      rotatorv1.IssuerSpec{Duration: &metav1.Duration{Duration: time.Hour}},
+		RenewBefore: &metav1.Duration{Duration: 59*time.Minute + 30*time.Second},
+	})
+	first := waitRotationCompleted(t, key, "a")
+	g.Expect(first.Status.LastCompletedRotation.Cause).To(Equal(rotatorv1.CauseTrigger))
+	g.Expect(first.Status.NextRenewal).NotTo(BeNil())
+	g.Expect(first.Status.NextRenewal.Time).To(BeTemporally("~", first.Status.Issuer.NotAfter.Add(-(59*time.Minute + 30*time.Second)), time.Second))
+	g.Expect(first.Status.DaprConfiguration).To(Equal(&rotatorv1.DaprConfigurationStatus{
+		Name: "daprsystem", MTLSEnabled: true, WorkloadCertTTL: "24h", AllowedClockSkew: "15m",
+	}))
+	expiring := conditions.Get(first, rotatorv1.ExpiringSoonCondition)
+	g.Expect(expiring).NotTo(BeNil(), "an issuer of one hour is inside the 30-day warning")
+	g.Expect(expiring.Reason).To(Equal("IssuerExpiringSoon"))
+	g.Expect(expiring.Message).To(MatchRegexp(`^issuer certificate expires at \S+Z$`))
+	g.Expect(kstatusOf(t, first)).To(Equal(status.CurrentStatus), "expiring soon is not a failure")
+	argo := argoHealthOf(t, key)
+	g.Expect(argo.Status).To(Equal(health.Healthy))
+	g.Expect(argo.Message).To(MatchRegexp(`completed at .*; issuer certificate expires at`))
+
+	var renewed *rotatorv1.MTLSRootRotation
+	g.Eventually(func(g Gomega) {
+		renewed = getRotation(t, key)
+		last := renewed.Status.LastCompletedRotation
+		g.Expect(last).NotTo(BeNil())
+		g.Expect(last.Cause).To(Equal(rotatorv1.CauseRenewal))
+		g.Expect(conditions.IsReady(renewed)).To(BeTrue())
+	}).WithTimeout(2 * time.Minute).WithPolling(500 * time.Millisecond).Should(Succeed())
+	rot := renewed.Status.Rotation
+	g.Expect(rot.Renews).To(Equal("Issuer"))
+	g.Expect(rot.Trigger).To(Equal("a"), "recorded with the trigger it renews under")
+	g.Expect(rot.KeyPolicy).To(Equal(rotatorv1.KeyPolicyReuse))
+	g.Expect(renewed.Status.Root.SHA256Fingerprint).To(Equal(first.Status.Root.SHA256Fingerprint), "the root is the same certificate")
+	g.Expect(renewed.Status.Issuer.SerialNumber).NotTo(Equal(first.Status.Issuer.SerialNumber))
+	g.Expect(renewed.Status.Issuer.NotAfter.After(first.Status.Issuer.NotAfter.Time)).To(BeTrue())
+	sentry, _, err := readControlPlane(t.Context(), sentryWorkload)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(restart.RestartedFor(sentry, rotation.RestartID(rot))).To(BeTrue(), "the control plane restarts")
+	g.Expect(restartedApps(t, rotation.RestartID(rot))).To(BeEmpty(), "applications keep their anchors")
+
+	events := eventsFor(t, key)
+	g.Expect(events["RenewalDue"]).NotTo(BeEmpty())
+	g.Expect(events["RenewalDue"][0].Message).To(ContainSubstring("renewing the issuer with the same key"))
+	g.Expect(events["RenewBeforeTooShort"]).To(HaveLen(1), "announced once")
+	g.Expect(events[rotatorv1.ExpiringSoonReason]).To(HaveLen(1))
+	g.Expect(events[rotatorv1.ExpiringSoonReason][0].Type).To(Equal(corev1.EventTypeWarning))
+	g.Expect(events[rotatorv1.ExpiringSoonReason][0].Count).To(BeNumerically("<=", 1), "not repeated on every pass")
+
+	// A warning window shorter than the issuer's remaining life clears it;
+	// Dapr's Configuration turning mTLS off is reported.
+	setSystemConfiguration(t.Context(), t, false)
+	t.Cleanup(func() { setSystemConfiguration(context.Background(), t, true) })
+	obj := getRotation(t, key)
+	obj.Spec.ExpiryWarning = &metav1.Duration{Duration: 30 * time.Minute}
+	obj.Spec.RenewBefore = nil
+	updateRotation(t, obj)
+	g.Eventually(func(g Gomega) {
+		now := getRotation(t, key)
+		g.Expect(now.Status.ObservedGeneration).To(Equal(now.Generation))
+		g.Expect(conditions.Has(now, rotatorv1.ExpiringSoonCondition)).To(BeFalse())
+		g.Expect(now.Status.NextRenewal).To(BeNil())
+		g.Expect(now.Status.DaprConfiguration.MTLSEnabled).To(BeFalse())
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+	g.Expect(eventsFor(t, key)[rotatorv1.MTLSDisabledReason]).To(HaveLen(1))
+}
