@@ -42,6 +42,11 @@ generate: $(CONTROLLER_GEN) ## Generate DeepCopy methods.
 manifests: $(CONTROLLER_GEN) ## Generate the CRD and the RBAC role from markers.
 	$(CONTROLLER_GEN) crd rbac:roleName=mtls-rotator-manager paths=./api/... paths=./controllers/... \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	@# The Helm chart renders the same CRD, RBAC rules and alerts.
+	@mkdir -p charts/mtls-rotator/files/crds
+	cp config/crd/bases/mtls.rotator.dev_mtlsrotations.yaml charts/mtls-rotator/files/crds/
+	cp config/rbac/role.yaml charts/mtls-rotator/files/role.yaml
+	cp config/prometheus/rule.yaml charts/mtls-rotator/files/prometheus-rule.yaml
 
 .PHONY: fmt
 fmt: ## go fmt.

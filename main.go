@@ -2,7 +2,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -22,6 +24,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/controllers"
+	"github.com/mtls-rotator/mtls-rotator/internal/cli"
 )
 
 var scheme = runtime.NewScheme()
@@ -32,32 +35,59 @@ func init() {
 	utilruntime.Must(rotatorv1.AddToScheme(scheme))
 }
 
-func main() {
-	var (
-		metricsAddr        string
-		healthAddr         string
-		leaderElectionNS   string
-		namespaces         []string
-		clientOptions      client.Options
-		logOptions         logger.Options
-		leaderElectionOpts leaderelection.Options
-	)
-	flag.StringVar(&metricsAddr, "metrics-addr", ":8080", "The address the metrics endpoint binds to; 0 disables it.")
-	flag.StringVar(&healthAddr, "health-addr", ":9440", "The address the health and readiness probes bind to.")
-	flag.StringSliceVar(&namespaces, "namespaces", []string{"dapr-system"},
-		"The Dapr control-plane namespaces to manage: MTLSRootRotations, Secrets and ConfigMaps are watched only there.")
-	flag.StringVar(&leaderElectionNS, "leader-election-namespace", "",
-		"Namespace of the leader election Lease; defaults to the namespace the operator runs in.")
-	clientOptions.BindFlags(flag.CommandLine)
-	logOptions.BindFlags(flag.CommandLine)
-	leaderElectionOpts.BindFlags(flag.CommandLine)
-	flag.Parse()
+// options are the operator's command-line settings.
+type options struct {
+	metricsAddr        string
+	healthAddr         string
+	leaderElectionNS   string
+	namespaces         []string
+	clientOptions      client.Options
+	logOptions         logger.Options
+	leaderElectionOpts leaderelection.Options
+}
 
-	log := logger.NewLogger(logOptions)
+// parseFlags parses the operator's flags; the manifests' args are checked
+// against it in tests.
+func parseFlags(args []string, errOut io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("mtls-rotator", flag.ContinueOnError)
+	fs.SetOutput(errOut)
+	fs.StringVar(&o.metricsAddr, "metrics-addr", ":8080", "The address the metrics endpoint binds to; 0 disables it.")
+	fs.StringVar(&o.healthAddr, "health-addr", ":9440", "The address the health and readiness probes bind to.")
+	fs.StringSliceVar(&o.namespaces, "namespaces", []string{"dapr-system"},
+		"The Dapr control-plane namespaces to manage: MTLSRootRotations, Secrets and ConfigMaps are watched only there.")
+	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "",
+		"Namespace of the leader election Lease; defaults to the namespace the operator runs in.")
+	o.clientOptions.BindFlags(fs)
+	o.logOptions.BindFlags(fs)
+	o.leaderElectionOpts.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (subcommands: certs, status, help)", fs.Arg(0))
+	}
+	return o, nil
+}
+
+func main() {
+	if cli.IsSubcommand(os.Args[1:]) {
+		os.Exit(cli.Run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	o, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mtls-rotator: %v\n", err)
+		os.Exit(2)
+	}
+
+	log := logger.NewLogger(o.logOptions)
 	ctrl.SetLogger(log)
 	setupLog := log.WithName("setup")
 
-	if err := run(setupLog, metricsAddr, healthAddr, leaderElectionNS, namespaces, clientOptions, leaderElectionOpts); err != nil {
+	if err := run(setupLog, o.metricsAddr, o.healthAddr, o.leaderElectionNS, o.namespaces, o.clientOptions, o.leaderElectionOpts); err != nil {
 		setupLog.Error(err, "unable to run the operator")
 		os.Exit(1)
 	}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"time"
 
+	"github.com/fluxcd/pkg/apis/meta"
 	fluxcontroller "github.com/fluxcd/pkg/runtime/controller"
 	fluxmetrics "github.com/fluxcd/pkg/runtime/metrics"
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -29,7 +31,6 @@ type Metrics struct {
 	rotations        *prometheus.CounterVec
 	rotationDuration *prometheus.HistogramVec
 	stepDuration     *prometheus.HistogramVec
-	appsRestarted    *prometheus.CounterVec
 	state            *stateCollector
 }
 
@@ -52,17 +53,13 @@ func NewMetrics(scheme *runtime.Scheme, reader client.Reader) *Metrics {
 			Help:    "Duration of finished rotation steps, by step and trust-overlap phase.",
 			Buckets: prometheus.ExponentialBucketsRange(0.1, 3600, 12),
 		}, []string{"step", "phase"}),
-		appsRestarted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mtls_rotator_applications_restarted_total",
-			Help: "Dapr applications restarted by rotations.",
-		}, []string{"namespace", "name"}),
 		state: &stateCollector{reader: reader},
 	}
 }
 
 // Collectors returns every collector, to register with a registry.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return append(m.gotk.MetricsRecorder.Collectors(), m.rotations, m.rotationDuration, m.stepDuration, m.appsRestarted, m.state)
+	return append(m.gotk.MetricsRecorder.Collectors(), m.rotations, m.rotationDuration, m.stepDuration, m.state)
 }
 
 // recordReconcile records Flux's reconcile metrics for obj.
@@ -100,12 +97,21 @@ func (m *Metrics) stepFinished(step rotatorv1.RotationStep, phase rotatorv1.Rota
 	m.stepDuration.WithLabelValues(string(step), string(phase)).Observe(took.Seconds())
 }
 
-// applicationsRestarted counts application restarts.
-func (m *Metrics) applicationsRestarted(obj *rotatorv1.MTLSRootRotation, n int) {
-	if m == nil || n == 0 {
+// forget drops the series of an object that no longer exists, so that no
+// alert fires for it.
+func (m *Metrics) forget(namespace, name string) {
+	if m == nil {
 		return
 	}
-	m.appsRestarted.WithLabelValues(obj.Namespace, obj.Name).Add(float64(n))
+	ref := corev1.ObjectReference{Kind: rotatorv1.MTLSRootRotationKind, Namespace: namespace, Name: name}
+	for _, t := range []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition} {
+		m.gotk.MetricsRecorder.DeleteCondition(ref, t)
+	}
+	m.gotk.MetricsRecorder.DeleteSuspend(ref)
+	m.gotk.MetricsRecorder.DeleteDuration(ref)
+	labels := prometheus.Labels{"namespace": namespace, "name": name}
+	m.rotations.DeletePartialMatch(labels)
+	m.rotationDuration.DeletePartialMatch(labels)
 }
 
 // stateCollector reports the state of every MTLSRootRotation at scrape time,

@@ -148,6 +148,9 @@ func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	start := time.Now()
 	obj := &rotatorv1.MTLSRootRotation{}
 	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Metrics.forget(req.Namespace, req.Name)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	patcher := patch.NewSerialPatcher(obj, r.Client)
@@ -158,8 +161,14 @@ func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Req
 		r.finalizeStatus(obj, p, retErr)
 		if p.ran && retErr == nil {
 			// Wake exactly when the expiry calls for something next
-			// (a warning, a renewal), rather than polling.
-			if next := r.expiryOf(obj).Next; !next.IsZero() {
+			// (a warning, a renewal), rather than polling; at once when
+			// a renewal fell due while this pass finished a rotation.
+			st := r.expiryOf(obj)
+			next := st.Next
+			if st.Due != expiry.None && !p.stalled && !rotation.InFlight(obj.Status.Rotation) {
+				next = r.now().Time
+			}
+			if !next.IsZero() {
 				if d := next.Sub(r.now().Time) + time.Second; result.RequeueAfter == 0 || d < result.RequeueAfter {
 					result.RequeueAfter = d
 				}
@@ -359,6 +368,15 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 				markReady(obj, "rotation %s completed at %s", last.ID, last.FinishedAt.Format(time.RFC3339))
 				return ctrl.Result{}, nil
 			}
+			if last.Cause == rotatorv1.CauseRenewal && !state.RenewAt.After(last.FinishedAt.Time) {
+				// The last renewal did not move the due moment past its own
+				// end: another would do the same, restarting the control
+				// plane in a loop.
+				r.markStalled(ctx, obj, rotatorv1.RenewalIneffectiveReason,
+					"automatic renewal %s completed at %s, but %s, within spec.renewBefore %s: the signer caps its validity or the renewal takes longer than the margin; lower spec.renewBefore or lengthen the certificate, or change spec.trigger",
+					last.ID, last.FinishedAt.Format(time.RFC3339), describeDue(obj, state.Due), obj.Spec.GetRenewBefore())
+				return ctrl.Result{}, nil
+			}
 			cause, renews = rotatorv1.CauseRenewal, state.Due
 			r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "RenewalDue", "Renew",
 				"%s, within spec.renewBefore %s: renewing the %s with the same key", describeDue(obj, state.Due), obj.Spec.GetRenewBefore(), renewsWhat(state.Due))
@@ -456,18 +474,21 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		}
 		finished, phase, startedAt := rot.Step, rot.Phase, stepStartedAt(rot)
 		next := rotation.Advance(rot, r.now())
-		r.Metrics.stepFinished(finished, phase, r.now().Sub(startedAt))
 		log.Info("rotation step", "rotation", rot.ID, "step", next)
 		if next == rotatorv1.StepCompleted {
 			// Recorded in the same patch as the step, so that a crash cannot
 			// leave a completed rotation that looks like one to start.
 			recordCompleted(obj, rot)
-			r.Metrics.rotationEnded(obj, rot, ResultCompleted, r.now().Time)
 		} else {
 			markProgress(obj, "rotation %s: %s", rot.ID, next)
 		}
 		if err := patcher.Patch(ctx, obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
 			return ctrl.Result{}, fmt.Errorf("recording step %s of rotation %s: %w", next, rot.ID, err)
+		}
+		// Counted once recorded: a replay of an unrecorded step counts once.
+		r.Metrics.stepFinished(finished, phase, r.now().Sub(startedAt))
+		if next == rotatorv1.StepCompleted {
+			r.Metrics.rotationEnded(obj, rot, ResultCompleted, r.now().Time)
 		}
 	}
 

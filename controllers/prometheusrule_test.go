@@ -69,5 +69,8 @@ func TestPrometheusRuleUsesExportedMetrics(t *testing.T) {
 	}
 	g.Expect(alerts["DaprTrustCertificateExpiringSoon"]).To(ContainSubstring("21 * 24 * 3600"))
 	g.Expect(alerts["MTLSRotationStalled"]).To(ContainSubstring(`type="Stalled"`))
+	g.Expect(alerts["DaprTrustCertificateExpiringSoon"]).To(ContainSubstring("unless on(namespace, name) mtls_rotator_next_renewal_timestamp_seconds"),
+		"no warning for a healthy automatic renewal ahead")
+	g.Expect(alerts["DaprTrustCertificateRenewalOverdue"]).To(ContainSubstring("mtls_rotator_next_renewal_timestamp_seconds"))
 	g.Expect(alerts["MTLSRotatorAbsent"]).To(HavePrefix("absent("))
 }

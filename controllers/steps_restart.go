@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -224,14 +225,36 @@ func (r *MTLSRootRotationReconciler) applications(ctx context.Context, obj *rota
 	return apps, nil
 }
 
+// anchorsChanged reports whether the rotation published other trust anchors
+// than the ones installed before it (kept in the backup Secret).
+func (r *MTLSRootRotationReconciler) anchorsChanged(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (bool, error) {
+	keys := keysOf(obj)
+	backup, current := &corev1.Secret{}, &corev1.Secret{}
+	if err := r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: backupName(obj)}, backup); err != nil {
+		return false, fmt.Errorf("reading the backup Secret: %w", err)
+	}
+	if err := r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: obj.Spec.Target.GetSecretName()}, current); err != nil {
+		return false, fmt.Errorf("reading Secret %s/%s: %w", obj.Namespace, obj.Spec.Target.GetSecretName(), err)
+	}
+	return !bytes.Equal(backup.Data[keys.CA], current.Data[keys.CA]), nil
+}
+
 // stepApplications restarts the Dapr applications in waves of at most
 // maxConcurrent, each wave awaited before the next starts.
 func (r *MTLSRootRotationReconciler) stepApplications(ctx context.Context, obj *rotatorv1.MTLSRootRotation) stepResult {
 	rot := obj.Status.Rotation
 	if rot.Renews == string(expiry.Issuer) {
-		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
-			"rotation %s: applications not restarted: the trust anchors did not change, and sidecars renew their workload certificates from the new issuer on their own", rot.ID)
-		return advance()
+		changed, err := r.anchorsChanged(ctx, obj)
+		if err != nil {
+			return fail(err)
+		}
+		if !changed {
+			r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
+				"rotation %s: applications not restarted: the trust anchors did not change, and sidecars renew their workload certificates from the new issuer on their own", rot.ID)
+			return advance()
+		}
+		// cert-manager renewed the root on its own since the last
+		// publish: the sidecars' anchors must follow.
 	}
 	if !obj.Spec.Applications.RestartEnabled() {
 		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
@@ -257,7 +280,6 @@ func (r *MTLSRootRotationReconciler) stepApplications(ctx context.Context, obj *
 			if err := r.restartWorkload(ctx, ref, rotation.RestartID(rot)); err != nil {
 				return fail(err)
 			}
-			r.Metrics.applicationsRestarted(obj, 1)
 		}
 		rot.WaitingFor, rot.WaitingSince = "applications wave", &now
 		markProgress(obj, "rotation %s: restarting %d applications (%d/%d done)", rot.ID, len(plan.Restart), plan.Restarted, plan.Total)

@@ -5,12 +5,16 @@ import (
 	"testing"
 	"time"
 
+	cmapiutil "github.com/cert-manager/cert-manager/pkg/api/util"
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -71,6 +75,7 @@ func TestShortLivedIssuerRenewsItself(t *testing.T) {
 		g.Expect(conditions.IsReady(renewed)).To(BeTrue())
 	}).WithTimeout(2 * time.Minute).WithPolling(500 * time.Millisecond).Should(Succeed())
 	rot := renewed.Status.Rotation
+	g.Expect(renewed.Generation).To(Equal(int64(1)), "the operator never writes the spec")
 	g.Expect(rot.Renews).To(Equal("Issuer"))
 	g.Expect(rot.Trigger).To(Equal("a"), "recorded with the trigger it renews under")
 	g.Expect(rot.KeyPolicy).To(Equal(rotatorv1.KeyPolicyReuse))
@@ -106,4 +111,66 @@ func TestShortLivedIssuerRenewsItself(t *testing.T) {
 		g.Expect(now.Status.DaprConfiguration.MTLSEnabled).To(BeFalse())
 	}).WithTimeout(30 * time.Second).Should(Succeed())
 	g.Expect(eventsFor(t, key)[rotatorv1.MTLSDisabledReason]).To(HaveLen(1))
+}
+
+// TestIssuerRenewalFollowsARootCertManagerRenewed: cert-manager renewed the
+// root certificate on its own (it does at two thirds of its life); the next
+// issuer renewal publishes it, so it restarts the applications too: their
+// anchors must follow.
+func TestIssuerRenewalFollowsARootCertManagerRenewed(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "follow", rotatorv1.MTLSRootRotationSpec{
+		Trigger:     "a",
+		Issuer:      rotatorv1.IssuerSpec{Duration: &metav1.Duration{Duration: time.Hour}},
+		RenewBefore: &metav1.Duration{Duration: 59*time.Minute + 40*time.Second},
+	})
+	first := waitRotationCompleted(t, key, "a")
+
+	// What cert-manager does on its own at two thirds of the root's life.
+	crt := &cmapi.Certificate{}
+	g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "follow-root"}, crt)).To(Succeed())
+	cmapiutil.SetCertificateCondition(crt, crt.Generation, cmapi.CertificateConditionIssuing, cmmeta.ConditionTrue,
+		"Renewing", "Renewing certificate as renewal was scheduled")
+	g.Expect(k8sClient.Status().Update(t.Context(), crt)).To(Succeed())
+
+	var renewed *rotatorv1.MTLSRootRotation
+	g.Eventually(func(g Gomega) {
+		renewed = getRotation(t, key)
+		g.Expect(renewed.Status.LastCompletedRotation.Cause).To(Equal(rotatorv1.CauseRenewal))
+	}).WithTimeout(2 * time.Minute).WithPolling(500 * time.Millisecond).Should(Succeed())
+	rot := renewed.Status.Rotation
+	g.Expect(rot.Renews).To(Equal("Issuer"))
+	g.Expect(renewed.Status.Root.SHA256Fingerprint).NotTo(Equal(first.Status.Root.SHA256Fingerprint), "cert-manager's root is published")
+	g.Expect(renewed.Status.Root.PublicKeySHA256).To(Equal(first.Status.Root.PublicKeySHA256))
+	g.Expect(restartedApps(t, rotation.RestartID(rot))).NotTo(BeEmpty(), "the applications get the new anchors")
+	g.Expect(renewed.Status.Applications.Restarted).To(Equal(renewed.Status.Applications.Total))
+}
+
+// TestIneffectiveRenewalDoesNotLoop: a renewBefore that leaves a renewed
+// issuer due again at once (here: it takes longer to roll out than the
+// margin) stops after one automatic renewal, Stalled, instead of restarting
+// the control plane in a loop.
+func TestIneffectiveRenewalDoesNotLoop(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "loop", rotatorv1.MTLSRootRotationSpec{
+		Trigger:     "a",
+		Issuer:      rotatorv1.IssuerSpec{Duration: &metav1.Duration{Duration: time.Hour}},
+		RenewBefore: &metav1.Duration{Duration: 59*time.Minute + 59*time.Second},
+	})
+	obj := waitStalled(t, key, rotatorv1.RenewalIneffectiveReason)
+	g.Expect(obj.Status.LastCompletedRotation.Cause).To(Equal(rotatorv1.CauseRenewal))
+	g.Expect(conditions.GetMessage(obj, "Stalled")).To(ContainSubstring("lower spec.renewBefore or lengthen the certificate"))
+	id := obj.Status.LastCompletedRotation.ID
+	g.Consistently(func() string { return getRotation(t, key).Status.Rotation.ID }).
+		WithTimeout(5*time.Second).WithPolling(250*time.Millisecond).Should(Equal(id), "no further renewal starts")
+	started := 0
+	for _, e := range eventsFor(t, key)["RotationStarted"] {
+		started += int(max(e.Count, 1))
+	}
+	g.Expect(started).To(Equal(2), "the first issuance and one renewal")
+	g.Expect(eventsFor(t, key)[rotatorv1.RenewalIneffectiveReason]).To(HaveLen(1))
 }

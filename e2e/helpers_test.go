@@ -119,14 +119,7 @@ func kstatusOf(t *testing.T, obj client.Object) status.Status {
 // as the cluster holds it now.
 func argoHealthOf(t *testing.T, key types.NamespacedName) health.Result {
 	t.Helper()
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	script, err := os.ReadFile(filepath.Join(root, "config", "argocd", "health.lua"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	script := repoFile(t, "config", "argocd", "health.lua")
 	u := &unstructured.Unstructured{}
 	u.SetGroupVersionKind(rotatorv1.GroupVersion.WithKind(rotatorv1.MTLSRootRotationKind))
 	if err := k8sClient.Get(t.Context(), key, u); err != nil {
@@ -163,12 +156,48 @@ func bundleUnchanged(t *testing.T, before *corev1.Secret, beforeCM *corev1.Confi
 // an ECDSA P-256 root and issuer, the root key thrown away. It returns the root.
 func installSentryBundle(t *testing.T) *pkitest.CA {
 	t.Helper()
-	root := pkitest.NewRoot(t, pkitest.Options{})
-	issuer := pkitest.NewIssuer(t, root, pkitest.Options{})
+	root, _ := sentryBundle(t, pkitest.Options{}, pkitest.Options{})
+	return root
+}
+
+// installExpiredSentryBundle installs a Sentry-made bundle from two days ago
+// whose issuer, valid for a day, has expired.
+func installExpiredSentryBundle(t *testing.T) (root, issuer *pkitest.CA) {
+	t.Helper()
+	madeAt := time.Now().Add(-48 * time.Hour)
+	return sentryBundle(t, pkitest.Options{NotBefore: madeAt}, pkitest.Options{NotBefore: madeAt, Validity: 24 * time.Hour})
+}
+
+func sentryBundle(t *testing.T, rootOpts, issuerOpts pkitest.Options) (root, issuer *pkitest.CA) {
+	t.Helper()
+	root = pkitest.NewRoot(t, rootOpts)
+	issuer = pkitest.NewIssuer(t, root, issuerOpts)
 	setBundle(t,
 		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": issuer.CertPEM(), "issuer.key": issuer.KeyPEM(t)},
 		map[string]string{"ca.crt": string(root.CertPEM())})
-	return root
+	return root, issuer
+}
+
+// holdSentry keeps the pods Sentry's Deployment creates from now on unready,
+// until the test ends or recoverWorkload.
+func holdSentry(t *testing.T) {
+	t.Helper()
+	testInjector.HoldUnready(fixture.ControlPlaneNamespace, fixture.Sentry)
+	t.Cleanup(func() { testInjector.Release(fixture.ControlPlaneNamespace, fixture.Sentry) })
+}
+
+// repoFile reads a file of the repository.
+func repoFile(t *testing.T, path ...string) []byte {
+	t.Helper()
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(append([]string{root}, path...)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
 
 // updateRotation writes obj's spec and annotations onto the latest version of

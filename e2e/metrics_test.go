@@ -113,8 +113,6 @@ func TestMetricsOnTheManagersEndpoint(t *testing.T) {
 		restarted, _ := sample(families, "mtls_rotator_rotation_applications", with("state", "restarted"))
 		g.Expect(total).To(Equal(float64(done.Status.Applications.Total)))
 		g.Expect(restarted).To(Equal(total))
-		v, _ = sample(families, "mtls_rotator_applications_restarted_total", id)
-		g.Expect(v).To(Equal(total), "each application restarted once")
 		v, ok = sample(families, "gotk_reconcile_condition", map[string]string{
 			"kind": rotatorv1.MTLSRootRotationKind, "name": key.Name, "namespace": key.Namespace, "type": "Ready", "status": "True",
 		})

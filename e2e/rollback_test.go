@@ -17,7 +17,6 @@ import (
 	"github.com/mtls-rotator/mtls-rotator/controllers"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/health"
-	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
@@ -89,8 +88,7 @@ func TestRollbackRestoresTheReplacedBundle(t *testing.T) {
 	waitRotationCompleted(t, key, "a")
 	before, beforeCM := readBundle(t)
 
-	testInjector.HoldUnready(fixture.ControlPlaneNamespace, fixture.Sentry)
-	t.Cleanup(func() { testInjector.Release(fixture.ControlPlaneNamespace, fixture.Sentry) })
+	holdSentry(t)
 	obj := getRotation(t, key)
 	obj.Spec.Trigger = "b"
 	updateRotation(t, obj)
@@ -111,8 +109,7 @@ func TestRollbackOfAnOverlapRestoresSentrysBundle(t *testing.T) {
 	freshBundle(t)
 	installSentryBundle(t)
 	before, beforeCM := readBundle(t)
-	testInjector.HoldUnready(fixture.ControlPlaneNamespace, fixture.Sentry)
-	t.Cleanup(func() { testInjector.Release(fixture.ControlPlaneNamespace, fixture.Sentry) })
+	holdSentry(t)
 	startOperator(t)
 	key := newRotation(t, "rollback-rotate", rotatorv1.MTLSRootRotationSpec{
 		Trigger:      "a",
@@ -145,14 +142,8 @@ func TestRollbackOfAnOverlapRestoresSentrysBundle(t *testing.T) {
 func TestRollbackNeverRestoresAnExpiredIssuer(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
-	madeAt := time.Now().Add(-48 * time.Hour)
-	root := pkitest.NewRoot(t, pkitest.Options{NotBefore: madeAt})
-	expired := pkitest.NewIssuer(t, root, pkitest.Options{NotBefore: madeAt, Validity: 24 * time.Hour})
-	setBundle(t,
-		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": expired.CertPEM(), "issuer.key": expired.KeyPEM(t)},
-		map[string]string{"ca.crt": string(root.CertPEM())})
-	testInjector.HoldUnready(fixture.ControlPlaneNamespace, fixture.Sentry)
-	t.Cleanup(func() { testInjector.Release(fixture.ControlPlaneNamespace, fixture.Sentry) })
+	root, expired := installExpiredSentryBundle(t)
+	holdSentry(t)
 	startOperator(t)
 	key := newRotation(t, "expired-rollback", rotatorv1.MTLSRootRotationSpec{
 		Trigger:      "a",

@@ -160,12 +160,7 @@ func TestRotateReplacesAManagedRootKey(t *testing.T) {
 func TestRotateOverAnExpiredIssuerPublishesDirectly(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
-	madeAt := time.Now().Add(-48 * time.Hour)
-	root := pkitest.NewRoot(t, pkitest.Options{NotBefore: madeAt})
-	expired := pkitest.NewIssuer(t, root, pkitest.Options{NotBefore: madeAt, Validity: 24 * time.Hour})
-	setBundle(t,
-		map[string][]byte{"ca.crt": root.CertPEM(), "issuer.crt": expired.CertPEM(), "issuer.key": expired.KeyPEM(t)},
-		map[string]string{"ca.crt": string(root.CertPEM())})
+	root, _ := installExpiredSentryBundle(t)
 	startOperator(t)
 	key := newRotation(t, "expired", rotatorv1.MTLSRootRotationSpec{Trigger: "a", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate}})
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the binaries the local cluster and envtest need from the Go module proxy
+# Builds the binaries the local cluster, envtest and the chart tests (helm) need from the Go module proxy
 # (nothing else is downloaded) into a cache keyed by version:
 #   bin/k8s/store/<name>-<version>   the binaries
 #   bin/k8s/assets/<name>            symlinks to the pinned versions (KUBEBUILDER_ASSETS)
@@ -10,6 +10,7 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin_dir="${BIN_DIR:-$root/bin/k8s}"
@@ -29,8 +30,9 @@ for name in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
 done
 need_etcd=0; [[ -x "$store/etcd-$ETCD_VERSION" ]] || need_etcd=1
 need_kwok=0; [[ -x "$store/kwok-$KWOK_VERSION" && -f "$store/kwok-stages-$KWOK_VERSION.yaml" ]] || need_kwok=1
+need_helm=0; [[ -x "$store/helm-$HELM_VERSION" ]] || need_helm=1
 
-todo=$(( ${#missing[@]} + need_etcd + need_kwok ))
+todo=$(( ${#missing[@]} + need_etcd + need_kwok + need_helm ))
 if (( todo > 0 )); then
 	step "building $todo binaries from the Go module proxy; from empty caches this takes about 10 minutes and 3 GB of memory on 2 cores"
 fi
@@ -121,11 +123,20 @@ if (( need_kwok )); then
 	rm -rf "$work/kwok-bin"
 fi
 
+if (( need_helm )); then
+	step "building helm $HELM_VERSION"
+	GOBIN="$work/helm-bin" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+		"helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+	mv "$work/helm-bin/helm" "$store/helm-$HELM_VERSION"
+	rm -rf "$work/helm-bin"
+fi
+
 for name in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
 	ln -sfn "../store/$name-$K8S_VERSION" "$assets/$name"
 done
 ln -sfn "../store/etcd-$ETCD_VERSION" "$assets/etcd"
 ln -sfn "../store/kwok-$KWOK_VERSION" "$assets/kwok"
 ln -sfn "../store/kwok-stages-$KWOK_VERSION.yaml" "$assets/kwok-stages.yaml"
+ln -sfn "../store/helm-$HELM_VERSION" "$assets/helm"
 rmdir "$work" 2>/dev/null || true
 step "binaries ready in $assets"

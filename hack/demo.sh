@@ -38,6 +38,16 @@ echo "root public key  SHA-256: $root_key_2 ($( [[ "$root_key_2" == "$root_key_1
 echo "issuer certificate SHA-256: $issuer_fp_2 ($( [[ "$issuer_fp_2" != "$issuer_fp_1" ]] && echo "new issuer" || echo "UNCHANGED"))"
 [[ "$root_key_2" == "$root_key_1" && "$issuer_fp_2" != "$issuer_fp_1" && "$root_fp_2" != "$root_fp_1" ]]
 
+say "Expiry: the Root expires and Issuer expires columns, and the metrics the operator serves"
+"$kubectl" -n "$ns" get mtlsrotations dapr -o custom-columns='NAME:.metadata.name,ROOT EXPIRES:.status.root.notAfter,ISSUER EXPIRES:.status.issuer.notAfter,EXPIRING SOON:.status.conditions[?(@.type=="ExpiringSoon")].reason'
+metrics_addr=$(cat "$root/bin/local/metrics-addr")
+{ curl -fsS "http://$metrics_addr/metrics" 2>/dev/null || wget -qO- "http://$metrics_addr/metrics"; } |
+	grep -E '^(mtls_rotator_certificate_expiration_timestamp_seconds|mtls_rotator_rotations_total)' || true
+echo "(Unix seconds; now is $(date +%s))"
+
+say "mtls-rotator status (the binary's own view, like 'dapr mtls expiry' for root and issuer)"
+"$root/bin/mtls-rotator" status
+
 say "Events of the rotations"
 "$kubectl" -n "$ns" get events --field-selector involvedObject.kind=MTLSRootRotation --sort-by=.lastTimestamp \
 	-o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message

@@ -331,6 +331,9 @@ const (
 	ExpiringSoonCondition = "ExpiringSoon"
 	// ExpiringSoonReason: see ExpiringSoonCondition.
 	ExpiringSoonReason = "ExpiringSoon"
+	// RenewalIneffectiveReason: an automatic renewal left the certificate it
+	// renewed still within spec.renewBefore; no other starts on its own.
+	RenewalIneffectiveReason = "RenewalIneffective"
 	// MTLSDisabledReason: Dapr's Configuration turns mTLS off.
 	MTLSDisabledReason = "MTLSDisabled"
 	// SuspendedReason: spec.suspend is true.

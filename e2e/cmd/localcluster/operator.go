@@ -97,10 +97,19 @@ func runOperator(ctx context.Context, dir string, args []string) error {
 		return err
 	}
 	healthAddr := "127.0.0.1:" + strconv.Itoa(port)
+	metricsPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	metricsAddr := "127.0.0.1:" + strconv.Itoa(metricsPort)
+	// For the demo and for curl: where the metrics are served.
+	if err := os.WriteFile(filepath.Join(dir, "metrics-addr"), []byte(metricsAddr+"\n"), 0o644); err != nil {
+		return err
+	}
 	fmt.Printf("starting the operator as ServiceAccount %s/%s (log: %s)\n", operatorNamespace, operatorServiceAccount,
 		filepath.Join(dir, "logs", "mtls-rotator.log"))
 	return cluster.StartDetachedProcess(ctx, dir, "mtls-rotator", bin,
-		[]string{"--health-addr=" + healthAddr, "--metrics-addr=127.0.0.1:0", "--namespaces=dapr-system"},
+		[]string{"--health-addr=" + healthAddr, "--metrics-addr=" + metricsAddr, "--namespaces=dapr-system"},
 		cluster.HTTPReady("http://"+healthAddr+"/readyz"))
 }
 

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+// managerArgs returns the args of the manager container of every Deployment
+// in rendered YAML.
+func managerArgs(t *testing.T, rendered []byte) [][]string {
+	t.Helper()
+	var all [][]string
+	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(rendered), -1) {
+		var d struct {
+			Kind string `json:"kind"`
+			Spec struct {
+				Template struct {
+					Spec struct {
+						Containers []struct {
+							Name string   `json:"name"`
+							Args []string `json:"args"`
+						} `json:"containers"`
+					} `json:"spec"`
+				} `json:"template"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &d); err != nil {
+			t.Fatalf("rendered YAML: %v", err)
+		}
+		for _, c := range d.Spec.Template.Spec.Containers {
+			if d.Kind == "Deployment" && c.Name == "manager" {
+				all = append(all, c.Args)
+			}
+		}
+	}
+	return all
+}
+
+// TestManifestsPassFlagsTheManagerKnows: the args config/manager and the Helm
+// chart give the manager are flags it parses; an unknown one would crash-loop
+// every install.
+func TestManifestsPassFlagsTheManagerKnows(t *testing.T) {
+	manifest, err := os.ReadFile(filepath.Join("config", "manager", "manager.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	renderings := map[string][]byte{"config/manager": manifest}
+	helm := filepath.Join("bin", "k8s", "assets", "helm")
+	if assets := os.Getenv("KUBEBUILDER_ASSETS"); assets != "" {
+		helm = filepath.Join(assets, "helm")
+	}
+	for name, set := range map[string][]string{
+		"chart defaults": nil,
+		"chart options":  {"--set", "leaderElection.enabled=false", "--set", "metrics.enabled=false", "--set", "logLevel=debug"},
+	} {
+		out, err := exec.Command(helm, append([]string{"template", "r", "charts/mtls-rotator"}, set...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("helm template (run 'make binaries' for bin/k8s/assets/helm): %v\n%s", err, out)
+		}
+		renderings[name] = out
+	}
+	for name, rendered := range renderings {
+		args := managerArgs(t, rendered)
+		if len(args) != 1 {
+			t.Fatalf("%s: %d manager containers", name, len(args))
+		}
+		if _, err := parseFlags(args[0], io.Discard); err != nil {
+			t.Errorf("%s: the manager refuses %v: %v", name, args[0], err)
+		}
+	}
+	if _, err := parseFlags([]string{"--leader-elect"}, io.Discard); err == nil {
+		t.Error("an unknown flag is accepted")
+	}
+}
