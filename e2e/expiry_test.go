@@ -36,6 +36,16 @@ func setSystemConfiguration(ctx context.Context, t *testing.T, mtls bool) {
 	g.Expect(k8sClient.Update(ctx, current)).To(Succeed())
 }
 
+// hourIssuerRenewedBefore is a spec with a one-hour issuer renewed on its own
+// renewBefore ahead of its expiry.
+func hourIssuerRenewedBefore(renewBefore time.Duration) rotatorv1.MTLSRootRotationSpec {
+	return rotatorv1.MTLSRootRotationSpec{
+		Trigger:     "a",
+		Issuer:      rotatorv1.IssuerSpec{Duration: &metav1.Duration{Duration: time.Hour}},
+		RenewBefore: &metav1.Duration{Duration: renewBefore},
+	}
+}
+
 // TestShortLivedIssuerRenewsItself: with spec.renewBefore the operator renews
 // an issuer about to expire on its own, at the moment it falls due (no other
 // event wakes it), with the same root: the trust anchors stay, so only the
@@ -45,11 +55,7 @@ func TestShortLivedIssuerRenewsItself(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
 	startOperator(t)
-	key := newRotation(t, "short", rotatorv1.MTLSRootRotationSpec{
-		Trigger:     "a",
-		Issuer:      rotatorv1.IssuerSpec{Duration: &metav1.Duration{Duration: time.Hour}},
-		RenewBefore: &metav1.Duration{Duration: 59*time.Minute + 30*time.Second},
-	})
+	key := newRotation(t, "short", hourIssuerRenewedBefore(59*time.Minute+30*time.Second))
 	first := waitRotationCompleted(t, key, "a")
 	g.Expect(first.Status.LastCompletedRotation.Cause).To(Equal(rotatorv1.CauseTrigger))
 	g.Expect(first.Status.NextRenewal).NotTo(BeNil())
@@ -121,11 +127,7 @@ func TestIssuerRenewalFollowsARootCertManagerRenewed(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
 	startOperator(t)
-	key := newRotation(t, "follow", rotatorv1.MTLSRootRotationSpec{
-		Trigger:     "a",
-		Issuer:      rotatorv1.IssuerSpec{Duration: &metav1.Duration{Duration: time.Hour}},
-		RenewBefore: &metav1.Duration{Duration: 59*time.Minute + 40*time.Second},
-	})
+	key := newRotation(t, "follow", hourIssuerRenewedBefore(59*time.Minute+40*time.Second))
 	first := waitRotationCompleted(t, key, "a")
 
 	// What cert-manager does on its own at two thirds of the root's life.
@@ -156,11 +158,7 @@ func TestIneffectiveRenewalDoesNotLoop(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
 	startOperator(t)
-	key := newRotation(t, "loop", rotatorv1.MTLSRootRotationSpec{
-		Trigger:     "a",
-		Issuer:      rotatorv1.IssuerSpec{Duration: &metav1.Duration{Duration: time.Hour}},
-		RenewBefore: &metav1.Duration{Duration: 59*time.Minute + 59*time.Second},
-	})
+	key := newRotation(t, "loop", hourIssuerRenewedBefore(59*time.Minute+59*time.Second))
 	obj := waitStalled(t, key, rotatorv1.RenewalIneffectiveReason)
 	g.Expect(obj.Status.LastCompletedRotation.Cause).To(Equal(rotatorv1.CauseRenewal))
 	g.Expect(conditions.GetMessage(obj, "Stalled")).To(ContainSubstring("lower spec.renewBefore or lengthen the certificate"))

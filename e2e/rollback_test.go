@@ -77,6 +77,16 @@ func expectRolledBack(t *testing.T, key types.NamespacedName, before *corev1.Sec
 	return obj
 }
 
+// rotateWithShortRollouts is a Rotate spec whose control-plane rollouts time
+// out after 3 s.
+func rotateWithShortRollouts() rotatorv1.MTLSRootRotationSpec {
+	return rotatorv1.MTLSRootRotationSpec{
+		Trigger:      "a",
+		Root:         rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
+		ControlPlane: rotatorv1.ControlPlaneSpec{RolloutTimeout: &metav1.Duration{Duration: 3 * time.Second}},
+	}
+}
+
 func TestRollbackRestoresTheReplacedBundle(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
@@ -111,11 +121,7 @@ func TestRollbackOfAnOverlapRestoresSentrysBundle(t *testing.T) {
 	before, beforeCM := readBundle(t)
 	holdSentry(t)
 	startOperator(t)
-	key := newRotation(t, "rollback-rotate", rotatorv1.MTLSRootRotationSpec{
-		Trigger:      "a",
-		Root:         rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
-		ControlPlane: rotatorv1.ControlPlaneSpec{RolloutTimeout: &metav1.Duration{Duration: 3 * time.Second}},
-	})
+	key := newRotation(t, "rollback-rotate", rotateWithShortRollouts())
 	rolledBack := expectRolledBack(t, key, before, beforeCM)
 	g.Expect(rolledBack.Status.Rotation.Phase).To(Equal(rotatorv1.PhaseOverlap))
 	g.Expect(rolledBack.Status.TrustAnchors).To(Equal(int32(1)), "status describes the restored bundle")
@@ -145,11 +151,7 @@ func TestRollbackNeverRestoresAnExpiredIssuer(t *testing.T) {
 	root, expired := installExpiredSentryBundle(t)
 	holdSentry(t)
 	startOperator(t)
-	key := newRotation(t, "expired-rollback", rotatorv1.MTLSRootRotationSpec{
-		Trigger:      "a",
-		Root:         rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
-		ControlPlane: rotatorv1.ControlPlaneSpec{RolloutTimeout: &metav1.Duration{Duration: 3 * time.Second}},
-	})
+	key := newRotation(t, "expired-rollback", rotateWithShortRollouts())
 
 	obj := waitStalled(t, key, rotatorv1.RolloutTimeoutReason)
 	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("holds an issuer that expired at"))
