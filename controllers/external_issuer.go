@@ -10,7 +10,6 @@ import (
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	"github.com/fluxcd/pkg/runtime/patch"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -25,16 +24,9 @@ import (
 func (r *MTLSRootRotationReconciler) stepIssuingExternal(ctx context.Context, obj *rotatorv1.MTLSRootRotation, patcher *patch.SerialPatcher) stepResult {
 	rot := obj.Status.Rotation
 	n := namesFor(obj)
-	crt, issuer, err := r.certificateState(ctx, obj.Namespace, n.Issuer)
-	if apierrors.IsNotFound(err) {
-		if rot.IssuerRevision == 0 {
-			rot.IssuerRevision = 1 // created for this rotation: its first issuance is ours
-		}
-		markProgress(obj, "rotation %s: waiting for Certificate %s to be created", rot.ID, n.Issuer)
-		return waitFor(r.poll())
-	}
-	if err != nil {
-		return fail(err)
+	crt, issuer, res, ok := r.rotationCertificate(ctx, obj, n.Issuer, &rot.IssuerRevision)
+	if !ok {
+		return res
 	}
 	ref := issuerRefOf(obj)
 	if res, waiting := r.renewIssuerOnce(ctx, obj, patcher, crt, issuer, describeIssuerRef(ref)); waiting {

@@ -238,6 +238,24 @@ func (r *MTLSRootRotationReconciler) certificateState(ctx context.Context, ns, n
 	return crt, st, nil
 }
 
+// rotationCertificate reads a Certificate a rotation waits on. One not in the
+// cache yet was created by this pass: its first issuance is the rotation's, so
+// an unset *revision becomes 1, and the rotation waits for it.
+func (r *MTLSRootRotationReconciler) rotationCertificate(ctx context.Context, obj *rotatorv1.MTLSRootRotation, name string, revision *int32) (*cmapi.Certificate, certificateState, stepResult, bool) {
+	crt, st, err := r.certificateState(ctx, obj.Namespace, name)
+	if apierrors.IsNotFound(err) {
+		if revision != nil && *revision == 0 {
+			*revision = 1
+		}
+		markProgress(obj, "rotation %s: waiting for Certificate %s to be created", obj.Status.Rotation.ID, name)
+		return nil, st, waitFor(r.poll()), false
+	}
+	if err != nil {
+		return nil, st, fail(err), false
+	}
+	return crt, st, stepResult{}, true
+}
+
 // caIssuerReady reports whether the CA Issuer has been made Ready for its
 // current spec (the current root Secret).
 func (r *MTLSRootRotationReconciler) caIssuerReady(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (bool, error) {

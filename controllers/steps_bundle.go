@@ -47,16 +47,9 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 	}
 	rot := obj.Status.Rotation
 	n := namesFor(obj)
-	rootCrt, root, err := r.certificateState(ctx, obj.Namespace, n.Root)
-	if apierrors.IsNotFound(err) {
-		if rot.RootRevision == 0 {
-			rot.RootRevision = 1 // created for this rotation: its first issuance is ours
-		}
-		markProgress(obj, "rotation %s: waiting for Certificate %s to be created", rot.ID, n.Root)
-		return waitFor(r.poll())
-	}
-	if err != nil {
-		return fail(err)
+	rootCrt, root, res, ok := r.rotationCertificate(ctx, obj, n.Root, &rot.RootRevision)
+	if !ok {
+		return res
 	}
 	if rot.RootRevision == 0 {
 		rot.RootRevision = root.Revision + 1
@@ -105,13 +98,9 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 		return waitFor(r.poll())
 	}
 
-	issuerCrt, issuer, err := r.certificateState(ctx, obj.Namespace, n.Issuer)
-	if apierrors.IsNotFound(err) {
-		markProgress(obj, "rotation %s: waiting for Certificate %s to be created", rot.ID, n.Issuer)
-		return waitFor(r.poll())
-	}
-	if err != nil {
-		return fail(err)
+	issuerCrt, issuer, res, ok := r.rotationCertificate(ctx, obj, n.Issuer, nil)
+	if !ok {
+		return res
 	}
 	if rot.Renews == string(expiry.Issuer) {
 		// The root is not renewed: the issuer is re-issued by it once.
