@@ -288,9 +288,13 @@ func (r *MTLSRootRotationReconciler) reconcile(ctx context.Context, obj *rotator
 		return ctrl.Result{}, err
 	}
 	observeInstalled(obj, target)
-	if err := r.readDaprConfiguration(ctx, obj); err != nil {
-		// Monitoring only: it never holds a rotation up.
-		log.Error(err, "reading the Dapr Configuration")
+	// Read live, so not on every polling pass of a rotation: once it has
+	// been read, only between rotations.
+	if obj.Status.DaprConfiguration == nil || !rotation.InFlight(obj.Status.Rotation) {
+		if err := r.readDaprConfiguration(ctx, obj); err != nil {
+			// Monitoring only: it never holds a rotation up.
+			log.Error(err, "reading the Dapr Configuration")
+		}
 	}
 	if err := r.adoptRootKeyGeneration(ctx, obj, target); err != nil {
 		return ctrl.Result{}, err
