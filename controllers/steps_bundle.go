@@ -36,6 +36,9 @@ const (
 	RotationAnnotation = "mtls.rotator.dev/rotation-id"
 )
 
+// caSettle is how long after a root is issued the issuer is re-issued by it.
+const caSettle = 2 * time.Second
+
 // stepIssuing renews the root (same key) and waits for the new revision, then
 // makes sure the issuer was signed by that root certificate, renewing it when
 // it was not, as 'cmctl renew' would. The root revision it waits for is
@@ -122,6 +125,13 @@ func (r *MTLSRootRotationReconciler) stepIssuing(ctx context.Context, obj *rotat
 	if !current {
 		if res, waiting := r.issuanceFailed(obj, issuerCrt); waiting {
 			return res
+		}
+		if nb := rootCrt.Status.NotBefore; nb != nil && r.now().Sub(nb.Time) < caSettle {
+			// cert-manager's CA issuer signs with the root its own cache
+			// holds: give it a moment to see the new one, or the issuer is
+			// signed by the old root and has to be issued once more.
+			markProgress(obj, "rotation %s: letting cert-manager see root revision %d before re-issuing Certificate %s", rot.ID, rot.RootRevision, n.Issuer)
+			return waitFor(ctrl.Result{RequeueAfter: caSettle})
 		}
 		if err := r.renew(ctx, issuerCrt); err != nil {
 			return fail(err)
