@@ -45,21 +45,6 @@ func observeInstalled(obj *rotatorv1.MTLSRootRotation, t *target) {
 	obj.Status.TrustAnchors = int32(len(anchors))
 }
 
-// expiryOf evaluates the expiry of the root and issuer in status.
-func (r *MTLSRootRotationReconciler) expiryOf(obj *rotatorv1.MTLSRootRotation) expiry.State {
-	cert := func(name string, c *rotatorv1.CertificateStatus) expiry.Certificate {
-		if c == nil {
-			return expiry.Certificate{Name: name}
-		}
-		return expiry.Certificate{Name: name, NotAfter: c.NotAfter.Time}
-	}
-	return expiry.Evaluate(cert("root", obj.Status.Root), cert("issuer", obj.Status.Issuer), expiry.Policy{
-		Warning:       obj.Spec.GetExpiryWarning(),
-		RenewBefore:   obj.Spec.GetRenewBefore(),
-		RootRenewable: obj.Spec.Issuer.IssuerRef == nil,
-	}, r.now().Time)
-}
-
 // markExpiry sets or clears the ExpiringSoon condition, with one Warning
 // event whenever the set of expiring certificates grows, and records when the
 // next automatic renewal falls due.
@@ -118,10 +103,10 @@ func covers(announced, reason string) bool {
 // says of mTLS, with a Warning when it turns mTLS off or renews workload
 // certificates too slowly for spec.renewBefore; each is announced once per
 // change. A cluster without the Configuration (or its CRD) reports nothing.
-func (r *MTLSRootRotationReconciler) readDaprConfiguration(ctx context.Context, obj *rotatorv1.MTLSRootRotation) error {
+func (p *pass) readDaprConfiguration(ctx context.Context, obj *rotatorv1.MTLSRootRotation) error {
 	u := &unstructured.Unstructured{}
 	u.SetGroupVersionKind(daprConfigurationGVK)
-	err := r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: DaprConfigurationName}, u)
+	err := p.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: DaprConfigurationName}, u)
 	if apierrors.IsNotFound(err) || apimeta.IsNoMatchError(err) {
 		obj.Status.DaprConfiguration = nil
 		return nil
@@ -139,11 +124,11 @@ func (r *MTLSRootRotationReconciler) readDaprConfiguration(ctx context.Context, 
 		return nil
 	}
 	if !enabled {
-		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, rotatorv1.MTLSDisabledReason, "Monitor",
+		p.event(corev1.EventTypeWarning, rotatorv1.MTLSDisabledReason, "Monitor",
 			"Dapr Configuration %s/%s has mTLS disabled: sidecars do not use the certificates this object rotates", obj.Namespace, DaprConfigurationName)
 	}
 	if warning := renewBeforeWarning(obj.Spec.GetRenewBefore(), ttl, skew); warning != "" {
-		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeWarning, "RenewBeforeTooShort", "Monitor", "%s", warning)
+		p.event(corev1.EventTypeWarning, "RenewBeforeTooShort", "Monitor", "%s", warning)
 	}
 	return nil
 }
@@ -169,23 +154,4 @@ func renewBeforeWarning(renewBefore time.Duration, ttl, skew string) string {
 	return strings.TrimSpace(fmt.Sprintf(
 		"spec.renewBefore %s does not exceed Dapr's workloadCertTTL %s plus allowedClockSkew %s: workload certificates signed just before an issuer renewal could outlive the old issuer; renew earlier",
 		renewBefore, life, allowance))
-}
-
-func renewsWhat(due expiry.Renewal) string {
-	if due == expiry.Root {
-		return "root and issuer"
-	}
-	return "issuer"
-}
-
-// describeDue says which published certificate fell due.
-func describeDue(obj *rotatorv1.MTLSRootRotation, due expiry.Renewal) string {
-	c, name := obj.Status.Issuer, "issuer"
-	if due == expiry.Root {
-		c, name = obj.Status.Root, "root"
-	}
-	if c == nil {
-		return name + " certificate due"
-	}
-	return fmt.Sprintf("%s certificate expires at %s", name, c.NotAfter.UTC().Format(time.RFC3339))
 }

@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 
-	cmapiutil "github.com/cert-manager/cert-manager/pkg/api/util"
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -59,13 +56,6 @@ func issuerRefOf(obj *rotatorv1.MTLSRootRotation) *rotatorv1.IssuerReference {
 		return rot.IssuerRef
 	}
 	return obj.Spec.Issuer.IssuerRef
-}
-
-func sameIssuerRef(a, b *rotatorv1.IssuerReference) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Name == b.Name && a.GetKind() == b.GetKind() && a.GetGroup() == b.GetGroup()
 }
 
 func describeIssuerRef(ref *rotatorv1.IssuerReference) string {
@@ -158,10 +148,11 @@ func unusedIssuance(obj *rotatorv1.MTLSRootRotation) []client.Object {
 // ensureIssuance creates or updates the cert-manager objects, owned by obj.
 // The Secrets cert-manager writes are not owned: the root key survives the
 // deletion of obj.
-func (r *MTLSRootRotationReconciler) ensureIssuance(ctx context.Context, obj *rotatorv1.MTLSRootRotation) error {
+func (p *pass) ensureIssuance(ctx context.Context) error {
+	obj := p.obj
 	for _, desired := range desiredIssuance(obj) {
 		current := desired.DeepCopyObject().(client.Object)
-		op, err := controllerutil.CreateOrPatch(ctx, r.Client, current, func() error {
+		op, err := controllerutil.CreateOrPatch(ctx, p.Client, current, func() error {
 			switch c := current.(type) {
 			case *cmapi.Issuer:
 				c.Spec = desired.(*cmapi.Issuer).Spec
@@ -176,17 +167,17 @@ func (r *MTLSRootRotationReconciler) ensureIssuance(ctx context.Context, obj *ro
 				labels[OwnerLabel] = obj.Name
 				current.SetLabels(labels)
 			}
-			return controllerutil.SetControllerReference(obj, current, r.Scheme())
+			return controllerutil.SetControllerReference(obj, current, p.Scheme())
 		})
 		if err != nil {
 			return fmt.Errorf("applying %T %s: %w", desired, desired.GetName(), err)
 		}
 		if op != controllerutil.OperationResultNone {
-			ctrlLog(ctx).V(1).Info("cert-manager object applied", "kind", fmt.Sprintf("%T", desired), "name", desired.GetName(), "operation", op)
+			p.log.V(1).Info("cert-manager object applied", "kind", fmt.Sprintf("%T", desired), "name", desired.GetName(), "operation", op)
 		}
 	}
 	for _, unused := range unusedIssuance(obj) {
-		if err := r.Get(ctx, client.ObjectKeyFromObject(unused), unused); apierrors.IsNotFound(err) {
+		if err := p.Get(ctx, client.ObjectKeyFromObject(unused), unused); apierrors.IsNotFound(err) {
 			continue
 		} else if err != nil {
 			return fmt.Errorf("reading %T %s: %w", unused, unused.GetName(), err)
@@ -194,107 +185,10 @@ func (r *MTLSRootRotationReconciler) ensureIssuance(ctx context.Context, obj *ro
 		if !metav1.IsControlledBy(unused, obj) {
 			continue
 		}
-		if err := r.Delete(ctx, unused); client.IgnoreNotFound(err) != nil {
+		if err := p.Delete(ctx, unused); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("deleting %T %s: %w", unused, unused.GetName(), err)
 		}
-		ctrlLog(ctx).Info("cert-manager object no longer used deleted", "kind", fmt.Sprintf("%T", unused), "name", unused.GetName())
+		p.log.Info("cert-manager object no longer used deleted", "kind", fmt.Sprintf("%T", unused), "name", unused.GetName())
 	}
 	return nil
-}
-
-// certificateState is what a rotation needs to know of a Certificate.
-type certificateState struct {
-	Revision int32 // 0 before the first issuance
-	Ready    bool  // Ready, not issuing, and up to date with its spec
-	Issuing  bool
-	Message  string
-}
-
-func (r *MTLSRootRotationReconciler) certificateState(ctx context.Context, ns, name string) (*cmapi.Certificate, certificateState, error) {
-	crt := &cmapi.Certificate{}
-	if err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, crt); err != nil {
-		return nil, certificateState{}, err
-	}
-	var st certificateState
-	if crt.Status.Revision != nil {
-		st.Revision = int32(*crt.Status.Revision)
-	}
-	st.Issuing = cmapiutil.CertificateHasCondition(crt, cmapi.CertificateCondition{Type: cmapi.CertificateConditionIssuing, Status: cmmeta.ConditionTrue})
-	ready := cmapiutil.GetCertificateCondition(crt, cmapi.CertificateConditionReady)
-	st.Ready = ready != nil && ready.Status == cmmeta.ConditionTrue && ready.ObservedGeneration >= crt.Generation && !st.Issuing
-	switch {
-	case ready == nil:
-		st.Message = "no Ready condition yet"
-	case st.Issuing:
-		st.Message = "being issued"
-		if c := cmapiutil.GetCertificateCondition(crt, cmapi.CertificateConditionIssuing); c != nil && c.Message != "" {
-			st.Message += ": " + c.Message
-		}
-	case ready.ObservedGeneration < crt.Generation:
-		st.Message = fmt.Sprintf("generation %d not yet observed by cert-manager", crt.Generation)
-	default:
-		st.Message = ready.Message
-	}
-	return crt, st, nil
-}
-
-// rotationCertificate reads a Certificate a rotation waits on. One not in the
-// cache yet was created by this pass: its first issuance is the rotation's, so
-// an unset *revision becomes 1, and the rotation waits for it.
-func (r *MTLSRootRotationReconciler) rotationCertificate(ctx context.Context, obj *rotatorv1.MTLSRootRotation, name string, revision *int32) (*cmapi.Certificate, certificateState, stepResult, bool) {
-	crt, st, err := r.certificateState(ctx, obj.Namespace, name)
-	if apierrors.IsNotFound(err) {
-		if revision != nil && *revision == 0 {
-			*revision = 1
-		}
-		markProgress(obj, "rotation %s: waiting for Certificate %s to be created", obj.Status.Rotation.ID, name)
-		return nil, st, waitFor(r.poll()), false
-	}
-	if err != nil {
-		return nil, st, fail(err), false
-	}
-	return crt, st, stepResult{}, true
-}
-
-// caIssuerReady reports whether the CA Issuer has been made Ready for its
-// current spec (the current root Secret).
-func (r *MTLSRootRotationReconciler) caIssuerReady(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (bool, error) {
-	iss := &cmapi.Issuer{}
-	if err := r.reader().Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: namesFor(obj).RootIssuer}, iss); err != nil {
-		return false, client.IgnoreNotFound(err)
-	}
-	for _, c := range iss.Status.Conditions {
-		if c.Type == cmapi.IssuerConditionReady {
-			return c.Status == cmmeta.ConditionTrue && c.ObservedGeneration >= iss.Generation && iss.Spec.CA != nil &&
-				iss.Spec.CA.SecretName == rootSecretName(obj), nil
-		}
-	}
-	return false, nil
-}
-
-// renew asks cert-manager to re-issue a Certificate now, as 'cmctl renew' does.
-func (r *MTLSRootRotationReconciler) renew(ctx context.Context, crt *cmapi.Certificate) error {
-	cmapiutil.SetCertificateCondition(crt, crt.Generation, cmapi.CertificateConditionIssuing, cmmeta.ConditionTrue,
-		"ManuallyTriggered", fmt.Sprintf("Re-issuance triggered by %s", ControllerName))
-	if err := r.Status().Update(ctx, crt); err != nil {
-		return fmt.Errorf("triggering the renewal of Certificate %s: %w", crt.Name, err)
-	}
-	return nil
-}
-
-// issuedSecret reads the Secret cert-manager wrote for a Certificate.
-func (r *MTLSRootRotationReconciler) issuedSecret(ctx context.Context, ns, name string) (*corev1.Secret, error) {
-	s := &corev1.Secret{}
-	// Read live: the Certificate's status (from the cache) may be ahead of the
-	// cached Secret; cert-manager writes the Secret before the status.
-	if err := r.reader().Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, s); err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("secret %s/%s of the issued certificate not found: %w", ns, name, err)
-		}
-		return nil, err
-	}
-	if len(s.Data[corev1.TLSCertKey]) == 0 || len(s.Data[corev1.TLSPrivateKeyKey]) == 0 {
-		return nil, fmt.Errorf("secret %s/%s holds no issued certificate yet", ns, name)
-	}
-	return s, nil
 }

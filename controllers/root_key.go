@@ -16,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
-	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 )
 
@@ -24,45 +23,43 @@ import (
 // the root Secret before cert-manager issues the root, which then signs with
 // it (rotationPolicy Never keeps whatever key the Secret holds). The user's
 // Secret is only read. A root Secret that already holds another key is never
-// overwritten. It reports whether the object was marked Stalled.
-func (r *MTLSRootRotationReconciler) importRootKey(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (bool, error) {
+// overwritten: a key that cannot be imported stalls.
+func (p *pass) importRootKey(ctx context.Context) error {
+	obj := p.obj
 	ref := obj.Spec.Root.PrivateKeySecretRef
 	if ref == nil {
-		return false, nil
+		return nil
 	}
 	dataKey := ref.Key
 	if dataKey == "" {
 		dataKey = "ca.key"
 	}
 	src := &corev1.Secret{}
-	if err := r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: ref.Name}, src); err != nil {
+	if err := p.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: ref.Name}, src); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.markStalled(ctx, obj, rotatorv1.InvalidPrivateKeyReason,
+			return stall(rotatorv1.InvalidPrivateKeyReason,
 				"Secret %s/%s named by spec.root.privateKeySecretRef does not exist", obj.Namespace, ref.Name)
-			return true, nil
 		}
-		return false, fmt.Errorf("reading the root key Secret: %w", err)
+		return fmt.Errorf("reading the root key Secret: %w", err)
 	}
 	key, err := pki.ParsePrivateKey(src.Data[dataKey])
 	if err != nil {
-		r.markStalled(ctx, obj, rotatorv1.InvalidPrivateKeyReason,
+		return stall(rotatorv1.InvalidPrivateKeyReason,
 			"key %q of Secret %s/%s holds no usable private key: %v", dataKey, obj.Namespace, ref.Name, err)
-		return true, nil
 	}
 	wantAlg, wantSize := string(obj.Spec.Root.PrivateKey.GetAlgorithm()), obj.Spec.Root.PrivateKey.GetSize()
 	if alg, size := pki.KeyAlgorithm(key); alg != wantAlg || size != wantSize {
-		r.markStalled(ctx, obj, rotatorv1.InvalidPrivateKeyReason,
+		return stall(rotatorv1.InvalidPrivateKeyReason,
 			"the key in Secret %s/%s is %s %d, but spec.root.privateKey asks for %s %d", obj.Namespace, ref.Name, alg, size, wantAlg, wantSize)
-		return true, nil
 	}
 	keyPEM, err := pki.EncodePrivateKey(key)
 	if err != nil {
-		return false, err
+		return err
 	}
 
 	root := &corev1.Secret{}
 	name := rootSecretName(obj)
-	err = r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: name}, root)
+	err = p.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: name}, root)
 	switch {
 	case apierrors.IsNotFound(err):
 		root = &corev1.Secret{
@@ -70,22 +67,21 @@ func (r *MTLSRootRotationReconciler) importRootKey(ctx context.Context, obj *rot
 			Type:       corev1.SecretTypeTLS,
 			Data:       map[string][]byte{corev1.TLSCertKey: {}, corev1.TLSPrivateKeyKey: keyPEM},
 		}
-		if err := r.Create(ctx, root); err != nil {
-			return false, fmt.Errorf("importing the root key into Secret %s: %w", name, err)
+		if err := p.Create(ctx, root); err != nil {
+			return fmt.Errorf("importing the root key into Secret %s: %w", name, err)
 		}
-		ctrlLog(ctx).Info("root key imported", "from", ref.Name, "into", name)
-		return false, nil
+		p.log.Info("root key imported", "from", ref.Name, "into", name)
+		return nil
 	case err != nil:
-		return false, fmt.Errorf("reading the root Secret: %w", err)
+		return fmt.Errorf("reading the root Secret: %w", err)
 	}
 	held, err := pki.ParsePrivateKey(root.Data[corev1.TLSPrivateKeyKey])
 	if err != nil || !publicKeysEqual(held, key) {
-		r.markStalled(ctx, obj, rotatorv1.InvalidPrivateKeyReason,
+		return stall(rotatorv1.InvalidPrivateKeyReason,
 			"root Secret %s/%s already holds another key than Secret %s; it is never overwritten: delete it to import the brought key",
 			obj.Namespace, name, ref.Name)
-		return true, nil
 	}
-	return false, nil
+	return nil
 }
 
 func publicKeysEqual(a, b interface{ Public() crypto.PublicKey }) bool {
@@ -100,12 +96,13 @@ func publicKeysEqual(a, b interface{ Public() crypto.PublicKey }) bool {
 // <name>-root. Of several, it takes the newest whose key made one of the
 // installed anchors, or else the newest. It changes nothing for an object
 // that has rotated or when no such Secret exists.
-func (r *MTLSRootRotationReconciler) adoptRootKeyGeneration(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target) error {
+func (p *pass) adoptRootKeyGeneration(ctx context.Context) error {
+	obj := p.obj
 	if obj.Status.RootKeyGeneration != 0 || obj.Status.Rotation != nil {
 		return nil
 	}
 	secrets := &corev1.SecretList{}
-	if err := r.List(ctx, secrets, client.InNamespace(obj.Namespace), client.MatchingLabels{OwnerLabel: obj.Name}); err != nil {
+	if err := p.List(ctx, secrets, client.InNamespace(obj.Namespace), client.MatchingLabels{OwnerLabel: obj.Name}); err != nil {
 		return fmt.Errorf("looking for root key Secrets: %w", err)
 	}
 	byName := map[string]*corev1.Secret{}
@@ -119,7 +116,7 @@ func (r *MTLSRootRotationReconciler) adoptRootKeyGeneration(ctx context.Context,
 		return nil
 	}
 	chosen := generations[0]
-	anchors, _ := pki.ParseCertificates(bundle.FromSecret(t.Secret.Data, keysOf(obj)).TrustAnchors)
+	anchors, _ := pki.ParseCertificates(p.installed().TrustAnchors)
 	for _, gen := range generations {
 		key, err := pki.ParsePrivateKey(byName[rootSecretNameFor(obj, gen)].Data[corev1.TLSPrivateKeyKey])
 		if err == nil && slices.ContainsFunc(anchors, func(a *x509.Certificate) bool { return pki.KeyMatches(key, a) }) {
@@ -128,7 +125,7 @@ func (r *MTLSRootRotationReconciler) adoptRootKeyGeneration(ctx context.Context,
 		}
 	}
 	obj.Status.RootKeyGeneration = chosen
-	ctrlLog(ctx).Info("root key Secret of an earlier object taken up", "secret", rootSecretNameFor(obj, chosen))
+	p.log.Info("root key Secret of an earlier object taken up", "secret", rootSecretNameFor(obj, chosen))
 	return nil
 }
 

@@ -1,20 +1,17 @@
 package controllers
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
 	"time"
 
-	"github.com/fluxcd/pkg/runtime/patch"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -71,102 +68,102 @@ func observe(o client.Object, rotationID string) restart.Observed {
 	return obs
 }
 
-func (r *MTLSRootRotationReconciler) restartWorkload(ctx context.Context, ref restart.Ref, rotationID string) error {
+func (p *pass) restartWorkload(ctx context.Context, ref restart.Ref, rotationID string) error {
 	o, err := workloadObject(ref.Kind)
 	if err != nil {
 		return err
 	}
 	o.SetNamespace(ref.Namespace)
 	o.SetName(ref.Name)
-	if err := r.Patch(ctx, o, client.RawPatch(types.MergePatchType, restart.Patch(rotationID)), client.FieldOwner(ControllerName)); err != nil {
+	if err := p.Patch(ctx, o, client.RawPatch(types.MergePatchType, restart.Patch(rotationID)), client.FieldOwner(ControllerName)); err != nil {
 		return fmt.Errorf("restarting %s: %w", ref, err)
 	}
-	ctrlLog(ctx).Info("workload restarted", "kind", ref.Kind, "namespace", ref.Namespace, "name", ref.Name, "rotation", rotationID)
+	p.log.Info("workload restarted", "kind", ref.Kind, "namespace", ref.Namespace, "name", ref.Name, "rotation", rotationID)
 	return nil
 }
 
 // stepControlPlane restarts the control-plane workloads one at a time, in
-// order, each awaited until fully rolled out.
-func (r *MTLSRootRotationReconciler) stepControlPlane(ctx context.Context, obj *rotatorv1.MTLSRootRotation, t *target, patcher *patch.SerialPatcher) stepResult {
-	rot := obj.Status.Rotation
+// order, each awaited until fully rolled out. One that does not roll out
+// within the timeout rolls the rotation back.
+func (p *pass) stepControlPlane(ctx context.Context) error {
+	rot, obj := p.rot(), p.obj
+	observed, rolledBack, err := p.controlPlane(ctx)
+	if err != nil {
+		return err
+	}
+	if rolledBack != nil {
+		// This pass read the status from before a rollback that is done in
+		// the world: finish it again, which is idempotent, and quietly.
+		return p.beginRollBack(ctx, *rolledBack)
+	}
+	if rot.RollingBack != "" {
+		// Recorded by an operator version that rolled back within this step.
+		ref, err := restart.ParseRef(rot.RollingBack)
+		if err != nil {
+			return fmt.Errorf("status.rotation.rollingBack: %w", err)
+		}
+		return p.beginRollBack(ctx, ref)
+	}
+	a := restart.NextControlPlane(observed)
+	now := p.now()
+	workloads := len(obj.Spec.ControlPlane.GetWorkloads())
+	switch a.Type {
+	case restart.Missing:
+		return stall(rotatorv1.WorkloadNotFoundReason,
+			"control-plane workload %s does not exist; no application was restarted (mark it optional in spec.controlPlane.workloads if this Dapr version has none)", a.Workload.Ref).retry(30 * time.Second)
+	case restart.Restart:
+		if err := p.restartWorkload(ctx, a.Workload.Ref, rotation.RestartID(rot)); err != nil {
+			return err
+		}
+		rot.WaitingFor, rot.WaitingSince = a.Workload.Ref.String(), &now
+		return p.poll("rotation %s: restarted %s (%d of %d control-plane workloads done)", rot.ID, a.Workload.Ref, a.Completed, workloads-len(a.Skipped))
+	case restart.Wait:
+		since := rotation.Wait(rot, a.Workload.Ref.String(), now)
+		if now.Sub(since.Time) > obj.Spec.ControlPlane.GetRolloutTimeout() {
+			p.log.Info("control-plane rollout timed out", "workload", a.Workload.Ref.String(), "waiting", a.Workload.Waiting)
+			return p.beginRollBack(ctx, a.Workload.Ref)
+		}
+		return p.poll("rotation %s: waiting for %s to roll out: %s", rot.ID, a.Workload.Ref, a.Workload.Waiting)
+	}
+	for _, s := range a.Skipped {
+		p.normal("WorkloadSkipped", "Restart", "optional control-plane workload %s does not exist; skipped", s)
+	}
+	p.normal("ControlPlaneRestarted", "Restart", "rotation %s: restarted %d control-plane workloads in order%s", rot.ID, a.Completed, phaseSuffix(rot))
+	return nil
+}
+
+// controlPlane observes the control-plane workloads for the current phase's
+// restart, and names one already restarted on a rollback, if any.
+func (p *pass) controlPlane(ctx context.Context) ([]restart.Observed, *restart.Ref, error) {
+	obj, restartID := p.obj, rotation.RestartID(p.rot())
 	workloads := obj.Spec.ControlPlane.GetWorkloads()
 	observed := make([]restart.Observed, 0, len(workloads))
-	var rollingBack *restart.Ref
+	var rolledBack *restart.Ref
 	for _, w := range workloads {
 		o, err := workloadObject(string(w.Kind))
 		if err != nil {
-			return fail(err)
+			return nil, nil, err
 		}
 		ref := restart.Ref{Kind: string(w.Kind), Namespace: obj.Namespace, Name: w.Name}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: w.Name}, o); apierrors.IsNotFound(err) {
+		if err := p.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: w.Name}, o); apierrors.IsNotFound(err) {
 			observed = append(observed, restart.Observed{Ref: ref, Optional: w.Optional})
 			continue
 		} else if err != nil {
-			return fail(fmt.Errorf("reading %s: %w", ref, err))
+			return nil, nil, fmt.Errorf("reading %s: %w", ref, err)
 		}
-		obs := observe(o, rotation.RestartID(rot))
+		obs := observe(o, restartID)
 		obs.Optional = w.Optional
 		observed = append(observed, obs)
-		if restart.RestartedFor(templateAnnotations(o), rollbackID(rotation.RestartID(rot))) {
-			rollingBack = &obs.Ref
+		if restart.RestartedFor(templateAnnotations(o), rollbackID(restartID)) {
+			rolledBack = &obs.Ref
 		}
 	}
-	if rollingBack != nil {
-		// This pass read the status from before a rollback that is done in
-		// the world: finish it again, which is idempotent, and quietly.
-		return r.rollBack(ctx, obj, t, patcher, *rollingBack, false)
-	}
-	if rot.RollingBack != "" {
-		// A rollback was under way when the operator stopped: finish it.
-		ref, err := restart.ParseRef(rot.RollingBack)
-		if err != nil {
-			return fail(fmt.Errorf("status.rotation.rollingBack: %w", err))
-		}
-		return r.rollBack(ctx, obj, t, patcher, ref, true)
-	}
-
-	a := restart.NextControlPlane(observed)
-	now := r.now()
-	switch a.Type {
-	case restart.Missing:
-		r.markStalled(ctx, obj, rotatorv1.WorkloadNotFoundReason,
-			"control-plane workload %s does not exist; no application was restarted (mark it optional in spec.controlPlane.workloads if this Dapr version has none)", a.Workload.Ref)
-		return waitFor(ctrl.Result{RequeueAfter: 30 * time.Second})
-	case restart.Restart:
-		if err := r.restartWorkload(ctx, a.Workload.Ref, rotation.RestartID(rot)); err != nil {
-			return fail(err)
-		}
-		rot.WaitingFor, rot.WaitingSince = a.Workload.Ref.String(), &now
-		markProgress(obj, "rotation %s: restarted %s (%d of %d control-plane workloads done)", rot.ID, a.Workload.Ref, a.Completed, len(workloads)-len(a.Skipped))
-		return waitFor(r.poll())
-	case restart.Wait:
-		since := rotation.Wait(rot, a.Workload.Ref.String(), now)
-		timeout := obj.Spec.ControlPlane.GetRolloutTimeout()
-		if now.Sub(since.Time) > timeout {
-			ctrlLog(ctx).Info("control-plane rollout timed out", "workload", a.Workload.Ref.String(), "waiting", a.Workload.Waiting)
-			return r.rollBack(ctx, obj, t, patcher, a.Workload.Ref, true)
-		}
-		markProgress(obj, "rotation %s: waiting for %s to roll out: %s", rot.ID, a.Workload.Ref, a.Workload.Waiting)
-		return waitFor(r.poll())
-	}
-	for _, s := range a.Skipped {
-		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "WorkloadSkipped", "Restart",
-			"optional control-plane workload %s does not exist; skipped", s)
-	}
-	r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ControlPlaneRestarted", "Restart",
-		"rotation %s: restarted %d control-plane workloads in order%s", rot.ID, a.Completed, phaseSuffix(rot))
-	return advance()
-}
-
-func phaseSuffix(rot *rotatorv1.RotationStatus) string {
-	if rot.Phase == "" {
-		return ""
-	}
-	return " (" + string(rot.Phase) + " phase)"
+	return observed, rolledBack, nil
 }
 
 // applications lists the Dapr applications a rotation restarts.
-func (r *MTLSRootRotationReconciler) applications(ctx context.Context, obj *rotatorv1.MTLSRootRotation) ([]restart.Observed, error) {
+func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Observed, error) {
+	obj := p.obj
 	spec := obj.Spec.Applications
 	var namespaces map[string]bool
 	if spec.NamespaceSelector != nil {
@@ -175,7 +172,7 @@ func (r *MTLSRootRotationReconciler) applications(ctx context.Context, obj *rota
 			return nil, fmt.Errorf("spec.applications.namespaceSelector: %w", err)
 		}
 		nsList := &corev1.NamespaceList{}
-		if err := r.List(ctx, nsList, client.MatchingLabelsSelector{Selector: sel}); err != nil {
+		if err := p.List(ctx, nsList, client.MatchingLabelsSelector{Selector: sel}); err != nil {
 			return nil, fmt.Errorf("listing namespaces: %w", err)
 		}
 		namespaces = map[string]bool{}
@@ -199,24 +196,24 @@ func (r *MTLSRootRotationReconciler) applications(ctx context.Context, obj *rota
 		if tmpl[rotatorv1.DaprEnabledAnnotation] != rotatorv1.DaprEnabledAnnotationValue {
 			return
 		}
-		apps = append(apps, observe(o, rotation.RestartID(obj.Status.Rotation)))
+		apps = append(apps, observe(o, restartID))
 	}
 	deployments := &appsv1.DeploymentList{}
-	if err := r.List(ctx, deployments, client.MatchingLabelsSelector{Selector: selector}); err != nil {
+	if err := p.List(ctx, deployments, client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return nil, fmt.Errorf("listing Deployments: %w", err)
 	}
 	for i := range deployments.Items {
 		add(&deployments.Items[i], deployments.Items[i].Spec.Template.Annotations)
 	}
 	statefulSets := &appsv1.StatefulSetList{}
-	if err := r.List(ctx, statefulSets, client.MatchingLabelsSelector{Selector: selector}); err != nil {
+	if err := p.List(ctx, statefulSets, client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return nil, fmt.Errorf("listing StatefulSets: %w", err)
 	}
 	for i := range statefulSets.Items {
 		add(&statefulSets.Items[i], statefulSets.Items[i].Spec.Template.Annotations)
 	}
 	daemonSets := &appsv1.DaemonSetList{}
-	if err := r.List(ctx, daemonSets, client.MatchingLabelsSelector{Selector: selector}); err != nil {
+	if err := p.List(ctx, daemonSets, client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return nil, fmt.Errorf("listing DaemonSets: %w", err)
 	}
 	for i := range daemonSets.Items {
@@ -225,82 +222,73 @@ func (r *MTLSRootRotationReconciler) applications(ctx context.Context, obj *rota
 	return apps, nil
 }
 
-// anchorsChanged reports whether the rotation published other trust anchors
-// than the ones installed before it (kept in the backup Secret).
-func (r *MTLSRootRotationReconciler) anchorsChanged(ctx context.Context, obj *rotatorv1.MTLSRootRotation) (bool, error) {
-	keys := keysOf(obj)
-	backup, current := &corev1.Secret{}, &corev1.Secret{}
-	if err := r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: backupName(obj)}, backup); err != nil {
-		return false, fmt.Errorf("reading the backup Secret: %w", err)
-	}
-	if err := r.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: obj.Spec.Target.GetSecretName()}, current); err != nil {
-		return false, fmt.Errorf("reading Secret %s/%s: %w", obj.Namespace, obj.Spec.Target.GetSecretName(), err)
-	}
-	return !bytes.Equal(backup.Data[keys.CA], current.Data[keys.CA]), nil
-}
-
 // stepApplications restarts the Dapr applications in waves of at most
 // maxConcurrent, each wave awaited before the next starts.
-func (r *MTLSRootRotationReconciler) stepApplications(ctx context.Context, obj *rotatorv1.MTLSRootRotation) stepResult {
-	rot := obj.Status.Rotation
+func (p *pass) stepApplications(ctx context.Context) error {
+	rot, obj := p.rot(), p.obj
 	if rot.Renews == string(expiry.Issuer) {
-		changed, err := r.anchorsChanged(ctx, obj)
+		if err := p.refreshTarget(ctx); err != nil {
+			return err
+		}
+		changed, err := p.backups().anchorsChanged(ctx, p.target.Secret)
 		if err != nil {
-			return fail(err)
+			return err
 		}
 		if !changed {
-			r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
+			p.normal("ApplicationsRestarted", "Restart",
 				"rotation %s: applications not restarted: the trust anchors did not change, and sidecars renew their workload certificates from the new issuer on their own", rot.ID)
-			return advance()
+			return nil
 		}
 		// cert-manager renewed the root on its own since the last
 		// publish: the sidecars' anchors must follow.
 	}
 	if !obj.Spec.Applications.RestartEnabled() {
-		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
+		p.normal("ApplicationsRestarted", "Restart",
 			"rotation %s: applications not restarted (spec.applications.restart is false): their sidecars keep their trust anchors until their pods are recreated", rot.ID)
-		return advance()
+		return nil
 	}
-	apps, err := r.applications(ctx, obj)
+	apps, err := p.applications(ctx, rotation.RestartID(rot))
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	plan := restart.NextWave(apps, obj.Spec.Applications.GetMaxConcurrent())
 	obj.Status.Applications = &rotatorv1.ApplicationsStatus{
 		Total: int32(plan.Total), Restarted: int32(plan.Restarted), Progress: fmt.Sprintf("%d/%d", plan.Restarted, plan.Total),
 	}
-	now := r.now()
+	now := p.now()
 	switch {
 	case plan.Done:
-		r.EventRecorder.Eventf(obj, nil, corev1.EventTypeNormal, "ApplicationsRestarted", "Restart",
+		p.normal("ApplicationsRestarted", "Restart",
 			"rotation %s: restarted %d Dapr applications in waves of at most %d%s", rot.ID, plan.Total, obj.Spec.Applications.GetMaxConcurrent(), phaseSuffix(rot))
-		return advance()
+		return nil
 	case len(plan.Restart) > 0:
 		for _, ref := range plan.Restart {
-			if err := r.restartWorkload(ctx, ref, rotation.RestartID(rot)); err != nil {
-				return fail(err)
+			if err := p.restartWorkload(ctx, ref, rotation.RestartID(rot)); err != nil {
+				return err
 			}
 		}
 		rot.WaitingFor, rot.WaitingSince = "applications wave", &now
-		markProgress(obj, "rotation %s: restarting %d applications (%d/%d done)", rot.ID, len(plan.Restart), plan.Restarted, plan.Total)
-		return waitFor(r.poll())
+		return p.poll("rotation %s: restarting %d applications (%d/%d done)", rot.ID, len(plan.Restart), plan.Restarted, plan.Total)
 	}
 	since := rotation.Wait(rot, "applications wave", now)
-	names := make([]string, 0, len(plan.Waiting))
-	for i, w := range plan.Waiting {
+	waiting := describeWaiting(plan.Waiting)
+	if timeout := obj.Spec.Applications.GetRolloutTimeout(); now.Sub(since.Time) > timeout {
+		return stall(rotatorv1.RolloutTimeoutReason,
+			"applications did not roll out within %s: %s; no further wave starts until they do", timeout, waiting).retry(p.pollInterval())
+	}
+	return p.poll("rotation %s: waiting for %d applications to roll out (%d/%d done): %s",
+		rot.ID, len(plan.Waiting), plan.Restarted, plan.Total, waiting)
+}
+
+// describeWaiting names the first few workloads a wave waits on.
+func describeWaiting(waiting []restart.Observed) string {
+	names := make([]string, 0, min(len(waiting), 6))
+	for i, w := range waiting {
 		if i == 5 {
-			names = append(names, fmt.Sprintf("and %d more", len(plan.Waiting)-5))
+			names = append(names, fmt.Sprintf("and %d more", len(waiting)-5))
 			break
 		}
 		names = append(names, fmt.Sprintf("%s (%s)", w.Ref, w.Waiting))
 	}
-	timeout := obj.Spec.Applications.GetRolloutTimeout()
-	if now.Sub(since.Time) > timeout {
-		r.markStalled(ctx, obj, rotatorv1.RolloutTimeoutReason,
-			"applications did not roll out within %s: %s; no further wave starts until they do", timeout, strings.Join(names, ", "))
-		return waitFor(r.poll())
-	}
-	markProgress(obj, "rotation %s: waiting for %d applications to roll out (%d/%d done): %s",
-		rot.ID, len(plan.Waiting), plan.Restarted, plan.Total, strings.Join(names, ", "))
-	return waitFor(r.poll())
+	return strings.Join(names, ", ")
 }

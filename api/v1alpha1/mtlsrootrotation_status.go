@@ -84,7 +84,7 @@ type DaprConfigurationStatus struct {
 }
 
 // RotationStep is a step of a rotation.
-// +kubebuilder:validation:Enum=Issuing;Verifying;Publishing;RestartingControlPlane;RestartingApplications;Completed;RolledBack
+// +kubebuilder:validation:Enum=Issuing;Verifying;Publishing;RestartingControlPlane;RestartingApplications;RollingBack;Completed;RolledBack
 type RotationStep string
 
 const (
@@ -100,6 +100,10 @@ const (
 	StepRestartingApplications RotationStep = "RestartingApplications"
 	// StepCompleted marks a finished rotation.
 	StepCompleted RotationStep = "Completed"
+	// StepRollingBack restores the bundle the last publish replaced, after a
+	// control-plane workload failed to roll out on it, and restarts that
+	// workload on it.
+	StepRollingBack RotationStep = "RollingBack"
 	// StepRolledBack marks a rotation that ended by restoring the bundle its
 	// last publish replaced; it does not start again until spec.trigger changes.
 	StepRolledBack RotationStep = "RolledBack"

@@ -1,5 +1,7 @@
-// Package rotation holds the step machine of a rotation: its id, the order of
-// its steps and the bookkeeping of their times in status. It makes no API calls.
+// Package rotation holds what a pass decides before the steps run (Decide:
+// start, renew, replace, hold, stall or go on) and the step machine of a
+// rotation: its id, the order of its steps and the bookkeeping of their
+// times in status. It makes no API calls.
 package rotation
 
 import (
@@ -70,11 +72,7 @@ func Advance(r *rotatorv1.RotationStatus, now metav1.Time) rotatorv1.RotationSte
 	if i < 0 || !InFlight(r) {
 		return r.Step
 	}
-	for j := range r.Steps {
-		if r.Steps[j].Name == r.Step && r.Steps[j].Phase == r.Phase && r.Steps[j].FinishedAt == nil {
-			r.Steps[j].FinishedAt = &now
-		}
-	}
+	finishStep(r, now)
 	r.Step = Steps[i+1]
 	if p := slices.Index(Phases, r.Phase); p >= 0 && p < len(Phases)-1 && r.Step == rotatorv1.StepCompleted {
 		r.Phase, r.Step = Phases[p+1], rotatorv1.StepPublishing
@@ -118,6 +116,26 @@ func InFlight(r *rotatorv1.RotationStatus) bool {
 	return r != nil && r.Step != rotatorv1.StepCompleted && r.Step != rotatorv1.StepRolledBack
 }
 
+// BeginRollBack finishes the current step of an in-flight rotation and
+// starts RollingBack, naming the workload whose failed rollout it rolls back.
+func BeginRollBack(r *rotatorv1.RotationStatus, workload string, now metav1.Time) {
+	if !InFlight(r) || r.Step == rotatorv1.StepRollingBack {
+		return
+	}
+	finishStep(r, now)
+	r.Step, r.RollingBack = rotatorv1.StepRollingBack, workload
+	r.WaitingFor, r.WaitingSince = "", nil
+	r.Steps = append(r.Steps, rotatorv1.StepStatus{Name: r.Step, Phase: r.Phase, StartedAt: now})
+}
+
+func finishStep(r *rotatorv1.RotationStatus, now metav1.Time) {
+	for j := range r.Steps {
+		if r.Steps[j].Name == r.Step && r.Steps[j].Phase == r.Phase && r.Steps[j].FinishedAt == nil {
+			r.Steps[j].FinishedAt = &now
+		}
+	}
+}
+
 // RollBack ends an in-flight rotation as rolled back: the current step
 // finishes now and the rotation stays at RolledBack, which only a new
 // rotation replaces. Rolling back a finished rotation changes nothing.
@@ -125,11 +143,7 @@ func RollBack(r *rotatorv1.RotationStatus, now metav1.Time) {
 	if !InFlight(r) {
 		return
 	}
-	for j := range r.Steps {
-		if r.Steps[j].Name == r.Step && r.Steps[j].Phase == r.Phase && r.Steps[j].FinishedAt == nil {
-			r.Steps[j].FinishedAt = &now
-		}
-	}
+	finishStep(r, now)
 	r.Step = rotatorv1.StepRolledBack
 	r.WaitingFor, r.WaitingSince = "", nil
 	r.Steps = append(r.Steps, rotatorv1.StepStatus{Name: r.Step, Phase: r.Phase, StartedAt: now, FinishedAt: &now})

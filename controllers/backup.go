@@ -1,0 +1,129 @@
+package controllers
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+)
+
+// ReplacedByAnnotation on the backup Secret names the publish (a rotation
+// id, with its phase) whose overwritten bundle the Secret's replaced.* keys hold.
+const ReplacedByAnnotation = "mtls.rotator.dev/replaced-by"
+
+// backupStore is the backup Secret <name>-backup, owned by the object. It
+// holds the bundle installed before the rotation, written once per rotation,
+// and the Secret and ConfigMap content the last publish replaced (replaced.*
+// keys), for a rollback. It is always read live: a replay must not overwrite
+// what it holds with what the rotation wrote.
+type backupStore struct {
+	client.Client
+	reader client.Reader
+	obj    *rotatorv1.MTLSRootRotation
+}
+
+func (p *pass) backups() backupStore {
+	return backupStore{Client: p.Client, reader: p.reader(), obj: p.obj}
+}
+
+func backupName(obj *rotatorv1.MTLSRootRotation) string { return obj.Name + "-backup" }
+
+func (b backupStore) read(ctx context.Context) (*corev1.Secret, error) {
+	s := &corev1.Secret{}
+	if err := b.reader.Get(ctx, client.ObjectKey{Namespace: b.obj.Namespace, Name: backupName(b.obj)}, s); err != nil {
+		return nil, fmt.Errorf("reading the backup Secret: %w", err)
+	}
+	return s, nil
+}
+
+// original returns the bundle installed before rotationID, keeping installed
+// as that bundle the first time it is asked for in the rotation.
+func (b backupStore) original(ctx context.Context, installed pki.Bundle, rotationID string) (pki.Bundle, error) {
+	keys := keysOf(b.obj)
+	s, err := b.read(ctx)
+	switch {
+	case err == nil && s.Annotations[RotationAnnotation] == rotationID:
+		return bundle.FromSecret(s.Data, keys), nil
+	case err != nil && !apierrors.IsNotFound(err):
+		return pki.Bundle{}, err
+	}
+	exists := err == nil
+	if !exists {
+		s = &corev1.Secret{}
+	}
+	s.Name, s.Namespace = backupName(b.obj), b.obj.Namespace
+	s.Labels = map[string]string{OwnerLabel: b.obj.Name}
+	s.Annotations = map[string]string{RotationAnnotation: rotationID, BundleHashAnnotation: bundle.Hash(installed)}
+	s.Type = corev1.SecretTypeOpaque
+	s.Data, _ = bundle.SecretData(nil, installed, keys)
+	if err := controllerutil.SetControllerReference(b.obj, s, b.Scheme()); err != nil {
+		return pki.Bundle{}, err
+	}
+	if exists {
+		err = b.Update(ctx, s)
+	} else {
+		err = b.Create(ctx, s)
+	}
+	if err != nil {
+		return pki.Bundle{}, fmt.Errorf("writing the backup Secret: %w", err)
+	}
+	return installed, nil
+}
+
+// keepReplaced records, once per publish, the Secret and ConfigMap content
+// the publish restartID is about to overwrite. A replay of the publish finds
+// it recorded and does not overwrite it with what it wrote.
+func (b backupStore) keepReplaced(ctx context.Context, t *target, restartID string) error {
+	s, err := b.read(ctx)
+	if err != nil {
+		return err
+	}
+	if s.Annotations[ReplacedByAnnotation] == restartID {
+		return nil
+	}
+	keys := keysOf(b.obj)
+	cmCA, hasCMCA := t.ConfigMap.Data[keys.CA]
+	s.Data = bundle.ReplacedData(s.Data, bundle.Replaced{
+		Bundle: bundle.FromSecret(t.Secret.Data, keys), ConfigMapCA: []byte(cmCA), HasConfigMapCA: hasCMCA,
+	}, keys)
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	s.Annotations[ReplacedByAnnotation] = restartID
+	if err := b.Update(ctx, s); err != nil {
+		return fmt.Errorf("recording the bundle publish %s replaces: %w", restartID, err)
+	}
+	return nil
+}
+
+// replaced returns what the publish restartID replaced; recorded is false
+// when the backup holds no record of that publish.
+func (b backupStore) replaced(ctx context.Context, restartID string) (r bundle.Replaced, recorded bool, err error) {
+	s, err := b.read(ctx)
+	if err != nil {
+		return bundle.Replaced{}, false, err
+	}
+	if s.Annotations[ReplacedByAnnotation] != restartID {
+		return bundle.Replaced{}, false, nil
+	}
+	return bundle.ReplacedFrom(s.Data, keysOf(b.obj)), true, nil
+}
+
+// anchorsChanged reports whether current holds other trust anchors than the
+// bundle installed before the rotation.
+func (b backupStore) anchorsChanged(ctx context.Context, current *corev1.Secret) (bool, error) {
+	s, err := b.read(ctx)
+	if err != nil {
+		return false, err
+	}
+	ca := keysOf(b.obj).CA
+	return !bytes.Equal(s.Data[ca], current.Data[ca]), nil
+}

@@ -1,0 +1,70 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/fluxcd/pkg/runtime/patch"
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+)
+
+// pass is one reconciliation of one object: the receiver of every
+// sub-reconciler and step. It holds the object, its patcher, what the pass
+// read of the world, and the strategy of the rotation in flight.
+type pass struct {
+	*MTLSRootRotationReconciler
+	obj     *rotatorv1.MTLSRootRotation
+	patcher *patch.SerialPatcher
+	log     logr.Logger
+	// ran is false when the pass did nothing (suspended).
+	ran bool
+	// target is the Secret and ConfigMap Sentry reads, as last read.
+	target *target
+	// chosen is the strategy of the rotation in flight (see strategy).
+	chosen strategy
+}
+
+func (r *MTLSRootRotationReconciler) newPass(ctx context.Context, obj *rotatorv1.MTLSRootRotation) *pass {
+	return &pass{MTLSRootRotationReconciler: r, obj: obj, patcher: patch.NewSerialPatcher(obj, r.Client), log: ctrlLog(ctx)}
+}
+
+// rot is the rotation in status: in flight, or the last one.
+func (p *pass) rot() *rotatorv1.RotationStatus { return p.obj.Status.Rotation }
+
+// patch writes the status as it is now.
+func (p *pass) patch(ctx context.Context) error {
+	return p.patcher.Patch(ctx, p.obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName))
+}
+
+// checkpoint persists status now, so that what follows survives a crash:
+// record before acting.
+func (p *pass) checkpoint(ctx context.Context, what string) error {
+	if err := p.patch(ctx); err != nil {
+		return fmt.Errorf("recording %s: %w", what, err)
+	}
+	return nil
+}
+
+// event records an event on the object.
+func (p *pass) event(eventType, reason, action, format string, args ...any) {
+	p.EventRecorder.Eventf(p.obj, nil, eventType, reason, action, format, args...)
+}
+
+// normal records a Normal event on the object.
+func (p *pass) normal(reason, action, format string, args ...any) {
+	p.event(corev1.EventTypeNormal, reason, action, format, args...)
+}
+
+// wait ends the pass waiting for something, looking again after d.
+func (p *pass) wait(d time.Duration, format string, args ...any) error {
+	return &waitError{Message: fmt.Sprintf(format, args...), RetryAfter: d}
+}
+
+// poll ends the pass waiting for something, looking again at the poll interval.
+func (p *pass) poll(format string, args ...any) error {
+	return p.wait(p.pollInterval(), format, args...)
+}

@@ -1,0 +1,250 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
+)
+
+// reconcileOnce runs one Reconcile of the object mesh and returns it as the
+// fake cluster holds it afterwards.
+func (h *harness) reconcileOnce() (*rotatorv1.MTLSRootRotation, ctrl.Result, error) {
+	h.t.Helper()
+	res, err := h.r.Reconcile(ctrl.LoggerInto(h.t.Context(), ctrl.Log), reconcile.Request{NamespacedName: client.ObjectKey{Namespace: ns, Name: "mesh"}})
+	return h.get(&rotatorv1.MTLSRootRotation{}, "mesh").(*rotatorv1.MTLSRootRotation), res, err
+}
+
+func settled(trigger string) objSetter {
+	return func(obj *rotatorv1.MTLSRootRotation) {
+		obj.Status.LastCompletedRotation = &rotatorv1.CompletedRotation{ID: "r-0", Trigger: trigger, Cause: rotatorv1.CauseTrigger, FinishedAt: metav1.NewTime(t0.Add(-time.Hour))}
+	}
+}
+
+// TestReconcile covers the sub-reconcilers before the steps, and how the
+// finalize summarises a pass: stalls are marked once with one Warning, waits
+// say what they wait for, and observedGeneration follows.
+func TestReconcile(t *testing.T) {
+	k := newPKI(t)
+	installed := bundleFrom(t, k.renewIssuer, k.renewed)
+	tests := []struct {
+		name       string
+		objs       []client.Object
+		obj        *rotatorv1.MTLSRootRotation
+		wantErr    bool
+		wantReady  metav1.ConditionStatus
+		wantReason string
+		wantEvents []string
+		check      func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness)
+	}{{
+		name: "a suspended object is left as it is",
+		objs: trustBundle(installed),
+		obj:  rotationObj(withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Suspend = true })),
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(obj.Status.Rotation).To(BeNil())
+			g.Expect(obj.Status.ObservedGeneration).To(Equal(int64(-1)))
+		},
+	}, {
+		name: "an older object on the same Secret makes this one touch nothing",
+		objs: append(trustBundle(installed), &rotatorv1.MTLSRootRotation{ObjectMeta: metav1.ObjectMeta{Name: "owner", Namespace: ns, UID: "uid-0",
+			CreationTimestamp: metav1.NewTime(t0.Add(-72 * time.Hour))}}),
+		obj:       rotationObj(),
+		wantReady: metav1.ConditionFalse, wantReason: rotatorv1.ConflictReason,
+		wantEvents: []string{rotatorv1.ConflictReason},
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(obj.Status.Rotation).To(BeNil())
+			g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("dapr-system/owner already manages"))
+		},
+	}, {
+		name:      "a missing target stalls until it appears",
+		obj:       rotationObj(),
+		wantReady: metav1.ConditionFalse, wantReason: rotatorv1.TargetNotFoundReason,
+		wantEvents: []string{rotatorv1.TargetNotFoundReason},
+	}, {
+		name:      "a new object starts its first rotation and records the start before issuing",
+		objs:      trustBundle(installed),
+		obj:       rotationObj(),
+		wantReady: metav1.ConditionUnknown, wantReason: meta.ProgressingReason,
+		wantEvents: []string{"RotationStarted"},
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(obj.Status.Rotation.Step).To(Equal(rotatorv1.StepIssuing))
+			g.Expect(obj.Status.Rotation.Message).To(ContainSubstring("waiting for Certificate mesh-root"))
+			g.Expect(h.writes[0]).To(Equal("status-patch MTLSRootRotation/mesh"), "the start is recorded before the cert-manager objects are made")
+			g.Expect(h.writes).To(ContainElements("create Issuer/mesh-selfsigned", "create Certificate/mesh-root", "create Issuer/mesh-root-ca", "create Certificate/mesh-issuer"))
+		},
+	}, {
+		name:      "a new Rotate rotation starts a new key generation",
+		objs:      trustBundle(installed),
+		obj:       rotationObj(withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Root.KeyPolicy = rotatorv1.KeyPolicyRotate })),
+		wantReady: metav1.ConditionUnknown, wantReason: meta.ProgressingReason,
+		wantEvents: []string{"RotationStarted"},
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(obj.Status.RootKeyGeneration).To(Equal(int32(2)))
+			g.Expect(obj.Status.Rotation.Phase).To(Equal(rotatorv1.PhaseOverlap))
+		},
+	}, {
+		name: "an unpublished rotation is replaced by a new trigger, with one event",
+		objs: trustBundle(installed),
+		obj: rotationObj(atStep(rotatorv1.StepVerifying, rotatorv1.KeyPolicyReuse, ""),
+			withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Trigger = "b" })),
+		wantReady: metav1.ConditionUnknown, wantReason: meta.ProgressingReason,
+		wantEvents: []string{"RotationReplaced", "RotationStarted"},
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(obj.Status.Rotation.ID).NotTo(Equal("r-1"))
+			g.Expect(obj.Status.Rotation.Trigger).To(Equal("b"))
+		},
+	}, {
+		name: "a rolled-back rotation holds, Stalled, while the trigger is unchanged",
+		objs: trustBundle(installed),
+		obj: rotationObj(atStep(rotatorv1.StepRolledBack, rotatorv1.KeyPolicyReuse, ""),
+			withRotation(func(r *rotatorv1.RotationStatus) { r.Message = "sentry did not roll out" })),
+		wantReady: metav1.ConditionFalse, wantReason: rotatorv1.RolledBackReason, wantEvents: []string{rotatorv1.RolledBackReason},
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(obj.Status.Rotation.Step).To(Equal(rotatorv1.StepRolledBack))
+			g.Expect(h.writes).To(HaveEach("status-patch MTLSRootRotation/mesh"), "holding writes only status")
+		},
+	}, {
+		name: "a settled object whose Secret changed since the publish stalls on drift and overwrites nothing",
+		objs: trustBundle(installed),
+		obj: rotationObj(settled("a"), func(obj *rotatorv1.MTLSRootRotation) {
+			obj.Status.PublishedBundleHash = bundle.Hash(bundleFrom(t, k.oldIssuer, k.old))
+		}),
+		wantReady: metav1.ConditionFalse, wantReason: rotatorv1.TrustBundleDriftReason, wantEvents: []string{rotatorv1.TrustBundleDriftReason},
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(conditions.IsTrue(obj, rotatorv1.TrustBundleDriftCondition)).To(BeTrue())
+			g.Expect(h.writes).To(HaveEach("status-patch MTLSRootRotation/mesh"))
+		},
+	}, {
+		name: "a settled object with nothing due is Ready and keeps its cert-manager objects",
+		objs: trustBundle(installed),
+		obj: rotationObj(settled("a"), func(obj *rotatorv1.MTLSRootRotation) {
+			obj.Status.PublishedBundleHash = bundle.Hash(installed)
+		}),
+		wantReady: metav1.ConditionTrue, wantReason: meta.SucceededReason,
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(conditions.GetMessage(obj, meta.ReadyCondition)).To(Equal("rotation r-0 completed at " + t0.Add(-time.Hour).Format(time.RFC3339)))
+			g.Expect(h.writes).To(ContainElement("create Certificate/mesh-root"))
+		},
+	}, {
+		name: "a brought key Secret that does not exist stalls before anything is issued",
+		objs: trustBundle(installed),
+		obj: rotationObj(withSpec(func(s *rotatorv1.MTLSRootRotationSpec) {
+			s.Root.PrivateKeySecretRef = &rotatorv1.KeySecretRef{Name: "my-key"}
+		})),
+		wantReady: metav1.ConditionFalse, wantReason: rotatorv1.InvalidPrivateKeyReason,
+		wantEvents: []string{"RotationStarted", rotatorv1.InvalidPrivateKeyReason},
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(h.writes).NotTo(ContainElement(HavePrefix("create Certificate")))
+		},
+	}, {
+		name: "a status patch that fails is an error, retried",
+		objs: trustBundle(installed),
+		obj:  rotationObj(),
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(obj.Status.Rotation).To(BeNil(), "nothing recorded")
+			g.Expect(h.writes).NotTo(ContainElement(HavePrefix("create Certificate")), "nothing issued before the start is recorded")
+		},
+		wantErr: true, wantEvents: []string{"RotationStarted"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			h := newHarness(t, append(tt.objs, tt.obj)...)
+			if tt.wantErr {
+				h.fail = failing("status-patch", "MTLSRootRotation")
+			}
+			obj, res, err := h.reconcileOnce()
+			g.Expect(err != nil).To(Equal(tt.wantErr), "%v", err)
+			_ = res
+			g.Expect(h.eventReasons()).To(Equal(tt.wantEvents))
+			if tt.wantReady != "" {
+				ready := conditions.Get(obj, meta.ReadyCondition)
+				g.Expect(ready).NotTo(BeNil())
+				g.Expect(ready.Status).To(Equal(tt.wantReady))
+				g.Expect(ready.Reason).To(Equal(tt.wantReason))
+				g.Expect(obj.Status.ObservedGeneration).To(Equal(obj.Generation))
+				g.Expect(conditions.IsStalled(obj)).To(Equal(tt.wantReady == metav1.ConditionFalse))
+			}
+			if tt.check != nil {
+				tt.check(g, obj, h)
+			}
+		})
+	}
+}
+
+// TestStallIsAnnouncedOnce: a stall repeated by later passes raises its
+// Warning once, and a terminal one is not retried.
+func TestStallIsAnnouncedOnce(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	other := pkitest.NewRoot(t, pkitest.Options{NotBefore: t0.Add(-48 * time.Hour)})
+	obj := rotationObj(atStep(rotatorv1.StepVerifying, rotatorv1.KeyPolicyReuse, ""))
+	h := newHarness(t, append(trustBundle(bundleFrom(t, pkitest.NewIssuer(t, other, pkitest.Options{NotBefore: t0.Add(-time.Hour)}), other)),
+		issued(t, "mesh-root", k.renewed, k.renewed), issued(t, "mesh-issuer", k.renewIssuer, k.renewed), obj)...)
+	for range 3 {
+		got, res, err := h.reconcileOnce()
+		g.Expect(err).To(MatchError(reconcile.TerminalError(nil)))
+		g.Expect(res.RequeueAfter).To(BeZero())
+		g.Expect(conditions.GetReason(got, meta.StalledCondition)).To(Equal(rotatorv1.RootKeyUnknownReason))
+	}
+	g.Expect(h.eventReasons()).To(Equal([]string{rotatorv1.RootKeyUnknownReason}))
+}
+
+// TestDryRunPlansWhatTheStrategyWouldDo: the plan comes from the strategy
+// the rotation would run with, so it shows the Prune-only path an expired
+// installed issuer takes, and it touches nothing but status.
+func TestDryRunPlansWhatTheStrategyWouldDo(t *testing.T) {
+	k := newPKI(t)
+	expiredIssuer := pkitest.NewIssuer(t, k.old, pkitest.Options{NotBefore: t0.Add(-3 * time.Hour), Validity: time.Hour})
+	dryRun := func(policy rotatorv1.KeyPolicy) objSetter {
+		return withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.DryRun, s.Root.KeyPolicy = true, policy })
+	}
+	tests := []struct {
+		name       string
+		installed  []client.Object
+		obj        *rotatorv1.MTLSRootRotation
+		wantPhases []rotatorv1.RotationPhase
+		wantCerts  []string
+		blocked    bool
+	}{
+		{"new key over a working bundle: three phases", trustBundle(bundleFrom(t, k.oldIssuer, k.old)), rotationObj(dryRun(rotatorv1.KeyPolicyRotate)),
+			[]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune},
+			[]string{"issue root Certificate mesh-root with a new key into Secret mesh-root-g2", "issue issuer Certificate mesh-issuer signed by that root"}, false},
+		{"new key over an expired installed issuer: Prune only", trustBundle(bundleFrom(t, expiredIssuer, k.old)), rotationObj(dryRun(rotatorv1.KeyPolicyRotate)),
+			[]rotatorv1.RotationPhase{rotatorv1.PhasePrune}, nil, false},
+		{"new key over nothing installed: Prune only", trustBundle(pki.Bundle{}), rotationObj(dryRun(rotatorv1.KeyPolicyRotate)),
+			[]rotatorv1.RotationPhase{rotatorv1.PhasePrune}, nil, false},
+		{"same key over anchors of an unknown key: blocked", trustBundle(bundleFrom(t, k.oldIssuer, k.old)), rotationObj(dryRun(rotatorv1.KeyPolicyReuse)),
+			nil, []string{"issue root Certificate mesh-root with a new key into Secret mesh-root", "issue issuer Certificate mesh-issuer signed by that root"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			h := newHarness(t, append(tt.installed, deployment("dapr-sentry", ""), deployment("dapr-sidecar-injector", ""), daprApp("team", "a", ""), tt.obj)...)
+			obj, _, err := h.reconcileOnce()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(obj.Status.Plan).NotTo(BeNil())
+			g.Expect(obj.Status.Plan.Phases).To(Equal(tt.wantPhases))
+			if tt.wantCerts != nil {
+				g.Expect(obj.Status.Plan.Certificates).To(Equal(tt.wantCerts))
+			}
+			g.Expect(obj.Status.Plan.Applications).To(Equal(int32(1)))
+			g.Expect(len(obj.Status.Plan.Blockers) > 0).To(Equal(tt.blocked))
+			g.Expect(obj.Status.Rotation).To(BeNil())
+			g.Expect(h.writes).To(HaveEach("status-patch MTLSRootRotation/mesh"), "a dry run writes only status")
+			g.Expect(h.eventReasons()).To(ContainElement("RotationPlanned"))
+			g.Expect(h.eventReasons()).To(HaveEach(BeElementOf("RotationPlanned", rotatorv1.ExpiringSoonReason)))
+		})
+	}
+}

@@ -1,0 +1,248 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/expiry"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+)
+
+// backupOf is the backup Secret of rotation r-1 whose publish replaced before.
+func backupOf(t *testing.T, before pki.Bundle) *corev1.Secret {
+	keys := keysOf(rotationObj())
+	data, _ := bundle.SecretData(nil, before, keys)
+	data = bundle.ReplacedData(data, bundle.Replaced{Bundle: before, ConfigMapCA: before.TrustAnchors, HasConfigMapCA: true}, keys)
+	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "mesh-backup", Namespace: ns,
+		Annotations: map[string]string{RotationAnnotation: "r-1", ReplacedByAnnotation: "r-1"}}, Data: data}
+}
+
+// waitingSince says the step has waited on what since at.
+func waitingSince(what string, at time.Time) objSetter {
+	return withRotation(func(r *rotatorv1.RotationStatus) { r.WaitingFor, r.WaitingSince = what, &metav1.Time{Time: at} })
+}
+
+// TestStepControlPlane: one workload at a time, in order, each awaited; a
+// rollout that does not finish in time rolls the rotation back when there is
+// a bundle to go back to, and stalls when there is not.
+func TestStepControlPlane(t *testing.T) {
+	k := newPKI(t)
+	before, after := bundleFrom(t, k.oldIssuer, k.old), bundleFrom(t, k.renewIssuer, k.renewed)
+	cp := atStep(rotatorv1.StepRestartingControlPlane, rotatorv1.KeyPolicyReuse, "")
+	late := waitingSince("Deployment dapr-system/dapr-sentry", t0.Add(-11*time.Minute))
+	tests := []struct {
+		name       string
+		obj        *rotatorv1.MTLSRootRotation
+		objs       []client.Object
+		want       string
+		wantStep   rotatorv1.RotationStep
+		wantWrites []string
+		wantEvents []string
+		restored   bool
+	}{{
+		name: "restarts the first workload and waits for it",
+		obj:  rotationObj(cp),
+		objs: []client.Object{deployment("dapr-sentry", ""), deployment("dapr-sidecar-injector", "")},
+		want: "wait", wantStep: rotatorv1.StepRestartingControlPlane,
+		wantWrites: []string{"patch Deployment/dapr-sentry"},
+	}, {
+		name: "waits for a restarted workload to roll out, restarting nothing else",
+		obj:  rotationObj(cp),
+		objs: []client.Object{deployment("dapr-sentry", "r-1", stuck), deployment("dapr-sidecar-injector", "")},
+		want: "wait", wantStep: rotatorv1.StepRestartingControlPlane,
+	}, {
+		name: "restarts the next once the previous rolled out",
+		obj:  rotationObj(cp),
+		objs: []client.Object{deployment("dapr-sentry", "r-1"), deployment("dapr-sidecar-injector", "")},
+		want: "wait", wantStep: rotatorv1.StepRestartingControlPlane,
+		wantWrites: []string{"patch Deployment/dapr-sidecar-injector"},
+	}, {
+		name: "done when every workload rolled out",
+		obj:  rotationObj(cp),
+		objs: []client.Object{deployment("dapr-sentry", "r-1"), deployment("dapr-sidecar-injector", "r-1")},
+		want: "", wantStep: rotatorv1.StepRestartingControlPlane, wantEvents: []string{"ControlPlaneRestarted"},
+	}, {
+		name: "a required workload that does not exist stalls before any restart",
+		obj:  rotationObj(cp),
+		objs: []client.Object{deployment("dapr-sidecar-injector", "")},
+		want: "stall:" + rotatorv1.WorkloadNotFoundReason, wantStep: rotatorv1.StepRestartingControlPlane,
+	}, {
+		name: "a rollout past its timeout rolls back: the replaced bundle is restored and the workload restarted on it",
+		obj:  rotationObj(cp, late),
+		objs: []client.Object{deployment("dapr-sentry", "r-1", stuck), deployment("dapr-sidecar-injector", ""), backupOf(t, before)},
+		want: "stall:" + rotatorv1.RolledBackReason, wantStep: rotatorv1.StepRolledBack,
+		wantWrites: []string{"status-patch MTLSRootRotation/mesh", "apply Secret/dapr-trust-bundle", "apply ConfigMap/dapr-trust-bundle", "patch Deployment/dapr-sentry"},
+		restored:   true,
+	}, {
+		name: "a pass that read the status from before a rollback done in the world finishes it quietly",
+		obj:  rotationObj(cp),
+		objs: []client.Object{deployment("dapr-sentry", "r-1-rollback"), deployment("dapr-sidecar-injector", ""), backupOf(t, before)},
+		want: "stall:" + rotatorv1.RolledBackReason, wantStep: rotatorv1.StepRolledBack,
+		restored: true,
+	}, {
+		name: "a rollout past its timeout over a first issuance has nothing to roll back to: it stalls",
+		obj:  rotationObj(cp, late),
+		objs: []client.Object{deployment("dapr-sentry", "r-1", stuck), deployment("dapr-sidecar-injector", ""), backupOf(t, pki.Bundle{})},
+		want: "stall:" + rotatorv1.RolloutTimeoutReason, wantStep: rotatorv1.StepRestartingControlPlane,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			h := newHarness(t, append(trustBundle(after), append(tt.objs, tt.obj)...)...)
+			p := h.pass("mesh")
+			err := p.stepControlPlane(t.Context())
+			g.Expect(kindOf(err)).To(Equal(tt.want), "%v", err)
+			g.Expect(p.rot().Step).To(Equal(tt.wantStep))
+			if tt.wantWrites != nil || tt.want == "wait" {
+				g.Expect(h.writes).To(Equal(tt.wantWrites))
+			}
+			g.Expect(h.eventReasons()).To(Equal(tt.wantEvents), "a stall's Warning is raised by the finalize, not the step")
+			s := h.get(&corev1.Secret{}, "dapr-trust-bundle").(*corev1.Secret)
+			cm := h.get(&corev1.ConfigMap{}, "dapr-trust-bundle").(*corev1.ConfigMap)
+			if !tt.restored {
+				g.Expect(bundle.FromSecret(s.Data, keysOf(p.obj))).To(Equal(after))
+				return
+			}
+			g.Expect(bundle.FromSecret(s.Data, keysOf(p.obj))).To(Equal(before), "restored byte for byte")
+			g.Expect(cm.Data["ca.crt"]).To(Equal(string(before.TrustAnchors)))
+			g.Expect(p.rot().RollingBack).To(Equal("Deployment dapr-system/dapr-sentry"), "recorded before the restore")
+			sentry := h.get(&appsv1.Deployment{}, "dapr-sentry").(*appsv1.Deployment)
+			g.Expect(restart.RestartedFor(sentry.Spec.Template.Annotations, "r-1-rollback")).To(BeTrue())
+			var s2 *stallError
+			g.Expect(err).To(BeAssignableToTypeOf(s2))
+			g.Expect(err.(*stallError).Quiet).To(Equal(tt.name == "a pass that read the status from before a rollback done in the world finishes it quietly"))
+		})
+	}
+}
+
+// TestRollingBackResumesAfterACrash: a rotation recorded at RollingBack
+// (the operator stopped after the record, before the restore) finishes it.
+func TestRollingBackResumesAfterACrash(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	before, after := bundleFrom(t, k.oldIssuer, k.old), bundleFrom(t, k.renewIssuer, k.renewed)
+	obj := rotationObj(atStep(rotatorv1.StepRollingBack, rotatorv1.KeyPolicyReuse, ""),
+		withRotation(func(r *rotatorv1.RotationStatus) { r.RollingBack = "Deployment dapr-system/dapr-sentry" }))
+	h := newHarness(t, append(trustBundle(after), deployment("dapr-sentry", "r-1", stuck), backupOf(t, before), obj)...)
+	p := h.pass("mesh")
+	g.Expect(kindOf(p.reconcileSteps(t.Context()))).To(Equal("stall:" + rotatorv1.RolledBackReason))
+	g.Expect(p.rot().Step).To(Equal(rotatorv1.StepRolledBack))
+	s := h.get(&corev1.Secret{}, "dapr-trust-bundle").(*corev1.Secret)
+	g.Expect(bundle.FromSecret(s.Data, keysOf(p.obj))).To(Equal(before))
+}
+
+// TestRollbackOfAnOverlapReturnsToThePreviousKey: the new root reached no
+// restored anchor, so later rotations go on with the previous key.
+func TestRollbackOfAnOverlapReturnsToThePreviousKey(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	before, overlap := bundleFrom(t, k.oldIssuer, k.old), bundleFrom(t, k.oldIssuer, k.old, k.fresh)
+	backup := backupOf(t, before)
+	backup.Annotations[ReplacedByAnnotation] = "r-1-overlap"
+	obj := rotationObj(atStep(rotatorv1.StepRestartingControlPlane, rotatorv1.KeyPolicyRotate, rotatorv1.PhaseOverlap),
+		waitingSince("Deployment dapr-system/dapr-sentry", t0.Add(-11*time.Minute)))
+	h := newHarness(t, append(trustBundle(overlap), deployment("dapr-sentry", "r-1-overlap", stuck), backup, obj)...)
+	p := h.pass("mesh")
+	g.Expect(kindOf(p.stepControlPlane(t.Context()))).To(Equal("stall:" + rotatorv1.RolledBackReason))
+	g.Expect(p.obj.Status.RootKeyGeneration).To(Equal(int32(1)))
+	g.Expect(p.obj.Status.TrustAnchors).To(Equal(int32(1)))
+}
+
+// TestStepApplications: Dapr applications in waves of at most maxConcurrent,
+// each awaited; an issuer-only renewal that left the anchors as they were
+// restarts none.
+func TestStepApplications(t *testing.T) {
+	k := newPKI(t)
+	installed := bundleFrom(t, k.renewIssuer, k.renewed)
+	apps := func(restarted ...string) []client.Object {
+		out := []client.Object{}
+		for _, name := range []string{"a", "b", "c"} {
+			id := ""
+			for _, r := range restarted {
+				if r == name {
+					id = "r-1"
+				}
+			}
+			out = append(out, daprApp("team", name, id))
+		}
+		plain := deployment("not-dapr", "")
+		plain.Namespace = "team"
+		return append(out, plain)
+	}
+	waves := func(obj *rotatorv1.MTLSRootRotation) { obj.Spec.Applications.MaxConcurrent = 2 }
+	tests := []struct {
+		name         string
+		obj          *rotatorv1.MTLSRootRotation
+		objs         []client.Object
+		want         string
+		wantWrites   []string
+		wantProgress string
+		wantEvents   []string
+	}{{
+		name: "restarts the first wave, no more than maxConcurrent",
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		objs: apps(), want: "wait", wantProgress: "0/3",
+		wantWrites: []string{"patch Deployment/a", "patch Deployment/b"},
+	}, {
+		name: "restarts the next wave once the first rolled out",
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		objs: apps("a", "b"), want: "wait", wantProgress: "2/3",
+		wantWrites: []string{"patch Deployment/c"},
+	}, {
+		name: "done when every Dapr application rolled out; others are never touched",
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		objs: apps("a", "b", "c"), want: "", wantProgress: "3/3", wantEvents: []string{"ApplicationsRestarted"},
+	}, {
+		name: "restart: false restarts none",
+		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""),
+			withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Applications.Restart = ptr.To(false) })),
+		objs: apps(), want: "", wantEvents: []string{"ApplicationsRestarted"},
+	}, {
+		name: "an issuer renewal that left the anchors as they were restarts none",
+		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""),
+			withRotation(func(r *rotatorv1.RotationStatus) { r.Cause, r.Renews = rotatorv1.CauseRenewal, string(expiry.Issuer) })),
+		objs: append(apps(), backupOf(t, bundleFrom(t, k.oldIssuer, k.renewed))), want: "", wantEvents: []string{"ApplicationsRestarted"},
+	}, {
+		name: "an issuer renewal over anchors cert-manager renewed restarts the applications",
+		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves,
+			withRotation(func(r *rotatorv1.RotationStatus) { r.Cause, r.Renews = rotatorv1.CauseRenewal, string(expiry.Issuer) })),
+		objs: append(apps(), backupOf(t, bundleFrom(t, k.oldIssuer, k.old))), want: "wait", wantProgress: "0/3",
+		wantWrites: []string{"patch Deployment/a", "patch Deployment/b"},
+	}, {
+		name: "a wave past its rollout timeout stalls, naming the stragglers, and starts no further wave",
+		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves,
+			waitingSince("applications wave", t0.Add(-time.Hour))),
+		objs: []client.Object{daprApp("team", "a", "r-1"), stuckApp("team", "b", "r-1"), daprApp("team", "c", "")},
+		want: "stall:" + rotatorv1.RolloutTimeoutReason, wantProgress: "1/3",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			h := newHarness(t, append(trustBundle(installed), append(tt.objs, tt.obj)...)...)
+			p := h.pass("mesh")
+			err := p.stepApplications(t.Context())
+			g.Expect(kindOf(err)).To(Equal(tt.want), "%v", err)
+			g.Expect(h.writes).To(Equal(tt.wantWrites))
+			if tt.wantProgress != "" {
+				g.Expect(p.obj.Status.Applications.Progress).To(Equal(tt.wantProgress))
+			}
+			g.Expect(h.eventReasons()).To(Equal(tt.wantEvents))
+		})
+	}
+}
+
+func stuckApp(namespace, name, restartID string) *appsv1.Deployment {
+	d := daprApp(namespace, name, restartID)
+	stuck(d)
+	return d
+}
