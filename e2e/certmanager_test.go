@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
 	"testing"
 	"time"
 
@@ -129,19 +127,4 @@ func readCertificate(t *testing.T, ns, secret, key string) *x509.Certificate {
 		t.Fatalf("parsing %s/%s %s: %v", ns, secret, key, err)
 	}
 	return cert
-}
-
-// createNamespace creates a namespace with a unique name for one test.
-func createNamespace(t *testing.T, prefix string) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
-	NewWithT(t).Expect(k8sClient.Create(t.Context(), ns)).To(Succeed())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := k8sClient.Delete(ctx, ns); err != nil {
-			t.Log(fmt.Sprintf("deleting namespace %s: %v", ns.Name, err))
-		}
-	})
-	return ns.Name
 }

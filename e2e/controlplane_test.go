@@ -9,26 +9,9 @@ import (
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 )
-
-// eventsFor returns the events recorded for an MTLSRootRotation, by reason.
-func eventsFor(t *testing.T, key types.NamespacedName) map[string][]corev1.Event {
-	t.Helper()
-	uid := getRotation(t, key).UID // events of an earlier object of the same name do not count
-	events := &corev1.EventList{}
-	NewWithT(t).Expect(k8sClient.List(t.Context(), events, client.InNamespace(key.Namespace))).To(Succeed())
-	byReason := map[string][]corev1.Event{}
-	for _, e := range events.Items {
-		if e.InvolvedObject.Kind == rotatorv1.MTLSRootRotationKind && e.InvolvedObject.UID == uid {
-			byReason[e.Reason] = append(byReason[e.Reason], e)
-		}
-	}
-	return byReason
-}
 
 func controlPlaneWith(extra rotatorv1.ControlPlaneWorkload) []rotatorv1.ControlPlaneWorkload {
 	ws := rotatorv1.DefaultControlPlane()
@@ -85,13 +68,10 @@ func TestMissingRequiredWorkloadStallsBeforeApplications(t *testing.T) {
 		g.Expect(warnings[0].Type).To(Equal(corev1.EventTypeWarning))
 	}).WithTimeout(20 * time.Second).Should(Succeed())
 	// Another pass over the same stall must not warn again.
-	obj = getRotation(t, key)
-	obj.Annotations = map[string]string{meta.ReconcileRequestAnnotation: "again"}
-	updateRotation(t, obj)
-	g.Eventually(func() string { return getRotation(t, key).Status.LastHandledReconcileAt }).
-		WithTimeout(30 * time.Second).Should(Equal("again"))
-	time.Sleep(time.Second)
-	warnings := eventsFor(t, key)[rotatorv1.WorkloadNotFoundReason]
-	g.Expect(warnings).To(HaveLen(1))
-	g.Expect(warnings[0].Count).To(BeNumerically("<=", 1), "the same stall is reported once")
+	requestReconcile(t, key, "again")
+	g.Consistently(func(g Gomega) {
+		warnings := eventsFor(t, key)[rotatorv1.WorkloadNotFoundReason]
+		g.Expect(warnings).To(HaveLen(1))
+		g.Expect(warnings[0].Count).To(BeNumerically("<=", 1), "the same stall is reported once")
+	}).WithTimeout(3 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
 }

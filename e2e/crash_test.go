@@ -1,20 +1,16 @@
 package e2e
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
-	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
-	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
 // crashPoint stops the operator as soon as the rotation's status matches.
@@ -78,47 +74,6 @@ func TestCrashesDoNotRestartAnythingTwice(t *testing.T) {
 	assertRestartedOnce(t, second.Status.LastCompletedRotation.ID)
 	g.Expect(second.Status.Rotation.RootRevision).To(Equal(first.Status.Rotation.RootRevision+1), "the root was renewed once")
 	g.Expect(second.Status.Rotation.IssuerRevision).To(Equal(first.Status.Rotation.IssuerRevision+1), "the issuer was renewed once")
-}
-
-// assertRestartedOnce checks that every control-plane workload and every Dapr
-// application has exactly one revision carrying the rotation id.
-func assertRestartedOnce(t *testing.T, id string) {
-	t.Helper()
-	g := NewWithT(t)
-	ctx := t.Context()
-	countReplicaSets := func(ns string, labels map[string]string) int {
-		sets := &appsv1.ReplicaSetList{}
-		g.Expect(k8sClient.List(ctx, sets, client.InNamespace(ns), client.MatchingLabels(labels))).To(Succeed())
-		n := 0
-		for _, rs := range sets.Items {
-			if restart.RestartedFor(rs.Spec.Template.Annotations, id) {
-				n++
-			}
-		}
-		return n
-	}
-	for _, w := range fixture.ControlPlane {
-		if w.Kind == "StatefulSet" {
-			revs := &appsv1.ControllerRevisionList{}
-			g.Expect(k8sClient.List(ctx, revs, client.InNamespace(fixture.ControlPlaneNamespace), client.MatchingLabels{"app": w.Name})).To(Succeed())
-			n := 0
-			for _, rev := range revs.Items {
-				if bytes.Contains(rev.Data.Raw, []byte(`"`+restart.Annotation+`":"`+id+`"`)) {
-					n++
-				}
-			}
-			g.Expect(n).To(Equal(1), "%s has %d revisions for %s", w.Name, n, id)
-			continue
-		}
-		g.Expect(countReplicaSets(fixture.ControlPlaneNamespace, map[string]string{"app": w.Name})).To(Equal(1), "%s restarted once for %s", w.Name, id)
-	}
-	for _, app := range fixtureOpts.AppList() {
-		want := 0
-		if app.Dapr {
-			want = 1
-		}
-		g.Expect(countReplicaSets(app.Namespace, map[string]string{"app": app.Name})).To(Equal(want), "%s restarted %d times for %s", app.Name, want, id)
-	}
 }
 
 // TestRotateSurvivesCrashesAtEveryPhaseBoundary kills the operator as each

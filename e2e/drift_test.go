@@ -10,7 +10,6 @@ import (
 	. "github.com/onsi/gomega"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
-	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
 
 // TestDriftIsReportedNotOverwritten: Sentry regenerating its CA (or Helm or
@@ -24,13 +23,7 @@ func TestDriftIsReportedNotOverwritten(t *testing.T) {
 	waitRotationCompleted(t, key, "a")
 
 	// Sentry regenerates a CA and writes it to both.
-	root := pkitest.NewRoot(t, pkitest.Options{})
-	issuer := pkitest.NewIssuer(t, root, pkitest.Options{})
-	s, cm := readBundle(t)
-	s.Data["ca.crt"], s.Data["issuer.crt"], s.Data["issuer.key"] = root.CertPEM(), issuer.CertPEM(), issuer.KeyPEM(t)
-	cm.Data["ca.crt"] = string(root.CertPEM())
-	g.Expect(k8sClient.Update(t.Context(), s)).To(Succeed())
-	g.Expect(k8sClient.Update(t.Context(), cm)).To(Succeed())
+	root := installSentryBundle(t)
 
 	obj := waitStalled(t, key, rotatorv1.TrustBundleDriftReason)
 	// The Secret and the ConfigMap change one after the other; the drift
@@ -46,22 +39,16 @@ func TestDriftIsReportedNotOverwritten(t *testing.T) {
 	g.Expect(kstatusOf(t, obj)).To(Equal(status.FailedStatus))
 
 	// A settled drift is reported once, however often it is looked at.
-	warnings := func() int32 {
-		var n int32
-		for _, e := range eventsFor(t, key)[rotatorv1.TrustBundleDriftReason] {
-			n += max(e.Count, 1)
-		}
-		return n
-	}
-	g.Eventually(warnings).WithTimeout(20 * time.Second).Should(BeNumerically(">=", 1))
-	time.Sleep(time.Second)
-	settled := warnings()
-	obj.Annotations = map[string]string{meta.ReconcileRequestAnnotation: "look-again"}
-	updateRotation(t, obj)
-	g.Eventually(func() string { return getRotation(t, key).Status.LastHandledReconcileAt }).
-		WithTimeout(30 * time.Second).Should(Equal("look-again"))
-	time.Sleep(time.Second)
-	g.Expect(warnings()).To(Equal(settled), "no new Warning for the same drift")
+	warnings := func() int32 { return eventCount(t, key, rotatorv1.TrustBundleDriftReason) }
+	var settled int32
+	g.Eventually(func(g Gomega) {
+		settled = warnings()
+		g.Expect(settled).To(BeNumerically(">=", 1))
+		g.Consistently(warnings).WithTimeout(time.Second).WithPolling(100*time.Millisecond).Should(Equal(settled), "the Warnings settle")
+	}).WithTimeout(20 * time.Second).Should(Succeed())
+	requestReconcile(t, key, "look-again")
+	g.Consistently(warnings).WithTimeout(3*time.Second).WithPolling(200*time.Millisecond).
+		Should(Equal(settled), "no new Warning for the same drift")
 
 	drifted, driftedCM := readBundle(t)
 	g.Consistently(func(g Gomega) {

@@ -8,7 +8,6 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
-	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -47,14 +46,9 @@ func TestDryRunPlansAndTouchesNothing(t *testing.T) {
 		"Deployment dapr-system/dapr-sentry", "Deployment dapr-system/dapr-sidecar-injector", "Deployment dapr-system/dapr-operator",
 		"StatefulSet dapr-system/dapr-placement-server", "StatefulSet dapr-system/dapr-scheduler-server",
 	}))
-	daprApps := 0
-	for _, a := range fixtureOpts.AppList() {
-		if a.Dapr {
-			daprApps++
-		}
-	}
-	g.Expect(p.Applications).To(Equal(int32(daprApps)))
-	g.Expect(p.Waves).To(Equal(int32((daprApps + 1) / 2)))
+	apps := len(daprApps())
+	g.Expect(p.Applications).To(Equal(int32(apps)))
+	g.Expect(p.Waves).To(Equal(int32((apps + 1) / 2)))
 	g.Expect(p.FirstWaves[0].Applications).To(HaveLen(2))
 	g.Expect(p.Blockers).To(BeEmpty())
 	g.Expect(conditions.GetMessage(obj, meta.ReadyCondition)).To(ContainSubstring("dry run"))
@@ -96,9 +90,9 @@ func workloadTemplates(t *testing.T) map[string]string {
 	g := NewWithT(t)
 	out := map[string]string{}
 	for _, app := range fixtureOpts.AppList() {
-		d := &appsv1.Deployment{}
-		g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: app.Namespace, Name: app.Name}, d)).To(Succeed())
-		out[app.Namespace+"/"+app.Name] = d.Spec.Template.Annotations[restart.Annotation]
+		annotations, _, err := readWorkload(t.Context(), appRef(app))
+		g.Expect(err).NotTo(HaveOccurred())
+		out[app.Namespace+"/"+app.Name] = annotations[restart.Annotation]
 	}
 	for _, w := range fixture.ControlPlane {
 		annotations, _, err := readControlPlane(t.Context(), w)

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"crypto/x509"
 	"testing"
 	"time"
@@ -12,7 +11,6 @@ import (
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -23,79 +21,6 @@ import (
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
-
-// certManagerNamespace is where the test cert-manager reads ClusterIssuer Secrets.
-const certManagerNamespace = "cert-manager"
-
-// createOrReplace creates obj, replacing an earlier test's object of the same
-// name, and deletes it at the end of the test.
-func createOrReplace(t *testing.T, obj client.Object) {
-	t.Helper()
-	g := NewWithT(t)
-	ctx := t.Context()
-	_ = k8sClient.Delete(ctx, obj.DeepCopyObject().(client.Object))
-	g.Eventually(func() error {
-		err := k8sClient.Create(ctx, obj)
-		if apierrors.IsAlreadyExists(err) {
-			obj.SetResourceVersion("")
-		}
-		return err
-	}).WithTimeout(30 * time.Second).Should(Succeed())
-	t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), obj) })
-}
-
-// caIssuer creates a cert-manager CA issuer (an Issuer in namespace, or a
-// ClusterIssuer when namespace is empty) signing with ca, whose Secret holds
-// caCertPEM as the certificate and extraCA, when set, as ca.crt.
-func caIssuer(t *testing.T, namespace, name string, ca *pkitest.CA, caCertPEM, extraCA []byte) {
-	t.Helper()
-	secretNS := namespace
-	if namespace == "" {
-		secretNS = certManagerNamespace
-		if err := k8sClient.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: certManagerNamespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
-		}
-	}
-	data := map[string][]byte{corev1.TLSCertKey: caCertPEM, corev1.TLSPrivateKeyKey: ca.KeyPEM(t)}
-	if extraCA != nil {
-		data["ca.crt"] = extraCA
-	}
-	createOrReplace(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name + "-ca", Namespace: secretNS}, Type: corev1.SecretTypeTLS, Data: data})
-	spec := cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: name + "-ca"}}}
-	if namespace == "" {
-		createOrReplace(t, &cmapi.ClusterIssuer{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec})
-	} else {
-		createOrReplace(t, &cmapi.Issuer{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace}, Spec: spec})
-	}
-}
-
-// secondControlPlane makes namespace stand for another cluster's Dapr control
-// plane: an empty trust bundle and no workloads.
-func secondControlPlane(t *testing.T, namespace string) {
-	t.Helper()
-	g := NewWithT(t)
-	if err := k8sClient.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	g.Expect(k8sClient.DeleteAllOf(t.Context(), &rotatorv1.MTLSRootRotation{}, client.InNamespace(namespace))).To(Succeed())
-	createOrReplace(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: fixture.TrustBundleName, Namespace: namespace}})
-	createOrReplace(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fixture.TrustBundleName, Namespace: namespace}})
-}
-
-// bundleIn reads the published bundle of a namespace and checks it as Sentry would.
-func bundleIn(t *testing.T, namespace string) *pki.ParsedBundle {
-	t.Helper()
-	g := NewWithT(t)
-	s, cm := &corev1.Secret{}, &corev1.ConfigMap{}
-	key := types.NamespacedName{Namespace: namespace, Name: fixture.TrustBundleName}
-	g.Expect(k8sClient.Get(t.Context(), key, s)).To(Succeed())
-	g.Expect(k8sClient.Get(t.Context(), key, cm)).To(Succeed())
-	g.Expect(cm.Data["ca.crt"]).To(Equal(string(s.Data["ca.crt"])))
-	b := pki.Bundle{TrustAnchors: s.Data["ca.crt"], IssuerChain: s.Data["issuer.crt"], IssuerKey: s.Data["issuer.key"]}
-	parsed, err := b.Validate(time.Now())
-	g.Expect(err).NotTo(HaveOccurred())
-	return parsed
-}
 
 func TestExternalClusterIssuerGivesTwoControlPlanesMutualTrust(t *testing.T) {
 	g := NewWithT(t)

@@ -6,10 +6,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
@@ -24,10 +21,10 @@ func TestInjectorStampsTrustAnchors(t *testing.T) {
 	ctx := t.Context()
 
 	var daprApp, plainApp fixture.App
+	if apps := daprApps(); len(apps) > 0 {
+		daprApp = apps[0]
+	}
 	for _, app := range fixtureOpts.AppList() {
-		if app.Dapr && daprApp.Name == "" {
-			daprApp = app
-		}
 		if !app.Dapr && plainApp.Name == "" {
 			plainApp = app
 		}
@@ -50,7 +47,7 @@ func TestInjectorStampsTrustAnchors(t *testing.T) {
 
 	anchorsPEM := string(pkitest.NewRoot(t, pkitest.Options{CommonName: "injector-test"}).CertPEM())
 	cm := &corev1.ConfigMap{}
-	key := types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: fixture.TrustBundleName}
+	key := bundleKey
 	g.Expect(k8sClient.Get(ctx, key, cm)).To(Succeed())
 	original := cm.DeepCopy()
 	cm.Data = map[string]string{"ca.crt": anchorsPEM}
@@ -71,7 +68,7 @@ func TestInjectorStampsTrustAnchors(t *testing.T) {
 		g.Expect(anchors).NotTo(Equal(anchorsPEM))
 	}
 
-	patchRestartedAt(t, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: daprApp.Namespace, Name: daprApp.Name}}, time.Now().Format(time.RFC3339Nano))
+	restartWorkload(t, appRef(daprApp), time.Now().Format(time.RFC3339Nano))
 	waitDeploymentRolledOut(t, daprApp.Namespace, daprApp.Name)
 	g.Eventually(func(g Gomega) {
 		pods := appPods(t, daprApp)

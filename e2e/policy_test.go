@@ -26,8 +26,7 @@ func TestKeyPolicyChangeDuringARotationIsRefused(t *testing.T) {
 	orgCA := pkitest.NewRoot(t, pkitest.Options{CommonName: "Example Org Root CA"})
 	caIssuer(t, "", "org-ca", orgCA, orgCA.CertPEM(), nil)
 	// Keep the rotation in flight: the sidecar injector's new pods stay unready.
-	testInjector.HoldUnready(fixture.ControlPlaneNamespace, fixture.SidecarInjector)
-	t.Cleanup(func() { testInjector.Release(fixture.ControlPlaneNamespace, fixture.SidecarInjector) })
+	holdUnready(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
 	startOperator(t)
 	key := newRotation(t, "steady", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
 	g.Eventually(func() rotatorv1.RotationStep {
@@ -72,13 +71,7 @@ func TestKeyPolicyChangeDuringARotationIsRefused(t *testing.T) {
 	next := waitRotationCompleted(t, key, "b")
 	g.Expect(next.Status.Rotation.KeyPolicy).To(Equal(rotatorv1.KeyPolicyRotate))
 	g.Expect(next.Status.Rotation.IssuerRef).NotTo(BeNil())
-	var phases []rotatorv1.RotationPhase
-	for _, s := range next.Status.Rotation.Steps {
-		if s.Name == rotatorv1.StepPublishing {
-			phases = append(phases, s.Phase)
-		}
-	}
-	g.Expect(phases).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
+	g.Expect(publishedPhases(next)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
 	published := bundleIn(t, fixture.ControlPlaneNamespace)
 	g.Expect(published.Anchors).To(HaveLen(1))
 	g.Expect(published.Anchors[0].Raw).To(Equal(orgCA.Cert.Raw))

@@ -21,9 +21,6 @@ import (
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
-// sentryWorkload is the fixture's Sentry Deployment.
-var sentryWorkload = fixture.Workload{Kind: "Deployment", Name: fixture.Sentry}
-
 // expectRolledBack checks a rotation that rolled back because Sentry's new pods
 // never became ready: the bundle is what it was byte for byte, Sentry was
 // restarted on it, nothing after Sentry and no application was restarted, and

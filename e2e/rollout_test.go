@@ -13,13 +13,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
-const restartedAtAnnotation = "kubectl.kubernetes.io/restartedAt"
-
 // TestRestartPatchRollsOutDeployment proves that kube-controller-manager, the
-// scheduler and kwok carry a pod-template restart of a Deployment to completion:
-// a new ReplicaSet whose pods are all available, and none of the old pods left.
+// scheduler and kwok carry a pod-template restart of a Deployment (the
+// operator's restart.Patch) to completion: a new ReplicaSet whose pods are all
+// available, and none of the old pods left.
 func TestRestartPatchRollsOutDeployment(t *testing.T) {
 	g := NewWithT(t)
 	ctx := t.Context()
@@ -38,7 +38,7 @@ func TestRestartPatchRollsOutDeployment(t *testing.T) {
 	oldPods := podNames(t, ns, labels)
 	g.Expect(oldPods).To(HaveLen(3))
 
-	patchRestartedAt(t, d, "2026-11-26T00:00:00Z")
+	restartWorkload(t, workloadRef{Kind: "Deployment", Namespace: ns, Name: "web"}, "2026-11-26T00:00:00Z")
 	waitDeploymentRolledOut(t, ns, "web")
 	g.Eventually(func(g Gomega) {
 		pods := &corev1.PodList{}
@@ -46,13 +46,15 @@ func TestRestartPatchRollsOutDeployment(t *testing.T) {
 		g.Expect(pods.Items).To(HaveLen(3))
 		for _, p := range pods.Items {
 			g.Expect(oldPods).NotTo(ContainElement(p.Name), "old pod %s is still there", p.Name)
-			g.Expect(p.Annotations).To(HaveKeyWithValue(restartedAtAnnotation, "2026-11-26T00:00:00Z"))
+			g.Expect(p.Annotations).To(HaveKeyWithValue(restart.Annotation, "2026-11-26T00:00:00Z"))
 		}
 	}).WithTimeout(30 * time.Second).Should(Succeed())
 
 	sets := &appsv1.ReplicaSetList{}
 	g.Expect(k8sClient.List(ctx, sets, client.InNamespace(ns))).To(Succeed())
 	g.Expect(sets.Items).To(HaveLen(2), "the restart makes exactly one new ReplicaSet")
+	g.Expect(restartedRevisions(ctx, g, workloadRef{Kind: "Deployment", Namespace: ns, Name: "web"}, "2026-11-26T00:00:00Z")).
+		To(Equal(1), "one ReplicaSet carries the restart")
 }
 
 // TestRestartPatchRollsOutStatefulSet proves the same for a StatefulSet: the
@@ -74,9 +76,11 @@ func TestRestartPatchRollsOutStatefulSet(t *testing.T) {
 	g.Expect(k8sClient.Create(ctx, s)).To(Succeed())
 	firstRevision := waitStatefulSetRolledOut(t, ns, "placement")
 
-	patchRestartedAt(t, s, "2026-11-26T00:00:00Z")
+	restartWorkload(t, workloadRef{Kind: "StatefulSet", Namespace: ns, Name: "placement"}, "2026-11-26T00:00:00Z")
 	revision := waitStatefulSetRolledOut(t, ns, "placement")
 	g.Expect(revision).NotTo(Equal(firstRevision), "the restart makes a new revision")
+	g.Expect(restartedRevisions(ctx, g, workloadRef{Kind: "StatefulSet", Namespace: ns, Name: "placement"}, "2026-11-26T00:00:00Z")).
+		To(Equal(1), "one ControllerRevision carries the restart")
 	g.Eventually(func(g Gomega) {
 		pods := &corev1.PodList{}
 		g.Expect(k8sClient.List(ctx, pods, client.InNamespace(ns), client.MatchingLabels(labels))).To(Succeed())
@@ -96,22 +100,6 @@ func testPodTemplate(labels map[string]string) corev1.PodTemplateSpec {
 			Containers:                    []corev1.Container{{Name: "main", Image: "fixture.invalid/main:1"}},
 		},
 	}
-}
-
-// restart sets the kubectl restart annotation on a workload's pod template.
-func patchRestartedAt(t *testing.T, obj client.Object, value string) {
-	t.Helper()
-	patch := []byte(`{"spec":{"template":{"metadata":{"annotations":{"` + restartedAtAnnotation + `":"` + value + `"}}}}}`)
-	NewWithT(t).Expect(k8sClient.Patch(t.Context(), obj, client.RawPatch(types.MergePatchType, patch))).To(Succeed())
-}
-
-func waitDeploymentRolledOut(t *testing.T, ns, name string) {
-	t.Helper()
-	NewWithT(t).Eventually(func(g Gomega) {
-		d := &appsv1.Deployment{}
-		g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: ns, Name: name}, d)).To(Succeed())
-		g.Expect(fixture.DeploymentRolledOut(d)).To(BeTrue(), "Deployment %s/%s status %+v", ns, name, d.Status)
-	}).WithTimeout(60 * time.Second).WithPolling(100 * time.Millisecond).Should(Succeed())
 }
 
 func waitStatefulSetRolledOut(t *testing.T, ns, name string) string {

@@ -7,43 +7,29 @@ import (
 
 	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
 	. "github.com/onsi/gomega"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
-	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
-	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
 // restartMesh restarts sentry and every Dapr application, as a fresh install
 // would start them, and waits for the rollouts.
 func restartMesh(t *testing.T, value string) {
 	t.Helper()
-	g := NewWithT(t)
-	sentry := &appsv1.Deployment{}
-	sentry.Namespace, sentry.Name = fixture.ControlPlaneNamespace, fixture.Sentry
-	g.Expect(k8sClient.Patch(t.Context(), sentry, client.RawPatch(types.MergePatchType, restart.Patch(value)))).To(Succeed())
+	restartWorkload(t, controlPlaneRef(sentryWorkload), value)
 	waitDeploymentRolledOut(t, fixture.ControlPlaneNamespace, fixture.Sentry)
-	for _, app := range fixtureOpts.AppList() {
-		if !app.Dapr {
-			continue
-		}
-		d := &appsv1.Deployment{}
-		d.Namespace, d.Name = app.Namespace, app.Name
-		g.Expect(k8sClient.Patch(t.Context(), d, client.RawPatch(types.MergePatchType, restart.Patch(value)))).To(Succeed())
+	for _, app := range daprApps() {
+		restartWorkload(t, appRef(app), value)
 	}
-	for _, app := range fixtureOpts.AppList() {
-		if app.Dapr {
-			waitDeploymentRolledOut(t, app.Namespace, app.Name)
-		}
+	for _, app := range daprApps() {
+		waitDeploymentRolledOut(t, app.Namespace, app.Name)
 	}
 	// Terminating pods leave before the oracle starts watching.
-	g.Eventually(func(g Gomega) {
+	NewWithT(t).Eventually(func(g Gomega) {
 		pods := &corev1.PodList{}
 		g.Expect(k8sClient.List(t.Context(), pods)).To(Succeed())
 		for _, p := range pods.Items {
@@ -58,11 +44,11 @@ func restartMesh(t *testing.T, value string) {
 func TestRotateTakesOverASentryBundle(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
-	sentryRoot := pkitest.NewRoot(t, pkitest.Options{})
-	sentryIssuer := pkitest.NewIssuer(t, sentryRoot, pkitest.Options{})
-	setBundle(t,
-		map[string][]byte{"ca.crt": sentryRoot.CertPEM(), "issuer.crt": sentryIssuer.CertPEM(), "issuer.key": sentryIssuer.KeyPEM(t), "jwt.key": []byte("jwt")},
-		map[string]string{"ca.crt": string(sentryRoot.CertPEM())})
+	sentryRoot := installSentryBundle(t)
+	// Sentry's JWT signing key lives in the same Secret and must survive.
+	s, _ := readBundle(t)
+	s.Data["jwt.key"] = []byte("jwt")
+	g.Expect(k8sClient.Update(t.Context(), s)).To(Succeed())
 	restartMesh(t, fmt.Sprint(time.Now().UnixNano()))
 
 	o := startOracle(t)
@@ -81,13 +67,7 @@ func TestRotateTakesOverASentryBundle(t *testing.T) {
 	g.Expect(kstatusOf(t, done)).To(Equal(status.CurrentStatus))
 
 	// Three phases, each restarting everything once.
-	var phases []rotatorv1.RotationPhase
-	for _, s := range done.Status.Rotation.Steps {
-		if s.Name == rotatorv1.StepPublishing {
-			phases = append(phases, s.Phase)
-		}
-	}
-	g.Expect(phases).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
+	g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
 	for _, phase := range []string{"overlap", "switch", "prune"} {
 		assertRestartedOnce(t, done.Status.LastCompletedRotation.ID+"-"+phase)
 	}
@@ -165,13 +145,7 @@ func TestRotateOverAnExpiredIssuerPublishesDirectly(t *testing.T) {
 	key := newRotation(t, "expired", rotatorv1.MTLSRootRotationSpec{Trigger: "a", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate}})
 
 	done := waitRotationCompleted(t, key, "a")
-	var phases []rotatorv1.RotationPhase
-	for _, s := range done.Status.Rotation.Steps {
-		if s.Name == rotatorv1.StepPublishing {
-			phases = append(phases, s.Phase)
-		}
-	}
-	g.Expect(phases).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhasePrune}), "one publish, of the end state")
+	g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhasePrune}), "one publish, of the end state")
 	s, _ := readBundle(t)
 	published, err := pki.Bundle{TrustAnchors: s.Data["ca.crt"], IssuerChain: s.Data["issuer.crt"], IssuerKey: s.Data["issuer.key"]}.Validate(time.Now())
 	g.Expect(err).NotTo(HaveOccurred())

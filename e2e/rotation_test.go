@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"sync"
@@ -13,20 +12,15 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
-	"github.com/mtls-rotator/mtls-rotator/internal/rollout"
 )
-
-var bundleKey = types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: fixture.TrustBundleName}
 
 // restartObserver polls the fixture's workloads while a rotation runs and
 // records, for one rotation id, the order in which the control-plane
@@ -79,11 +73,11 @@ func (o *restartObserver) sample(ctx context.Context, id string, seen map[string
 	}
 	inFlight := 0
 	for _, app := range fixtureOpts.AppList() {
-		d := &appsv1.Deployment{}
-		if k8sClient.Get(ctx, types.NamespacedName{Namespace: app.Namespace, Name: app.Name}, d) != nil {
+		annotations, st, err := readWorkload(ctx, appRef(app))
+		if err != nil {
 			return
 		}
-		if restart.RestartedFor(d.Spec.Template.Annotations, id) && !rollout.Deployment(d).Done {
+		if restart.RestartedFor(annotations, id) && !st.Done {
 			inFlight++
 		}
 	}
@@ -95,45 +89,6 @@ func (o *restartObserver) sample(ctx context.Context, id string, seen map[string
 func (o *restartObserver) stop() {
 	o.cancel()
 	<-o.done
-}
-
-func getRotation(t *testing.T, key types.NamespacedName) *rotatorv1.MTLSRootRotation {
-	obj := &rotatorv1.MTLSRootRotation{}
-	NewWithT(t).Expect(k8sClient.Get(t.Context(), key, obj)).To(Succeed())
-	return obj
-}
-
-// waitRotationCompleted waits until the object is Ready with trigger completed.
-func waitRotationCompleted(t *testing.T, key types.NamespacedName, trigger string) *rotatorv1.MTLSRootRotation {
-	t.Helper()
-	var obj *rotatorv1.MTLSRootRotation
-	NewWithT(t).Eventually(func(g Gomega) {
-		obj = &rotatorv1.MTLSRootRotation{}
-		g.Expect(k8sClient.Get(t.Context(), key, obj)).To(Succeed())
-		g.Expect(obj.Status.LastCompletedRotation).NotTo(BeNil(), "status: %+v", obj.Status)
-		g.Expect(obj.Status.LastCompletedRotation.Trigger).To(Equal(trigger))
-		g.Expect(conditions.IsReady(obj)).To(BeTrue(), "conditions: %+v", obj.Status.Conditions)
-		g.Expect(obj.Status.ObservedGeneration).To(Equal(obj.Generation))
-	}).WithTimeout(3 * time.Minute).WithPolling(250 * time.Millisecond).Should(Succeed())
-	return obj
-}
-
-func readBundle(t *testing.T) (*corev1.Secret, *corev1.ConfigMap) {
-	t.Helper()
-	s, cm := &corev1.Secret{}, &corev1.ConfigMap{}
-	g := NewWithT(t)
-	g.Expect(k8sClient.Get(t.Context(), bundleKey, s)).To(Succeed())
-	g.Expect(k8sClient.Get(t.Context(), bundleKey, cm)).To(Succeed())
-	return s, cm
-}
-
-func parseOne(t *testing.T, data []byte) *x509.Certificate {
-	t.Helper()
-	certs, err := pki.ParseCertificates(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return certs[0]
 }
 
 // TestSameKeyRotation is the core: first issuance onto the empty bundle the
@@ -220,18 +175,14 @@ func TestSameKeyRotation(t *testing.T) {
 
 	// Events tell the story of each step; no key or certificate body is in them or in status.
 	g.Eventually(func(g Gomega) {
-		events := &corev1.EventList{}
-		g.Expect(k8sClient.List(ctx, events, client.InNamespace(key.Namespace))).To(Succeed())
-		reasons := map[string]bool{}
-		for _, e := range events.Items {
-			if e.InvolvedObject.Name != key.Name || e.InvolvedObject.Kind != rotatorv1.MTLSRootRotationKind {
-				continue
+		events := eventsFor(t, key)
+		for _, byReason := range events {
+			for _, e := range byReason {
+				g.Expect(e.Message).NotTo(ContainSubstring("BEGIN"))
 			}
-			reasons[e.Reason] = true
-			g.Expect(e.Message).NotTo(ContainSubstring("BEGIN"))
 		}
 		for _, r := range []string{"RotationStarted", "CertificatesIssued", "TrustBundlePublished", "ControlPlaneRestarted", "ApplicationsRestarted", "RotationCompleted"} {
-			g.Expect(reasons).To(HaveKey(r))
+			g.Expect(events).To(HaveKey(r))
 		}
 	}).WithTimeout(30 * time.Second).Should(Succeed())
 	logs := op.logs.String()
@@ -245,14 +196,12 @@ func TestSameKeyRotation(t *testing.T) {
 
 	// A reconcile request on a completed rotation changes nothing.
 	secretVersion := secret.ResourceVersion
-	g.Expect(k8sClient.Get(ctx, key, obj)).To(Succeed())
-	obj.Annotations = map[string]string{meta.ReconcileRequestAnnotation: "now"}
-	updateRotation(t, obj)
-	g.Eventually(func() string { return getRotation(t, key).Status.LastHandledReconcileAt }).
-		WithTimeout(30 * time.Second).Should(Equal("now"))
-	secret, _ = readBundle(t)
-	g.Expect(secret.ResourceVersion).To(Equal(secretVersion), "no write when nothing changes")
-	g.Expect(getRotation(t, key).Status.LastCompletedRotation.ID).To(Equal(second.Status.LastCompletedRotation.ID))
+	requestReconcile(t, key, "now")
+	g.Consistently(func(g Gomega) {
+		now, _ := readBundle(t)
+		g.Expect(now.ResourceVersion).To(Equal(secretVersion), "no write when nothing changes")
+		g.Expect(getRotation(t, key).Status.LastCompletedRotation.ID).To(Equal(second.Status.LastCompletedRotation.ID))
+	}).WithTimeout(3 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
 
 	backup := &corev1.Secret{}
 	g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: "dapr-backup"}, backup)).To(Succeed())
@@ -276,23 +225,16 @@ func checkRotation(t *testing.T, obj *rotatorv1.MTLSRootRotation, obs *restartOb
 	g.Expect(obs.maxAppsInFlight).To(BeNumerically("<=", obj.Spec.Applications.MaxConcurrent))
 
 	for _, app := range fixtureOpts.AppList() {
-		d := &appsv1.Deployment{}
-		g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: app.Namespace, Name: app.Name}, d)).To(Succeed())
+		annotations, st, err := readWorkload(t.Context(), appRef(app))
+		g.Expect(err).NotTo(HaveOccurred())
 		if app.Dapr {
-			g.Expect(restart.RestartedFor(d.Spec.Template.Annotations, id)).To(BeTrue(), "Dapr app %s restarted", app.Name)
-			g.Expect(rollout.Deployment(d).Done).To(BeTrue())
+			g.Expect(restart.RestartedFor(annotations, id)).To(BeTrue(), "Dapr app %s restarted", app.Name)
+			g.Expect(st.Done).To(BeTrue())
 			// Exactly once: one ReplicaSet carries this rotation's id.
-			sets := &appsv1.ReplicaSetList{}
-			g.Expect(k8sClient.List(t.Context(), sets, client.InNamespace(app.Namespace), client.MatchingLabels{"app": app.Name})).To(Succeed())
-			n := 0
-			for _, rs := range sets.Items {
-				if restart.RestartedFor(rs.Spec.Template.Annotations, id) {
-					n++
-				}
-			}
+			n := restartedRevisions(t.Context(), g, appRef(app), id)
 			g.Expect(n).To(Equal(1), "app %s restarted exactly once for %s", app.Name, id)
 		} else {
-			g.Expect(d.Spec.Template.Annotations).NotTo(HaveKey(restart.Annotation), "non-Dapr app %s untouched", app.Name)
+			g.Expect(annotations).NotTo(HaveKey(restart.Annotation), "non-Dapr app %s untouched", app.Name)
 		}
 	}
 	g.Expect(obj.Status.Applications).NotTo(BeNil())

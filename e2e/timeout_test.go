@@ -8,50 +8,17 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
-	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
-// recover releases a held workload and deletes its stuck pods, so that its
-// controller replaces them with pods that become ready.
-func recoverWorkload(t *testing.T, namespace, app string) {
-	t.Helper()
-	testInjector.Release(namespace, app)
-	pods := &corev1.PodList{}
-	NewWithT(t).Expect(k8sClient.List(t.Context(), pods, client.InNamespace(namespace), client.MatchingLabels{"app": app})).To(Succeed())
-	for _, p := range pods.Items {
-		if _, stuck := p.Annotations[cluster.StayUnreadyAnnotation]; stuck {
-			NewWithT(t).Expect(k8sClient.Delete(t.Context(), &p)).To(Succeed())
-		}
-	}
-}
-
-func restartedApps(t *testing.T, id string) []string {
-	t.Helper()
-	var names []string
-	for _, app := range fixtureOpts.AppList() {
-		d := &appsv1.Deployment{}
-		NewWithT(t).Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: app.Namespace, Name: app.Name}, d)).To(Succeed())
-		if restart.RestartedFor(d.Spec.Template.Annotations, id) {
-			names = append(names, app.Name)
-		}
-	}
-	return names
-}
-
 func TestControlPlaneRolloutTimeoutStallsBeforeApplications(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
-	testInjector.HoldUnready(fixture.ControlPlaneNamespace, fixture.SidecarInjector)
-	t.Cleanup(func() { testInjector.Release(fixture.ControlPlaneNamespace, fixture.SidecarInjector) })
+	holdUnready(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
 	startOperator(t)
 	key := newRotation(t, "stuck-cp", rotatorv1.MTLSRootRotationSpec{
 		Trigger:      "a",
@@ -67,9 +34,9 @@ func TestControlPlaneRolloutTimeoutStallsBeforeApplications(t *testing.T) {
 	checkConditions(t, obj)
 	id := obj.Status.Rotation.ID
 	g.Expect(restartedApps(t, id)).To(BeEmpty(), "applications are untouched")
-	d := &appsv1.Deployment{}
-	g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: fixture.Operator}, d)).To(Succeed())
-	g.Expect(restart.RestartedFor(d.Spec.Template.Annotations, id)).To(BeFalse(), "nothing after the stuck workload is restarted")
+	daprOperator, _, err := readControlPlane(t.Context(), fixture.Workload{Kind: "Deployment", Name: fixture.Operator})
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(restart.RestartedFor(daprOperator, id)).To(BeFalse(), "nothing after the stuck workload is restarted")
 
 	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
 	done := waitRotationCompleted(t, key, "a")
@@ -80,13 +47,12 @@ func TestApplicationRolloutTimeoutStopsFurtherWaves(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
 	var held fixture.App
-	for _, app := range fixtureOpts.AppList() {
-		if app.Dapr && (held.Name == "" || app.Namespace < held.Namespace || (app.Namespace == held.Namespace && app.Name < held.Name)) {
+	for _, app := range daprApps() {
+		if held.Name == "" || app.Namespace < held.Namespace || (app.Namespace == held.Namespace && app.Name < held.Name) {
 			held = app // the first in wave order
 		}
 	}
-	testInjector.HoldUnready(held.Namespace, held.Name)
-	t.Cleanup(func() { testInjector.Release(held.Namespace, held.Name) })
+	holdUnready(t, held.Namespace, held.Name)
 	startOperator(t)
 	key := newRotation(t, "stuck-app", rotatorv1.MTLSRootRotationSpec{
 		Trigger: "a",
