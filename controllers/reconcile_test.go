@@ -248,3 +248,24 @@ func TestDryRunPlansWhatTheStrategyWouldDo(t *testing.T) {
 		})
 	}
 }
+
+// TestSpecChangesARotationCannotTakeAreRefusedOnce: a key policy or issuer
+// asked for while a published rotation runs is refused with one Warning
+// each, however many passes follow, and recorded for the next rotation.
+func TestSpecChangesARotationCannotTakeAreRefusedOnce(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	obj := rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), func(obj *rotatorv1.MTLSRootRotation) {
+		obj.Spec.Root.KeyPolicy = rotatorv1.KeyPolicyRotate
+		obj.Spec.Issuer.IssuerRef = &rotatorv1.IssuerReference{Name: "org-ca", Kind: "ClusterIssuer"}
+	})
+	h := newHarness(t, append(trustBundle(bundleFrom(t, k.renewIssuer, k.renewed)), stuckApp("team", "a", ""), obj)...)
+	for range 3 {
+		got, _, err := h.reconcileOnce()
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(got.Status.Rotation.DeferredKeyPolicy).To(Equal(rotatorv1.KeyPolicyRotate))
+		g.Expect(got.Status.Rotation.IssuerRefChangeDeferred).To(BeTrue())
+		g.Expect(got.Status.Rotation.KeyPolicy).To(Equal(rotatorv1.KeyPolicyReuse), "the rotation finishes as it started")
+	}
+	g.Expect(h.eventReasons()).To(Equal([]string{rotatorv1.KeyPolicyChangeDeferredReason, rotatorv1.IssuerRefChangeDeferredReason}))
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
 	"github.com/mtls-rotator/mtls-rotator/internal/expiry"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
@@ -245,4 +246,41 @@ func stuckApp(namespace, name, restartID string) *appsv1.Deployment {
 	d := daprApp(namespace, name, restartID)
 	stuck(d)
 	return d
+}
+
+// TestRollbackRefusesWhatWouldNotHelp: a bundle that cannot be restored is
+// not; the rotation stalls at the control plane, saying why, and keeps the
+// new bundle.
+func TestRollbackRefusesWhatWouldNotHelp(t *testing.T) {
+	k := newPKI(t)
+	after := bundleFrom(t, k.renewIssuer, k.renewed)
+	expired := pkitest.NewIssuer(t, k.old, pkitest.Options{NotBefore: t0.Add(-3 * time.Hour), Validity: time.Hour})
+	unrecorded := backupOf(t, bundleFrom(t, k.oldIssuer, k.old))
+	unrecorded.Annotations[ReplacedByAnnotation] = "r-0"
+	tests := []struct {
+		name    string
+		backup  *corev1.Secret
+		message string
+	}{
+		{"no record of the publish", unrecorded, "there is no record of the bundle rotation r-1 replaced"},
+		{"an empty bundle before a first issuance", backupOf(t, pki.Bundle{}), "there is nothing to roll back to"},
+		{"a replaced issuer that has expired", backupOf(t, bundleFrom(t, expired, k.old)), "holds an issuer that expired at"},
+		{"a replaced bundle Sentry would refuse", backupOf(t, pki.Bundle{TrustAnchors: []byte("x"), IssuerChain: k.oldIssuer.CertPEM(), IssuerKey: k.oldIssuer.KeyPEM(t)}),
+			"would not pass Dapr Sentry's checks"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			obj := rotationObj(atStep(rotatorv1.StepRestartingControlPlane, rotatorv1.KeyPolicyReuse, ""),
+				waitingSince("Deployment dapr-system/dapr-sentry", t0.Add(-11*time.Minute)))
+			h := newHarness(t, append(trustBundle(after), deployment("dapr-sentry", "r-1", stuck), deployment("dapr-sidecar-injector", ""), tt.backup, obj)...)
+			p := h.pass("mesh")
+			err := p.stepControlPlane(t.Context())
+			g.Expect(kindOf(err)).To(Equal("stall:" + rotatorv1.RolloutTimeoutReason))
+			g.Expect(err.Error()).To(ContainSubstring(tt.message))
+			g.Expect(err.Error()).To(ContainSubstring("no application was restarted"))
+			g.Expect(p.rot().Step).To(Equal(rotatorv1.StepRestartingControlPlane))
+			g.Expect(h.writes).To(BeEmpty(), "nothing restored, nothing restarted")
+		})
+	}
 }
