@@ -7,10 +7,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
@@ -36,6 +38,8 @@ func CacheOptions(namespaces []string) (cache.Options, error) {
 		&appsv1.StatefulSet{}:         {Transform: TrimWorkload},
 		&appsv1.DaemonSet{}:           {Transform: TrimWorkload},
 		&corev1.Namespace{}:           {Transform: trimNamespace},
+		// Only pods Dapr's injector patched, each reduced to the roots it holds.
+		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{convergence.InjectedLabel: "true"}), Transform: TrimPod},
 	}
 	return cache.Options{ByObject: byObject, DefaultTransform: cache.TransformStripManagedFields()}, nil
 }
@@ -82,6 +86,15 @@ func TrimWorkload(obj any) (any, error) {
 		t := &appsv1.DaemonSet{TypeMeta: w.TypeMeta, ObjectMeta: trimMeta(w.ObjectMeta), Status: w.Status}
 		t.Spec.Template.ObjectMeta = trimTemplate(&w.Spec.Template.ObjectMeta)
 		return t, nil
+	}
+	return obj, nil
+}
+
+// TrimPod keeps of a Dapr sidecar pod only what convergence reads: no spec,
+// no PEM (convergence.Trim).
+func TrimPod(obj any) (any, error) {
+	if pod, ok := obj.(*corev1.Pod); ok {
+		return convergence.Trim(pod), nil
 	}
 	return obj, nil
 }

@@ -154,12 +154,13 @@ func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Req
 // reconcile runs the sub-reconcilers in order until one ends the pass.
 func (p *pass) reconcile(ctx context.Context) error {
 	for _, sub := range []func(context.Context) error{
-		p.reconcileConflict, // touch nothing another object manages
-		p.reconcileTarget,   // read what Sentry reads, and what is installed
-		p.reconcileDryRun,   // only plan, when asked to
-		p.reconcileRotation, // decide: start, renew, replace, hold, stall, or go on
-		p.reconcileIssuance, // the cert-manager objects of the rotation
-		p.reconcileSteps,    // the step machine
+		p.reconcileConflict,    // touch nothing another object manages
+		p.reconcileTarget,      // read what Sentry reads, and what is installed
+		p.reconcileConvergence, // observe what the Dapr pods that run trust
+		p.reconcileDryRun,      // only plan, when asked to
+		p.reconcileRotation,    // decide: start, renew, replace, hold, stall, or go on
+		p.reconcileIssuance,    // the cert-manager objects of the rotation
+		p.reconcileSteps,       // the step machine
 	} {
 		if err := sub(ctx); err != nil {
 			return err

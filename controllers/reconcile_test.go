@@ -7,13 +7,16 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
@@ -268,4 +271,59 @@ func TestSpecChangesARotationCannotTakeAreRefusedOnce(t *testing.T) {
 		g.Expect(got.Status.Rotation.KeyPolicy).To(Equal(rotatorv1.KeyPolicyReuse), "the rotation finishes as it started")
 	}
 	g.Expect(h.eventReasons()).To(Equal([]string{rotatorv1.KeyPolicyChangeDeferredReason, rotatorv1.IssuerRefChangeDeferredReason}))
+}
+
+// sidecarPod is a pod Dapr's injector patched: labelled, with daprd holding
+// anchors, for the control plane in controlPlane.
+func sidecarPod(namespace, name, owner, controlPlane string, anchors []byte) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: map[string]string{convergence.InjectedLabel: "true"}}}
+	env := []corev1.EnvVar{{Name: convergence.ControlPlaneEnv, Value: controlPlane}}
+	if anchors != nil {
+		env = append(env, corev1.EnvVar{Name: convergence.TrustAnchorsEnv, Value: string(anchors)})
+	}
+	p.Spec.Containers = []corev1.Container{{Name: "app"}, {Name: convergence.SidecarContainer, Env: env}}
+	if owner != "" {
+		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: owner, UID: "rs", Controller: ptr.To(true)}}
+	}
+	p.Status.Phase = corev1.PodRunning
+	return p
+}
+
+// TestConvergenceIsObservedFromThePods: the pods that run, of this control
+// plane, are counted against the newest root published; the ones that do
+// not trust it are named with their reason; an unchanged observation
+// writes nothing.
+func TestConvergenceIsObservedFromThePods(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	published := bundleFrom(t, k.renewIssuer, k.renewed)
+	terminating := sidecarPod("team", "leaving", "app-1", ns, k.old.CertPEM())
+	terminating.DeletionTimestamp, terminating.Finalizers = &metav1.Time{Time: t0}, []string{"keep"}
+	obj := rotationObj(settled("a")) // the root comes from the installed bundle
+	h := newHarness(t, append(trustBundle(published),
+		sidecarPod("team", "a-1", "app-1", ns, k.renewed.CertPEM()),
+		sidecarPod("team", "a-2", "app-1", ns, append(k.old.CertPEM(), k.renewed.CertPEM()...)),
+		sidecarPod("team", "bare", "", ns, k.old.CertPEM()),
+		sidecarPod("jobs", "job-x", "", ns, nil),
+		sidecarPod("team", "elsewhere", "", "other-dapr", k.old.CertPEM()),
+		terminating, obj)...)
+	got, _, err := h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	c := got.Status.Convergence
+	g.Expect(c).NotTo(BeNil())
+	g.Expect(c.Root).To(Equal(pki.Fingerprint(k.renewed.Cert)[:11]))
+	g.Expect(c.Progress).To(Equal("2/4"))
+	g.Expect(c.TrustSets).To(HaveLen(4))
+	g.Expect(c.NotConverged).To(Equal([]rotatorv1.PodConvergence{
+		{Namespace: "jobs", Name: "job-x", Reason: "its trust anchors cannot be read: its daprd container has no DAPR_TRUST_ANCHORS"},
+		{Namespace: "team", Name: "bare", Roots: []string{pki.Fingerprint(k.old.Cert)[:11]}, Reason: "it does not trust root " + pki.Fingerprint(k.renewed.Cert)[:11]},
+	}))
+	g.Expect(c.LastChangeTime.Time).To(BeTemporally("==", t0))
+
+	h.writes = nil
+	h.r.Now = func() time.Time { return t0.Add(time.Minute) }
+	again, _, err := h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(again.Status.Convergence.LastChangeTime.Time).To(BeTemporally("==", t0), "nothing changed")
+	g.Expect(h.writes).NotTo(ContainElement("status-patch MTLSRootRotation/mesh"), "an unchanged observation writes nothing")
 }

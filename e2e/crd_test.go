@@ -50,7 +50,7 @@ func TestMTLSRotationsCRDInstalled(t *testing.T) {
 	g.Eventually(func(g Gomega) {
 		out, err := testCluster.Kubectl(ctx, "get", "mtlsrotations", "-n", fixture.ControlPlaneNamespace)
 		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(out).To(MatchRegexp(`(?m)^NAME\s+READY\s+STEP\s+ROOT EXPIRES\s+ISSUER EXPIRES\s+APPS\s+AGE`))
+		g.Expect(out).To(MatchRegexp(`(?m)^NAME\s+READY\s+STEP\s+ROOT EXPIRES\s+ISSUER EXPIRES\s+APPS\s+CONVERGED\s+AGE`))
 		g.Expect(out).To(MatchRegexp(`(?m)^dapr\s`))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
 

@@ -396,6 +396,7 @@ type ApplicationsSpec struct {
 // +kubebuilder:printcolumn:name="Root expires",type="string",JSONPath=".status.root.notAfter"
 // +kubebuilder:printcolumn:name="Issuer expires",type="string",JSONPath=".status.issuer.notAfter"
 // +kubebuilder:printcolumn:name="Apps",type="string",JSONPath=".status.applications.progress"
+// +kubebuilder:printcolumn:name="Converged",type="string",JSONPath=".status.convergence.progress"
 // +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
 // +kubebuilder:printcolumn:name="Next renewal",type="string",JSONPath=".status.nextRenewal",priority=1
 // +kubebuilder:printcolumn:name="Status",type="string",JSONPath=".status.conditions[?(@.type==\"Ready\")].message",priority=1

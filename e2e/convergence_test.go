@@ -1,0 +1,113 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
+)
+
+// liveSidecarPods counts the pods the injector patched that run, as the
+// cluster holds them.
+func liveSidecarPods(t *testing.T, g Gomega) int32 {
+	pods := &corev1.PodList{}
+	g.Expect(k8sClient.List(t.Context(), pods, client.MatchingLabels{fixture.InjectedLabel: "true"})).To(Succeed())
+	var n int32
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			n++
+		}
+	}
+	return n
+}
+
+// convergenceOf asks for a reconciliation and returns the convergence it
+// observed.
+func convergenceOf(t *testing.T, g Gomega, key types.NamespacedName, token string) *rotatorv1.ConvergenceStatus {
+	requestReconcile(t, key, token)
+	c := getRotation(t, key).Status.Convergence
+	g.Expect(c).NotTo(BeNil())
+	return c
+}
+
+// TestConvergenceIsObservedFromThePodsThatRun: status.convergence counts the
+// Dapr sidecar pods that actually run, read from the anchors each was given,
+// against the newest root published. A bare Dapr pod, which no rotation
+// restarts, keeps the old root and is named, with its reason; it goes away
+// from the report with the pod.
+func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
+	g := NewWithT(t)
+	ctx := t.Context()
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "dapr", rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
+	first := waitRotationCompleted(t, key, "first")
+	root1 := first.Status.Root.SHA256Fingerprint
+
+	n := 0
+	g.Eventually(func(g Gomega) {
+		n++
+		c := convergenceOf(t, g, key, fmt.Sprintf("first-%d", n))
+		live := liveSidecarPods(t, g)
+		g.Expect(live).To(BeNumerically(">", 0))
+		g.Expect(c.Pods).To(Equal(live), "every live Dapr pod is counted")
+		g.Expect(c.Converged).To(Equal(c.Pods))
+		g.Expect(c.Root).To(Equal(convergence.Short(root1)))
+		g.Expect(c.TrustSets).To(Equal([]rotatorv1.TrustSetStatus{{Roots: []string{convergence.Short(root1)}, Pods: c.Pods}}))
+		g.Expect(c.NotConverged).To(BeEmpty())
+	}).WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed())
+
+	// A Dapr pod no controller owns: the injector gives it the anchors of now.
+	bare := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "bare-dapr-pod", Namespace: "apps-a",
+			Annotations: map[string]string{fixture.EnabledAnnotation: "true", fixture.AppIDAnnotation: "bare"}},
+		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1),
+			Containers: []corev1.Container{{Name: "app", Image: "fixture.invalid/bare:1"}}},
+	}
+	g.Expect(k8sClient.Create(ctx, bare)).To(Succeed())
+	t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), bare) })
+	g.Eventually(func(g Gomega) {
+		g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(bare), bare)).To(Succeed())
+		g.Expect(bare.Labels).To(HaveKeyWithValue(fixture.InjectedLabel, "true"))
+		g.Expect(bare.Status.Phase).To(Equal(corev1.PodRunning))
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+
+	// A same-key rotation renews the root certificate: every pod its
+	// restarts reach converges, the bare pod does not.
+	obj := getRotation(t, key)
+	obj.Spec.Trigger = "second"
+	updateRotation(t, obj)
+	second := waitRotationCompleted(t, key, "second")
+	root2 := second.Status.Root.SHA256Fingerprint
+	g.Expect(root2).NotTo(Equal(root1))
+	g.Eventually(func(g Gomega) {
+		n++
+		c := convergenceOf(t, g, key, fmt.Sprintf("second-%d", n))
+		g.Expect(c.Root).To(Equal(convergence.Short(root2)))
+		g.Expect(c.Pods).To(Equal(liveSidecarPods(t, g)))
+		g.Expect(c.Converged).To(Equal(c.Pods - 1))
+		g.Expect(c.NotConverged).To(Equal([]rotatorv1.PodConvergence{{
+			Namespace: "apps-a", Name: "bare-dapr-pod", Roots: []string{convergence.Short(root1)},
+			Reason: "it does not trust root " + convergence.Short(root2),
+		}}), "the pod no rotation restarts is named, with the root it holds")
+	}).WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed())
+
+	g.Expect(k8sClient.Delete(ctx, bare)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		n++
+		c := convergenceOf(t, g, key, fmt.Sprintf("gone-%d", n))
+		g.Expect(c.Converged).To(Equal(c.Pods))
+		g.Expect(c.NotConverged).To(BeEmpty())
+	}).WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed())
+}

@@ -1,0 +1,261 @@
+// Package convergence says which trust anchors the Dapr sidecar pods that
+// actually run hold, and which of them do not yet hold what a rotation needs.
+// Dapr's injector labels every pod it patches and hands the sidecar its trust
+// anchors once, in the daprd container's DAPR_TRUST_ANCHORS environment
+// variable; daprd never reloads them. So the anchors a pod trusts can be read
+// from the pod object itself. It makes no API calls, and keeps no PEM: a pod
+// is reduced to the SHA-256 fingerprints of the roots it holds.
+package convergence
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+)
+
+const (
+	// InjectedLabel is set by Dapr's injector on every pod it patches.
+	InjectedLabel = "dapr.io/sidecar-injected"
+	// SidecarContainer is the container Dapr's injector adds.
+	SidecarContainer = "daprd"
+	// TrustAnchorsEnv holds the trust anchors the injector handed the sidecar.
+	TrustAnchorsEnv = "DAPR_TRUST_ANCHORS"
+	// ControlPlaneEnv names the namespace of the control plane the sidecar
+	// belongs to.
+	ControlPlaneEnv = "DAPR_CONTROLPLANE_NAMESPACE"
+	// AnchorsAnnotation carries, on the operator's cached copy of a pod only
+	// (never written to the cluster), the fingerprints Anchors read, joined
+	// by commas; ProblemAnnotation why they could not be read.
+	AnchorsAnnotation      = "mtls.rotator.dev/observed-anchors"
+	ProblemAnnotation      = "mtls.rotator.dev/observed-anchors-problem"
+	ControlPlaneAnnotation = "mtls.rotator.dev/observed-control-plane"
+)
+
+// Anchors reads the trust anchors a pod's sidecar was given, as the
+// SHA-256 fingerprints of its roots in the order given, or says why they
+// cannot be read. A pod reduced by Trim answers from its annotations.
+func Anchors(pod *corev1.Pod) (fingerprints []string, problem string) {
+	if v, ok := pod.Annotations[AnchorsAnnotation]; ok {
+		return strings.Split(v, ","), ""
+	}
+	if p, ok := pod.Annotations[ProblemAnnotation]; ok {
+		return nil, p
+	}
+	i := slices.IndexFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == SidecarContainer })
+	if i < 0 {
+		return nil, fmt.Sprintf("no %s container", SidecarContainer)
+	}
+	env := pod.Spec.Containers[i].Env
+	j := slices.IndexFunc(env, func(e corev1.EnvVar) bool { return e.Name == TrustAnchorsEnv })
+	switch {
+	case j < 0:
+		return nil, fmt.Sprintf("its %s container has no %s", SidecarContainer, TrustAnchorsEnv)
+	case env[j].ValueFrom != nil:
+		return nil, fmt.Sprintf("%s is not a literal value", TrustAnchorsEnv)
+	}
+	certs, err := pki.ParseCertificates([]byte(env[j].Value))
+	if err != nil {
+		return nil, fmt.Sprintf("%s cannot be parsed: %v", TrustAnchorsEnv, err)
+	}
+	for _, c := range certs {
+		fingerprints = append(fingerprints, pki.Fingerprint(c))
+	}
+	return fingerprints, ""
+}
+
+// Trim reduces a Dapr sidecar pod to what convergence needs: identity, its
+// controller, phase, start time, and the fingerprints of its anchors in an
+// annotation. Pods holding the same anchors share one annotation map, and
+// every trimmed pod the same label map: neither may be changed.
+func Trim(pod *corev1.Pod) *corev1.Pod {
+	t := &corev1.Pod{TypeMeta: pod.TypeMeta}
+	t.Name, t.Namespace, t.UID, t.ResourceVersion = pod.Name, pod.Namespace, pod.UID, pod.ResourceVersion
+	t.CreationTimestamp, t.DeletionTimestamp = pod.CreationTimestamp, pod.DeletionTimestamp
+	t.Labels, t.Annotations = injectedLabels, memo.annotations(pod)
+	for _, ref := range pod.OwnerReferences {
+		if ref.Controller != nil && *ref.Controller {
+			t.OwnerReferences = append(t.OwnerReferences, ref)
+		}
+	}
+	t.Status.Phase, t.Status.StartTime = pod.Status.Phase, pod.Status.StartTime
+	return t
+}
+
+// injectedLabels are the labels of every trimmed pod: what the cache selects on.
+var injectedLabels = map[string]string{InjectedLabel: "true"}
+
+// memo holds, per distinct DAPR_TRUST_ANCHORS value (by its SHA-256: no PEM
+// is kept), the annotations of a trimmed pod, so that the anchors of
+// thousands of pods are parsed and stored once. It forgets everything past
+// maxAnchorSets values, which a cluster only reaches if it keeps changing them.
+var memo = &anchorMemo{byValue: map[[32]byte]map[string]string{}}
+
+const maxAnchorSets = 64
+
+type anchorMemo struct {
+	mu      sync.Mutex
+	byValue map[[32]byte]map[string]string
+}
+
+func (m *anchorMemo) annotations(pod *corev1.Pod) map[string]string {
+	value, literal := sidecarEnv(pod, TrustAnchorsEnv)
+	controlPlane, _ := sidecarEnv(pod, ControlPlaneEnv)
+	if !literal {
+		_, problem := Anchors(pod)
+		return withControlPlane(map[string]string{ProblemAnnotation: problem}, controlPlane)
+	}
+	key := sha256.Sum256([]byte(controlPlane + "\x00" + value))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if a, ok := m.byValue[key]; ok {
+		return a
+	}
+	a := map[string]string{}
+	if fingerprints, problem := Anchors(pod); problem != "" {
+		a[ProblemAnnotation] = problem
+	} else {
+		a[AnchorsAnnotation] = strings.Join(fingerprints, ",")
+	}
+	withControlPlane(a, controlPlane)
+	if len(m.byValue) >= maxAnchorSets {
+		clear(m.byValue)
+	}
+	m.byValue[key] = a
+	return a
+}
+
+func withControlPlane(a map[string]string, controlPlane string) map[string]string {
+	if controlPlane != "" {
+		a[ControlPlaneAnnotation] = controlPlane
+	}
+	return a
+}
+
+// sidecarEnv is the literal value of the environment variable name in a
+// pod's sidecar; false when there is none.
+func sidecarEnv(pod *corev1.Pod, name string) (string, bool) {
+	for _, c := range pod.Spec.Containers {
+		if c.Name != SidecarContainer {
+			continue
+		}
+		for _, e := range c.Env {
+			if e.Name == name && e.ValueFrom == nil {
+				return e.Value, true
+			}
+		}
+	}
+	return "", false
+}
+
+// Pod is what convergence knows of one Dapr sidecar pod.
+type Pod struct {
+	Namespace, Name string
+	// ControlPlane is the namespace of the Dapr control plane the sidecar
+	// belongs to; "" when the pod does not say.
+	ControlPlane string
+	// Owner is the pod's controller as "Kind name", or "" for a bare pod.
+	Owner string
+	// Anchors are the fingerprints of the roots it trusts; Problem, when
+	// they cannot be read, says why.
+	Anchors []string
+	Problem string
+}
+
+// Observe reads what convergence needs of a live pod: false for a pod that
+// does not run any more (terminating, succeeded or failed).
+func Observe(pod *corev1.Pod) (Pod, bool) {
+	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return Pod{}, false
+	}
+	o := Pod{Namespace: pod.Namespace, Name: pod.Name, ControlPlane: pod.Annotations[ControlPlaneAnnotation]}
+	if v, ok := sidecarEnv(pod, ControlPlaneEnv); ok {
+		o.ControlPlane = v
+	}
+	for _, ref := range pod.OwnerReferences {
+		if ref.Controller != nil && *ref.Controller {
+			o.Owner = ref.Kind + " " + ref.Name
+		}
+	}
+	o.Anchors, o.Problem = Anchors(pod)
+	return o, true
+}
+
+// Set is one trust set the pods hold, and how many hold it.
+type Set struct {
+	Anchors []string
+	Pods    int
+}
+
+// Straggler is a pod that does not hold what is required, and why.
+type Straggler struct {
+	Pod
+	Reason string
+}
+
+// Report is the convergence of the live Dapr pods on the required roots.
+type Report struct {
+	// Total pods, and how many hold every required root.
+	Total, Converged int
+	// Sets are the distinct trust sets held, the most held first.
+	Sets []Set
+	// Stragglers are the first pods that do not converge, by namespace and name.
+	Stragglers []Straggler
+}
+
+// Summarize reports how the pods converge on required: a pod converges when
+// its anchors include every required fingerprint. At most limit stragglers
+// are named.
+func Summarize(pods []Pod, required []string, limit int) Report {
+	r := Report{Total: len(pods)}
+	sets := map[string]*Set{}
+	var stragglers []Straggler
+	for _, p := range pods {
+		key := strings.Join(p.Anchors, ",")
+		if sets[key] == nil {
+			sets[key] = &Set{Anchors: p.Anchors}
+		}
+		sets[key].Pods++
+		if reason := missing(p, required); reason != "" {
+			stragglers = append(stragglers, Straggler{Pod: p, Reason: reason})
+			continue
+		}
+		r.Converged++
+	}
+	for _, s := range sets {
+		r.Sets = append(r.Sets, *s)
+	}
+	slices.SortFunc(r.Sets, func(a, b Set) int {
+		return cmp.Or(cmp.Compare(b.Pods, a.Pods), cmp.Compare(strings.Join(a.Anchors, ","), strings.Join(b.Anchors, ",")))
+	})
+	slices.SortFunc(stragglers, func(a, b Straggler) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	r.Stragglers = stragglers[:min(len(stragglers), limit)]
+	return r
+}
+
+// missing says why a pod does not hold every required root, or "".
+func missing(p Pod, required []string) string {
+	if p.Problem != "" {
+		return "its trust anchors cannot be read: " + p.Problem
+	}
+	for _, want := range required {
+		if !slices.Contains(p.Anchors, want) {
+			return "it does not trust root " + Short(want)
+		}
+	}
+	return ""
+}
+
+// Short is the first bytes of a fingerprint, for messages and status.
+func Short(fingerprint string) string { return fingerprint[:min(len(fingerprint), 11)] }
+
+// Progress is the converged pods out of the total, as "998/1000".
+func (r Report) Progress() string { return fmt.Sprintf("%d/%d", r.Converged, r.Total) }

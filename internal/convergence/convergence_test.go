@@ -1,0 +1,191 @@
+package convergence
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
+)
+
+// daprPod is a pod as Dapr's injector leaves it: an app container, and a
+// daprd container whose env holds anchors, owned by owner when it is set.
+func daprPod(name string, anchors []byte, owner string) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "team", UID: "uid-" + "name", Labels: map[string]string{InjectedLabel: "true"},
+		Annotations: map[string]string{"dapr.io/enabled": "true", "kubectl.kubernetes.io/last-applied-configuration": string(make([]byte, 1024))}}}
+	p.Spec.Containers = []corev1.Container{
+		{Name: "app", Image: "app:1", Env: []corev1.EnvVar{{Name: "A", Value: "b"}}},
+		{Name: SidecarContainer, Image: "daprd:1.18", Env: []corev1.EnvVar{{Name: "APP_ID", Value: name}, {Name: TrustAnchorsEnv, Value: string(anchors)},
+			{Name: ControlPlaneEnv, Value: "dapr-system"}}},
+	}
+	if owner != "" {
+		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: owner, Controller: ptr.To(true)},
+			{APIVersion: "v1", Kind: "ConfigMap", Name: "not-a-controller"}}
+	}
+	p.Status.Phase = corev1.PodRunning
+	p.Status.StartTime = &metav1.Time{Time: time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC)}
+	return p
+}
+
+func TestAnchors(t *testing.T) {
+	old, fresh := pkitest.NewRoot(t, pkitest.Options{}), pkitest.NewRoot(t, pkitest.Options{})
+	both := append(old.CertPEM(), fresh.CertPEM()...)
+	tests := []struct {
+		name    string
+		pod     func() *corev1.Pod
+		want    []string
+		problem string
+	}{
+		{"one root", func() *corev1.Pod { return daprPod("a", old.CertPEM(), "") }, []string{pki.Fingerprint(old.Cert)}, ""},
+		{"an overlap, in order", func() *corev1.Pod { return daprPod("a", both, "") }, []string{pki.Fingerprint(old.Cert), pki.Fingerprint(fresh.Cert)}, ""},
+		{"no daprd container", func() *corev1.Pod { p := daprPod("a", both, ""); p.Spec.Containers = p.Spec.Containers[:1]; return p }, nil,
+			"no daprd container"},
+		{"no anchors in its env", func() *corev1.Pod { p := daprPod("a", both, ""); p.Spec.Containers[1].Env = nil; return p }, nil,
+			"its daprd container has no DAPR_TRUST_ANCHORS"},
+		{"anchors from a reference", func() *corev1.Pod {
+			p := daprPod("a", both, "")
+			p.Spec.Containers[1].Env[1] = corev1.EnvVar{Name: TrustAnchorsEnv, ValueFrom: &corev1.EnvVarSource{}}
+			return p
+		}, nil, "DAPR_TRUST_ANCHORS is not a literal value"},
+		{"anchors that do not parse", func() *corev1.Pod { return daprPod("a", []byte("-----BEGIN CERTIFICATE-----\nnope"), "") }, nil,
+			"DAPR_TRUST_ANCHORS cannot be parsed"},
+		{"empty anchors", func() *corev1.Pod { return daprPod("a", nil, "") }, nil, "DAPR_TRUST_ANCHORS cannot be parsed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			got, problem := Anchors(tt.pod())
+			g.Expect(got).To(Equal(tt.want))
+			if tt.problem == "" {
+				g.Expect(problem).To(BeEmpty())
+			} else {
+				g.Expect(problem).To(HavePrefix(tt.problem))
+			}
+			// A trimmed pod answers the same, without its containers.
+			trimmed := Trim(tt.pod())
+			g.Expect(trimmed.Spec.Containers).To(BeEmpty())
+			got2, problem2 := Anchors(trimmed)
+			g.Expect(got2).To(Equal(tt.want))
+			g.Expect(problem2).To(Equal(problem))
+		})
+	}
+}
+
+func TestTrimKeepsWhatConvergenceNeedsAndNoPEM(t *testing.T) {
+	g := NewWithT(t)
+	root := pkitest.NewRoot(t, pkitest.Options{})
+	full := daprPod("a", root.CertPEM(), "app-7d4")
+	trimmed := Trim(full)
+	want, _ := Observe(full)
+	got, live := Observe(trimmed)
+	g.Expect(live).To(BeTrue())
+	g.Expect(got).To(Equal(want))
+	g.Expect(got.Owner).To(Equal("ReplicaSet app-7d4"), "the controller, not any owner")
+	g.Expect(got.ControlPlane).To(Equal("dapr-system"))
+	g.Expect(trimmed.OwnerReferences).To(HaveLen(1))
+	g.Expect(trimmed.Labels).To(Equal(full.Labels), "label selectors still match")
+	g.Expect(trimmed.Status.StartTime).To(Equal(full.Status.StartTime))
+	g.Expect(fmt.Sprintf("%+v", trimmed)).NotTo(ContainSubstring("BEGIN"), "no PEM is kept")
+	// Pods holding the same anchors share one string.
+	other := Trim(daprPod("b", root.CertPEM(), "app-7d4"))
+	a, b := trimmed.Annotations[AnchorsAnnotation], other.Annotations[AnchorsAnnotation]
+	g.Expect(a).To(Equal(b))
+	g.Expect(&[]byte(a)[0]).NotTo(BeNil())
+}
+
+func TestObserveSkipsPodsThatDoNotRun(t *testing.T) {
+	g := NewWithT(t)
+	root := pkitest.NewRoot(t, pkitest.Options{})
+	for _, f := range []func(*corev1.Pod){
+		func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: time.Now()} },
+		func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded },
+		func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed },
+	} {
+		p := daprPod("a", root.CertPEM(), "")
+		f(p)
+		_, live := Observe(p)
+		g.Expect(live).To(BeFalse())
+	}
+	p := daprPod("a", root.CertPEM(), "")
+	p.Status.Phase = corev1.PodPending
+	o, live := Observe(p)
+	g.Expect(live).To(BeTrue(), "a pending pod starts with the anchors it holds")
+	g.Expect(o.Owner).To(BeEmpty(), "a bare pod has no owner")
+}
+
+func TestSummarize(t *testing.T) {
+	g := NewWithT(t)
+	oldFP, newFP := "AA:11", "BB:22"
+	pods := []Pod{
+		{Namespace: "b", Name: "p1", Owner: "ReplicaSet x", Anchors: []string{oldFP, newFP}},
+		{Namespace: "b", Name: "p2", Owner: "ReplicaSet x", Anchors: []string{oldFP, newFP}},
+		{Namespace: "a", Name: "p3", Owner: "ReplicaSet y", Anchors: []string{newFP}},
+		{Namespace: "b", Name: "p0", Anchors: []string{oldFP}},
+		{Namespace: "a", Name: "p4", Owner: "Job j", Problem: "no daprd container"},
+	}
+	r := Summarize(pods, []string{newFP}, 5)
+	g.Expect(r.Total).To(Equal(5))
+	g.Expect(r.Converged).To(Equal(3))
+	g.Expect(r.Progress()).To(Equal("3/5"))
+	g.Expect(r.Sets).To(Equal([]Set{{Anchors: []string{oldFP, newFP}, Pods: 2}, {Anchors: nil, Pods: 1}, {Anchors: []string{oldFP}, Pods: 1}, {Anchors: []string{newFP}, Pods: 1}}))
+	g.Expect(r.Stragglers).To(Equal([]Straggler{
+		{Pod: pods[4], Reason: "its trust anchors cannot be read: no daprd container"},
+		{Pod: pods[3], Reason: "it does not trust root BB:22"},
+	}), "by namespace and name, each with its reason")
+	g.Expect(Summarize(pods, []string{newFP}, 1).Stragglers).To(HaveLen(1))
+	g.Expect(Summarize(nil, []string{newFP}, 5)).To(Equal(Report{}))
+	g.Expect(Summarize(pods, []string{oldFP, newFP}, 5).Converged).To(Equal(2), "every required root")
+}
+
+// BenchmarkPodCacheMemory measures what 10,000 Dapr sidecar pods cost in the
+// cache, trimmed as the operator caches them and untrimmed.
+func BenchmarkPodCacheMemory(b *testing.B) {
+	const n = 10000
+	root := pkitest.NewRoot(b, pkitest.Options{})
+	anchors := append(root.CertPEM(), pkitest.NewRoot(b, pkitest.Options{}).CertPEM()...)
+	for _, mode := range []string{"full", "trimmed"} {
+		b.Run(mode, func(b *testing.B) {
+			var perPod float64
+			for b.Loop() {
+				pods := make([]*corev1.Pod, n)
+				runtime.GC()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				for i := range pods {
+					// As a decoded list holds it: each pod its own copy of the PEM.
+					p := daprPod(fmt.Sprintf("app-%05d", i), []byte(string(anchors)), fmt.Sprintf("app-%05d-7d4", i))
+					if mode == "trimmed" {
+						p = Trim(p)
+					}
+					pods[i] = p
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				perPod = float64(after.HeapAlloc-before.HeapAlloc) / n
+				runtime.KeepAlive(pods)
+			}
+			b.ReportMetric(perPod, "B/pod")
+			b.ReportMetric(perPod*n/(1<<20), "MiB/10k")
+		})
+	}
+}
+
+// BenchmarkSummarize50000 is convergence over 50,000 pods in three trust sets.
+func BenchmarkSummarize50000(b *testing.B) {
+	sets := [][]string{{"AA"}, {"AA", "BB"}, {"BB"}}
+	pods := make([]Pod, 50000)
+	for i := range pods {
+		pods[i] = Pod{Namespace: fmt.Sprintf("ns-%03d", i%300), Name: fmt.Sprintf("p-%05d", i), Anchors: sets[i%3]}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		Summarize(pods, []string{"BB"}, 5)
+	}
+}
