@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -103,6 +104,29 @@ func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
 		}}), "the pod no rotation restarts is named, with the root it holds")
 	}).WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed())
 
+	// mtls-rotator inspect says the same from outside the operator, and
+	// exits 3 while a pod does not trust the root.
+	code, out, errOut := mtlsRotator("inspect", "--kubeconfig", testCluster.Kubeconfig)
+	g.Expect(code).To(Equal(3), errOut)
+	g.Expect(out).To(MatchRegexp(`apps-a\s+bare-dapr-pod\s+none \(a bare pod\)\s+no\s+` + convergence.Short(root1)))
+	code, out, errOut = mtlsRotator("inspect", "-o", "json", "--kubeconfig", testCluster.Kubeconfig)
+	g.Expect(code).To(Equal(3), errOut)
+	var report struct {
+		Root         string `json:"root"`
+		Pods         int32  `json:"pods"`
+		Converged    int32  `json:"converged"`
+		NotConverged []struct {
+			Name        string `json:"name"`
+			Restartable bool   `json:"restartable"`
+		} `json:"notConverged"`
+	}
+	g.Expect(json.Unmarshal([]byte(out), &report)).To(Succeed())
+	g.Expect(report.Root).To(Equal(root2))
+	g.Expect(report.Converged).To(Equal(report.Pods - 1))
+	g.Expect(report.NotConverged).To(HaveLen(1))
+	g.Expect(report.NotConverged[0].Name).To(Equal("bare-dapr-pod"))
+	g.Expect(report.NotConverged[0].Restartable).To(BeFalse())
+
 	g.Expect(k8sClient.Delete(ctx, bare)).To(Succeed())
 	g.Eventually(func(g Gomega) {
 		n++
@@ -110,4 +134,8 @@ func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
 		g.Expect(c.Converged).To(Equal(c.Pods))
 		g.Expect(c.NotConverged).To(BeEmpty())
 	}).WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed())
+	code, out, errOut = mtlsRotator("inspect", "--kubeconfig", testCluster.Kubeconfig)
+	g.Expect(code).To(Equal(0), errOut)
+	g.Expect(out).To(MatchRegexp(`control plane dapr-system: (\d+) of (\d+) Dapr pods trust root`))
+	g.Expect(out).NotTo(ContainSubstring("bare-dapr-pod"))
 }

@@ -1,7 +1,8 @@
 // Package cli holds the subcommands of the mtls-rotator binary besides the
 // operator itself: certs generate and certs export for self-hosted Dapr and
-// for inspection, and status, which lists every MTLSRootRotation with its
-// expiries. They reuse the operator's own packages.
+// for inspection, status, which lists every MTLSRootRotation with its
+// expiries, and inspect, which names the Dapr pods that do not trust the
+// root published last. They reuse the operator's own packages.
 package cli
 
 import (
@@ -20,19 +21,22 @@ const Usage = `usage:
   mtls-rotator certs generate --out DIR [--root-key FILE] [--trust-domain D] [--force] ...
   mtls-rotator certs export --out DIR [--namespace NS] [--secret NAME] [--force] [--kubeconfig FILE]
   mtls-rotator status [--namespace NS] [--kubeconfig FILE]
+  mtls-rotator inspect [--namespace NS] [-o text|json] [--kubeconfig FILE]
+                                       Dapr pods that do not trust the root published last; exit 3 while any
 `
 
 // IsSubcommand reports whether args (without the program name) name a
 // subcommand rather than operator flags.
 func IsSubcommand(args []string) bool {
-	return len(args) > 0 && (args[0] == "certs" || args[0] == "status" || args[0] == "help")
+	return len(args) > 0 && (args[0] == "certs" || args[0] == "status" || args[0] == "inspect" || args[0] == "help")
 }
 
 // errUsage marks a usage error: exit status 2.
 var errUsage = errors.New("usage error")
 
 // Run runs the subcommand in args and returns the process exit status: 0 on
-// success, 1 on failure, 2 on a usage error.
+// success, 1 on failure, 2 on a usage error, 3 when inspect finds pods that
+// do not trust the required root.
 func Run(args []string, stdout, stderr io.Writer) int {
 	err := run(args, stdout, stderr)
 	switch {
@@ -43,6 +47,8 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "mtls-rotator: %v\n", err)
 		return 2
+	case errors.Is(err, errUnconverged):
+		return 3
 	}
 	fmt.Fprintf(stderr, "mtls-rotator: %v\n", err)
 	return 1
@@ -55,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return nil
 	case args[0] == "status":
 		return status(args[1:], stdout, stderr)
+	case args[0] == "inspect":
+		return inspect(args[1:], stdout, stderr)
 	case args[0] == "certs" && len(args) > 1 && args[1] == "generate":
 		return generate(args[2:], stdout, stderr)
 	case args[0] == "certs" && len(args) > 1 && args[1] == "export":
