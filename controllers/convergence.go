@@ -3,10 +3,8 @@ package controllers
 import (
 	"context"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
@@ -27,21 +25,13 @@ func (p *pass) reconcileConvergence(ctx context.Context) error {
 		obj.Status.Convergence = nil
 		return nil
 	}
-	pods := &corev1.PodList{}
-	// Read-only: the cached pods are not copied.
-	if err := p.List(ctx, pods, client.MatchingLabels{convergence.InjectedLabel: "true"}, client.UnsafeDisableDeepCopy); err != nil {
-		p.log.Error(err, "listing Dapr sidecar pods")
+	observed, err := p.observePods(ctx)
+	if err != nil {
+		p.log.Error(err, "observing Dapr sidecar pods")
 		return nil
 	}
-	observed := make([]convergence.Pod, 0, len(pods.Items))
-	for i := range pods.Items {
-		o, live := convergence.Observe(&pods.Items[i])
-		if live && (o.ControlPlane == "" || o.ControlPlane == obj.Namespace) {
-			observed = append(observed, o)
-		}
-	}
 	required := obj.Status.Root.SHA256Fingerprint
-	report := convergence.Summarize(observed, []string{required}, maxNotConverged)
+	report := convergence.Summarize(observed, convergence.Requirement{Roots: []string{required}}, maxNotConverged)
 	setConvergence(obj, convergenceStatus(report, required), p.now())
 	return nil
 }

@@ -127,7 +127,7 @@ func (p *pass) readDaprConfiguration(ctx context.Context, obj *rotatorv1.MTLSRoo
 		p.event(corev1.EventTypeWarning, rotatorv1.MTLSDisabledReason, "Monitor",
 			"Dapr Configuration %s/%s has mTLS disabled: sidecars do not use the certificates this object rotates", obj.Namespace, DaprConfigurationName)
 	}
-	if warning := renewBeforeWarning(obj.Spec.GetRenewBefore(), ttl, skew); warning != "" {
+	if warning := renewBeforeWarning(obj.Spec.GetRenewBefore(), observed); warning != "" {
 		p.event(corev1.EventTypeWarning, "RenewBeforeTooShort", "Monitor", "%s", warning)
 	}
 	return nil
@@ -136,18 +136,11 @@ func (p *pass) readDaprConfiguration(ctx context.Context, obj *rotatorv1.MTLSRoo
 // renewBeforeWarning says why renewBefore is too short for Dapr's workload
 // certificates, or "": an issuer renewal restarts no application, so the old
 // issuer must outlive every workload certificate it signed.
-func renewBeforeWarning(renewBefore time.Duration, ttl, skew string) string {
+func renewBeforeWarning(renewBefore time.Duration, c *rotatorv1.DaprConfigurationStatus) string {
 	if renewBefore == 0 {
 		return ""
 	}
-	life := 24 * time.Hour // Dapr's default workloadCertTTL
-	if d, err := time.ParseDuration(ttl); err == nil && d > 0 {
-		life = d
-	}
-	allowance := 15 * time.Minute // Dapr's default allowedClockSkew
-	if d, err := time.ParseDuration(skew); err == nil && d >= 0 {
-		allowance = d
-	}
+	life, allowance := daprCertLifetime(c)
 	if renewBefore > life+allowance {
 		return ""
 	}

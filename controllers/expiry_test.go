@@ -26,7 +26,7 @@ func TestRenewBeforeWarning(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			msg := renewBeforeWarning(tt.renewBefore, tt.ttl, tt.skew)
+			msg := renewBeforeWarning(tt.renewBefore, &rotatorv1.DaprConfigurationStatus{WorkloadCertTTL: tt.ttl, AllowedClockSkew: tt.skew})
 			NewWithT(t).Expect(msg != "").To(Equal(tt.warns), "message: %q", msg)
 		})
 	}

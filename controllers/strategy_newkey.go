@@ -127,7 +127,7 @@ func indexOfPhase(ph pki.Phase) int {
 // installed now, and what cert-manager issued. A rotation with nothing to
 // overlap with goes straight to its last phase.
 func (p *pass) phaseBundle(ctx context.Context) (pki.Publish, error) {
-	rot, obj := p.rot(), p.obj
+	rot := p.rot()
 	if err := p.refreshTarget(ctx); err != nil {
 		return pki.Publish{}, err
 	}
@@ -136,14 +136,19 @@ func (p *pass) phaseBundle(ctx context.Context) (pki.Publish, error) {
 	if err != nil {
 		return pki.Publish{}, err
 	}
-	issued, _, err := p.issuedBundle(ctx)
+	issued, root, err := p.issuedBundle(ctx)
 	if err != nil {
 		return pki.Publish{}, err
 	}
+	var observed [][]string
+	if gated(rot) {
+		// Proven against what the pods that run hold, not what the spec restarts.
+		if observed, err = p.phaseGate(ctx, pki.Fingerprint(root)); err != nil {
+			return pki.Publish{}, err
+		}
+	}
 	pub, err := pki.ComposePhase(pki.PhaseInput{
-		Phase: pki.Phase(rot.Phase), Original: original, Live: installed, Issued: issued,
-		// Dapr workloads left out of the restarts keep the original anchors.
-		OriginalTrustRemains: !allApplicationsRestarted(obj),
+		Phase: pki.Phase(rot.Phase), Original: original, Live: installed, Issued: issued, ObservedTrust: observed,
 	}, p.now().Time)
 	if err != nil {
 		return pki.Publish{}, p.phaseStall(err)
@@ -181,13 +186,6 @@ func (p *pass) phaseStall(err error) error {
 // may yet issue a good one, so it looks again.
 func invalidIssued(err error) error {
 	return stall(rotatorv1.InvalidBundleReason, "the issued bundle would be refused by Dapr Sentry: %v", err).retry(time.Minute)
-}
-
-// allApplicationsRestarted reports whether every phase restarts every Dapr
-// application; selectors and restart: false leave some on old anchors.
-func allApplicationsRestarted(obj *rotatorv1.MTLSRootRotation) bool {
-	a := obj.Spec.Applications
-	return a.RestartEnabled() && a.Selector == nil && a.NamespaceSelector == nil
 }
 
 // installed is the bundle the target held when last read.

@@ -7,8 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -17,6 +20,7 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 )
 
 // liveSidecarPods counts the pods the injector patched that run, as the
@@ -40,6 +44,33 @@ func convergenceOf(t *testing.T, g Gomega, key types.NamespacedName, token strin
 	c := getRotation(t, key).Status.Convergence
 	g.Expect(c).NotTo(BeNil())
 	return c
+}
+
+// createBareDaprPod makes a Dapr pod no controller owns, so no rotation
+// restarts it: the injector gives it the anchors of now. It is deleted at
+// the end of the test.
+func createBareDaprPod(t *testing.T) *corev1.Pod {
+	t.Helper()
+	g, ctx := NewWithT(t), t.Context()
+	bare := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "bare-dapr-pod", Namespace: "apps-a",
+			Annotations: map[string]string{fixture.EnabledAnnotation: "true", fixture.AppIDAnnotation: "bare"}},
+		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1),
+			Containers: []corev1.Container{{Name: "app", Image: "fixture.invalid/bare:1"}}},
+	}
+	g.Expect(k8sClient.Create(ctx, bare)).To(Succeed())
+	t.Cleanup(func() {
+		_ = k8sClient.Delete(context.Background(), bare)
+		NewWithT(t).Eventually(func() bool {
+			return apierrors.IsNotFound(k8sClient.Get(context.Background(), client.ObjectKeyFromObject(bare), &corev1.Pod{}))
+		}).WithTimeout(30*time.Second).Should(BeTrue(), "the bare pod leaves before the next test")
+	})
+	g.Eventually(func(g Gomega) {
+		g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(bare), bare)).To(Succeed())
+		g.Expect(bare.Labels).To(HaveKeyWithValue(fixture.InjectedLabel, "true"))
+		g.Expect(bare.Status.Phase).To(Equal(corev1.PodRunning))
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+	return bare
 }
 
 // TestConvergenceIsObservedFromThePodsThatRun: status.convergence counts the
@@ -69,20 +100,7 @@ func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
 		g.Expect(c.NotConverged).To(BeEmpty())
 	}).WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed())
 
-	// A Dapr pod no controller owns: the injector gives it the anchors of now.
-	bare := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "bare-dapr-pod", Namespace: "apps-a",
-			Annotations: map[string]string{fixture.EnabledAnnotation: "true", fixture.AppIDAnnotation: "bare"}},
-		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1),
-			Containers: []corev1.Container{{Name: "app", Image: "fixture.invalid/bare:1"}}},
-	}
-	g.Expect(k8sClient.Create(ctx, bare)).To(Succeed())
-	t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), bare) })
-	g.Eventually(func(g Gomega) {
-		g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(bare), bare)).To(Succeed())
-		g.Expect(bare.Labels).To(HaveKeyWithValue(fixture.InjectedLabel, "true"))
-		g.Expect(bare.Status.Phase).To(Equal(corev1.PodRunning))
-	}).WithTimeout(30 * time.Second).Should(Succeed())
+	bare := createBareDaprPod(t)
 
 	// A same-key rotation renews the root certificate: every pod its
 	// restarts reach converges, the bare pod does not.
@@ -138,4 +156,41 @@ func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
 	g.Expect(code).To(Equal(0), errOut)
 	g.Expect(out).To(MatchRegexp(`control plane dapr-system: (\d+) of (\d+) Dapr pods trust root`))
 	g.Expect(out).NotTo(ContainSubstring("bare-dapr-pod"))
+}
+
+// TestSwitchWaitsForEveryPodThatRuns: a new-key rotation publishes the new
+// issuer only once every Dapr pod that runs trusts the new root. A bare pod,
+// which no phase restarts, holds the Switch (Stalled PodsNotConverged, naming
+// it) with the Overlap bundle in place; deleting it lets the rotation finish
+// by itself.
+func TestSwitchWaitsForEveryPodThatRuns(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	installSentryBundle(t)
+	restartMesh(t, fmt.Sprint(time.Now().UnixNano()))
+	bare := createBareDaprPod(t)
+	startOperator(t)
+	key := newRotation(t, "gated", rotatorv1.MTLSRootRotationSpec{
+		Trigger: "new-key", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
+		Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3},
+	})
+
+	obj := waitStalled(t, key, rotatorv1.PodsNotConvergedReason)
+	g.Expect(obj.Status.Rotation.Phase).To(Equal(rotatorv1.PhaseSwitch))
+	g.Expect(obj.Status.Rotation.Step).To(Equal(rotatorv1.StepPublishing))
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("apps-a/bare-dapr-pod (no owner: it does not trust root"))
+	overlap, _ := readBundle(t)
+	anchors, err := pki.ParseCertificates(overlap.Data["ca.crt"])
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(anchors).To(HaveLen(2), "the Overlap bundle stays")
+	g.Consistently(func(g Gomega) {
+		s, _ := readBundle(t)
+		g.Expect(s.Data["issuer.crt"]).To(Equal(overlap.Data["issuer.crt"]), "the new issuer is not published")
+	}).WithTimeout(3 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+
+	g.Expect(k8sClient.Delete(t.Context(), bare)).To(Succeed())
+	done := waitRotationCompleted(t, key, "new-key")
+	g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
+	g.Expect(eventsFor(t, key)).To(HaveKey("PodsConverged"))
+	g.Expect(done.Status.Convergence.Converged).To(Equal(done.Status.Convergence.Pods))
 }

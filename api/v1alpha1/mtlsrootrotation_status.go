@@ -366,6 +366,9 @@ const (
 	WorkloadNotFoundReason = "WorkloadNotFound"
 	// RolloutTimeoutReason: a workload did not roll out within its timeout.
 	RolloutTimeoutReason = "RolloutTimeout"
+	// PodsNotConvergedReason: a phase waits for Dapr pods that do not trust
+	// the new root (or may still use the old issuer), named in the message.
+	PodsNotConvergedReason = "PodsNotConverged"
 	// InvalidBundleReason: the issued bundle would be refused by Sentry.
 	InvalidBundleReason = "InvalidBundle"
 	// KeyPolicyChangeDeferredReason: spec.root.keyPolicy changed while a

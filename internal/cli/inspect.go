@@ -101,7 +101,7 @@ func inspectCluster(ctx context.Context, c client.Client, namespace string) (*in
 			byName[o.Namespace+"/"+o.Name] = &pods.Items[i]
 		}
 	}
-	r := convergence.Summarize(observed, []string{root}, len(observed))
+	r := convergence.Summarize(observed, convergence.Requirement{Roots: []string{root}}, len(observed))
 	in := &inspection{ControlPlane: namespace, Root: root, RootFrom: from, Pods: r.Total, Converged: r.Converged, NotConverged: []unconvergedPod{}}
 	for _, s := range r.Stragglers {
 		owner, restartable, err := restartOwner(ctx, c, byName[s.Namespace+"/"+s.Name])

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -162,6 +163,8 @@ type Pod struct {
 	ControlPlane string
 	// Owner is the pod's controller as "Kind name", or "" for a bare pod.
 	Owner string
+	// Started is when the pod started (when it was created, before it starts).
+	Started time.Time
 	// Anchors are the fingerprints of the roots it trusts; Problem, when
 	// they cannot be read, says why.
 	Anchors []string
@@ -174,7 +177,10 @@ func Observe(pod *corev1.Pod) (Pod, bool) {
 	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return Pod{}, false
 	}
-	o := Pod{Namespace: pod.Namespace, Name: pod.Name, ControlPlane: pod.Annotations[ControlPlaneAnnotation]}
+	o := Pod{Namespace: pod.Namespace, Name: pod.Name, ControlPlane: pod.Annotations[ControlPlaneAnnotation], Started: pod.CreationTimestamp.Time}
+	if pod.Status.StartTime != nil {
+		o.Started = pod.Status.StartTime.Time
+	}
 	if v, ok := sidecarEnv(pod, ControlPlaneEnv); ok {
 		o.ControlPlane = v
 	}
@@ -209,10 +215,20 @@ type Report struct {
 	Stragglers []Straggler
 }
 
-// Summarize reports how the pods converge on required: a pod converges when
-// its anchors include every required fingerprint. At most limit stragglers
-// are named.
-func Summarize(pods []Pod, required []string, limit int) Report {
+// Requirement is what a pod must satisfy to converge.
+type Requirement struct {
+	// Roots are the fingerprints of the roots it must trust.
+	Roots []string
+	// StartedAfter, when set, is when it must have started after: a pod
+	// started before it may still present a certificate it got earlier.
+	StartedAfter time.Time
+	// Why says why StartedAfter matters, for the reason of a pod started before it.
+	Why string
+}
+
+// Summarize reports how the pods meet the requirement. At most limit
+// stragglers are named.
+func Summarize(pods []Pod, required Requirement, limit int) Report {
 	r := Report{Total: len(pods)}
 	sets := map[string]*Set{}
 	var stragglers []Straggler
@@ -241,15 +257,18 @@ func Summarize(pods []Pod, required []string, limit int) Report {
 	return r
 }
 
-// missing says why a pod does not hold every required root, or "".
-func missing(p Pod, required []string) string {
+// missing says why a pod does not meet the requirement, or "".
+func missing(p Pod, required Requirement) string {
 	if p.Problem != "" {
 		return "its trust anchors cannot be read: " + p.Problem
 	}
-	for _, want := range required {
+	for _, want := range required.Roots {
 		if !slices.Contains(p.Anchors, want) {
 			return "it does not trust root " + Short(want)
 		}
+	}
+	if !required.StartedAfter.IsZero() && p.Started.Before(required.StartedAfter) {
+		return fmt.Sprintf("it started at %s, %s", p.Started.UTC().Format(time.RFC3339), required.Why)
 	}
 	return ""
 }

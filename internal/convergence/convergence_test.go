@@ -130,7 +130,7 @@ func TestSummarize(t *testing.T) {
 		{Namespace: "b", Name: "p0", Anchors: []string{oldFP}},
 		{Namespace: "a", Name: "p4", Owner: "Job j", Problem: "no daprd container"},
 	}
-	r := Summarize(pods, []string{newFP}, 5)
+	r := Summarize(pods, Requirement{Roots: []string{newFP}}, 5)
 	g.Expect(r.Total).To(Equal(5))
 	g.Expect(r.Converged).To(Equal(3))
 	g.Expect(r.Progress()).To(Equal("3/5"))
@@ -139,9 +139,18 @@ func TestSummarize(t *testing.T) {
 		{Pod: pods[4], Reason: "its trust anchors cannot be read: no daprd container"},
 		{Pod: pods[3], Reason: "it does not trust root BB:22"},
 	}), "by namespace and name, each with its reason")
-	g.Expect(Summarize(pods, []string{newFP}, 1).Stragglers).To(HaveLen(1))
-	g.Expect(Summarize(nil, []string{newFP}, 5)).To(Equal(Report{}))
-	g.Expect(Summarize(pods, []string{oldFP, newFP}, 5).Converged).To(Equal(2), "every required root")
+	g.Expect(Summarize(pods, Requirement{Roots: []string{newFP}}, 1).Stragglers).To(HaveLen(1))
+	g.Expect(Summarize(nil, Requirement{Roots: []string{newFP}}, 5)).To(Equal(Report{}))
+	g.Expect(Summarize(pods, Requirement{Roots: []string{oldFP, newFP}}, 5).Converged).To(Equal(2), "every required root")
+
+	// Started after a moment: a pod that started before it is named, with why.
+	switched := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	timed := []Pod{{Namespace: "a", Name: "new", Anchors: []string{newFP}, Started: switched.Add(time.Second)},
+		{Namespace: "a", Name: "old", Anchors: []string{newFP}, Started: switched.Add(-time.Second)}}
+	r = Summarize(timed, Requirement{Roots: []string{newFP}, StartedAfter: switched, Why: "before the new issuer"}, 5)
+	g.Expect(r.Converged).To(Equal(1))
+	g.Expect(r.Stragglers).To(HaveLen(1))
+	g.Expect(r.Stragglers[0].Reason).To(Equal("it started at 2026-11-29T11:59:59Z, before the new issuer"))
 }
 
 // BenchmarkPodCacheMemory measures what 10,000 Dapr sidecar pods cost in the
@@ -186,6 +195,6 @@ func BenchmarkSummarize50000(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		Summarize(pods, []string{"BB"}, 5)
+		Summarize(pods, Requirement{Roots: []string{"BB"}}, 5)
 	}
 }

@@ -118,9 +118,10 @@ type PhaseInput struct {
 	// installed now (what the previous phase published), Issued the new root
 	// and issuer.
 	Original, Live, Issued Bundle
-	// OriginalTrustRemains is true when some Dapr pods are not restarted by
-	// the rotation and keep the original anchors.
-	OriginalTrustRemains bool
+	// ObservedTrust are the trust sets the Dapr pods that run hold, as the
+	// fingerprints of their roots: the Switch and Prune bundles must keep
+	// every one of them working, whatever the spec restarts.
+	ObservedTrust [][]string
 }
 
 // FirstPhase is the phase a trust-overlap rotation starts publishing at over
@@ -176,10 +177,7 @@ func ComposePhase(in PhaseInput, now time.Time) (Publish, error) {
 	if err != nil {
 		return Publish{}, err
 	}
-	trustSets := [][]*x509.Certificate{live.Anchors}
-	if in.OriginalTrustRemains {
-		trustSets = append(trustSets, orig.Anchors)
-	}
+	trustSets := append([][]*x509.Certificate{live.Anchors}, resolve(in.ObservedTrust, orig.Anchors, live.Anchors, issued.Anchors)...)
 	mesh := Mesh{TrustSets: trustSets, Issuers: [][]*x509.Certificate{live.Chain}}
 	switch out.Phase {
 	case Overlap:
@@ -195,6 +193,29 @@ func ComposePhase(in PhaseInput, now time.Time) (Publish, error) {
 		return Publish{}, failAt(Unproven, err)
 	}
 	return out, nil
+}
+
+// resolve turns trust sets of fingerprints into the certificates among
+// known that they name. A root no known certificate matches adds no trust,
+// so it is left out: a set left empty accepts nothing, and fails the proof.
+func resolve(sets [][]string, known ...[]*x509.Certificate) [][]*x509.Certificate {
+	byFingerprint := map[string]*x509.Certificate{}
+	for _, certs := range known {
+		for _, c := range certs {
+			byFingerprint[Fingerprint(c)] = c
+		}
+	}
+	out := make([][]*x509.Certificate, 0, len(sets))
+	for _, set := range sets {
+		resolved := []*x509.Certificate{}
+		for _, f := range set {
+			if c, ok := byFingerprint[f]; ok {
+				resolved = append(resolved, c)
+			}
+		}
+		out = append(out, resolved)
+	}
+	return out
 }
 
 // phaseBundle is the bundle a phase publishes.

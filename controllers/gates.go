@@ -1,0 +1,156 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
+	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
+)
+
+// gateGrace is how long a closed gate waits before it stalls: the pod cache
+// may trail the rollouts the previous phase just awaited.
+const gateGrace = 30 * time.Second
+
+// podsWait is what status.rotation.waitingFor names while a gate is closed.
+const podsWait = "Dapr pods"
+
+// observePods lists the live Dapr sidecar pods of this control plane, as the
+// cache holds them.
+func (p *pass) observePods(ctx context.Context) ([]convergence.Pod, error) {
+	pods := &corev1.PodList{}
+	// Read-only: the cached pods are not copied.
+	if err := p.List(ctx, pods, client.MatchingLabels{convergence.InjectedLabel: "true"}, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, fmt.Errorf("listing Dapr sidecar pods: %w", err)
+	}
+	observed := make([]convergence.Pod, 0, len(pods.Items))
+	for i := range pods.Items {
+		o, live := convergence.Observe(&pods.Items[i])
+		if live && (o.ControlPlane == "" || o.ControlPlane == p.obj.Namespace) {
+			observed = append(observed, o)
+		}
+	}
+	return observed, nil
+}
+
+// phaseGate holds the publish of a Switch or Prune phase until the Dapr pods
+// that run are ready for it, as observed, whatever the spec restarts:
+//   - Switch (the new issuer): every pod trusts the new root;
+//   - Prune (the old root removed): likewise, and no certificate of the old
+//     issuer can still be in use: every pod started after the Switch phase's
+//     control plane restarted (Sentry signing with the new issuer), or
+//     Dapr's workloadCertTTL plus allowedClockSkew passed since.
+//
+// It returns the trust sets the pods hold, for the proof of the publish. A
+// closed gate waits, then stalls naming the pods holding it up, and opens by
+// itself when they converge.
+func (p *pass) phaseGate(ctx context.Context, newRoot string) ([][]string, error) {
+	rot := p.rot()
+	pods, err := p.observePods(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := convergence.Summarize(pods, p.gateRequirement(newRoot), maxNotConverged)
+	if len(r.Stragglers) == 0 {
+		if rot.WaitingFor == podsWait {
+			p.normal("PodsConverged", "Publish", "rotation %s: all %d Dapr pods are ready for the %s phase", rot.ID, r.Total, rot.Phase)
+		}
+		return trustSets(r), nil
+	}
+	now := p.now()
+	since := rotation.Wait(rot, podsWait, now)
+	msg := fmt.Sprintf("the %s phase of rotation %s waits for %d of %d Dapr pods: %s", rot.Phase, rot.ID, r.Total-r.Converged, r.Total, describeStragglers(r))
+	if now.Sub(since.Time) < gateGrace {
+		return nil, p.poll("rotation %s: %s", rot.ID, msg)
+	}
+	return nil, stall(rotatorv1.PodsNotConvergedReason,
+		"%s; pods no rotation restarts (bare pods, Jobs' pods, other owners) must be deleted or recreated; the rotation goes on by itself once they are", msg).
+		retry(p.pollInterval())
+}
+
+// gateRequirement is what every pod must satisfy before the current phase
+// publishes.
+func (p *pass) gateRequirement(newRoot string) convergence.Requirement {
+	req := convergence.Requirement{Roots: []string{newRoot}}
+	rot := p.rot()
+	if rot.Phase != rotatorv1.PhasePrune {
+		return req
+	}
+	switched := phaseStepFinished(rot, rotatorv1.StepRestartingControlPlane, rotatorv1.PhaseSwitch)
+	if switched.IsZero() {
+		return req
+	}
+	ttl, skew := daprCertLifetime(p.obj.Status.DaprConfiguration)
+	if p.now().Time.After(switched.Add(ttl + skew)) {
+		return req // every certificate of the old issuer has expired
+	}
+	req.StartedAfter = switched
+	req.Why = fmt.Sprintf("before Sentry signed with the new issuer (%s): it may present a certificate of the old issuer until %s (workloadCertTTL %s + allowedClockSkew %s)",
+		switched.UTC().Format(time.RFC3339), switched.Add(ttl+skew).UTC().Format(time.RFC3339), ttl, skew)
+	return req
+}
+
+// gated reports whether the current phase's publish is gated: it follows a
+// phase that was published (a rotation that went straight to its last
+// phase, over nothing or an expired issuer, is not).
+func gated(rot *rotatorv1.RotationStatus) bool {
+	previous := map[rotatorv1.RotationPhase]rotatorv1.RotationPhase{rotatorv1.PhaseSwitch: rotatorv1.PhaseOverlap, rotatorv1.PhasePrune: rotatorv1.PhaseSwitch}[rot.Phase]
+	return previous != "" && slices.ContainsFunc(rot.Steps, func(s rotatorv1.StepStatus) bool { return s.Phase == previous })
+}
+
+// phaseStepFinished is when the step of the phase finished; zero if it did not.
+func phaseStepFinished(rot *rotatorv1.RotationStatus, step rotatorv1.RotationStep, phase rotatorv1.RotationPhase) time.Time {
+	for _, s := range rot.Steps {
+		if s.Name == step && s.Phase == phase && s.FinishedAt != nil {
+			return s.FinishedAt.Time
+		}
+	}
+	return time.Time{}
+}
+
+// trustSets are the trust sets a report saw held.
+func trustSets(r convergence.Report) [][]string {
+	sets := make([][]string, 0, len(r.Sets))
+	for _, s := range r.Sets {
+		sets = append(sets, s.Anchors)
+	}
+	return sets
+}
+
+func describeStragglers(r convergence.Report) string {
+	names := make([]string, 0, len(r.Stragglers)+1)
+	for _, s := range r.Stragglers {
+		owner := s.Owner
+		if owner == "" {
+			owner = "no owner"
+		}
+		names = append(names, fmt.Sprintf("%s/%s (%s: %s)", s.Namespace, s.Name, owner, s.Reason))
+	}
+	if more := r.Total - r.Converged - len(r.Stragglers); more > 0 {
+		names = append(names, fmt.Sprintf("and %d more", more))
+	}
+	return strings.Join(names, ", ")
+}
+
+// daprCertLifetime is how long a workload certificate Sentry signed may be
+// presented: Dapr's workloadCertTTL and allowedClockSkew, or their defaults.
+func daprCertLifetime(c *rotatorv1.DaprConfigurationStatus) (ttl, skew time.Duration) {
+	ttl, skew = 24*time.Hour, 15*time.Minute // Dapr's defaults
+	if c == nil {
+		return ttl, skew
+	}
+	if d, err := time.ParseDuration(c.WorkloadCertTTL); err == nil && d > 0 {
+		ttl = d
+	}
+	if d, err := time.ParseDuration(c.AllowedClockSkew); err == nil && d >= 0 {
+		skew = d
+	}
+	return ttl, skew
+}

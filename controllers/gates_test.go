@@ -1,0 +1,141 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+)
+
+// afterPhases records the steps of the phases a rotation went through, the
+// Switch phase's control plane finished at switched.
+func afterPhases(switched time.Time, phases ...rotatorv1.RotationPhase) objSetter {
+	return withRotation(func(r *rotatorv1.RotationStatus) {
+		var steps []rotatorv1.StepStatus
+		for _, ph := range phases {
+			for _, s := range []rotatorv1.RotationStep{rotatorv1.StepPublishing, rotatorv1.StepRestartingControlPlane, rotatorv1.StepRestartingApplications} {
+				at := metav1.NewTime(t0.Add(-2 * time.Hour))
+				if ph == rotatorv1.PhaseSwitch && s == rotatorv1.StepRestartingControlPlane {
+					at = metav1.NewTime(switched)
+				}
+				steps = append(steps, rotatorv1.StepStatus{Name: s, Phase: ph, StartedAt: at, FinishedAt: &at})
+			}
+		}
+		r.Steps = append(steps, r.Steps...)
+	})
+}
+
+func started(pod *corev1.Pod, at time.Time) *corev1.Pod {
+	pod.Status.StartTime = &metav1.Time{Time: at}
+	return pod
+}
+
+// TestPhaseGates: Switch and Prune publish only when the Dapr pods that run
+// are ready for them, as observed; a closed gate waits, then stalls naming
+// the pods, and opens by itself.
+func TestPhaseGates(t *testing.T) {
+	k := newPKI(t)
+	original := bundleFrom(t, k.oldIssuer, k.old)
+	overlap := bundleFrom(t, k.oldIssuer, k.old, k.fresh)
+	switched := bundleFrom(t, k.freshIssuer, k.old, k.fresh)
+	both := append(k.old.CertPEM(), k.fresh.CertPEM()...)
+	issuedNew := []client.Object{issued(t, "mesh-root-g2", k.fresh, k.fresh), issued(t, "mesh-issuer", k.freshIssuer, k.fresh)}
+	backup := func(before pki.Bundle) *corev1.Secret {
+		s := backupOf(t, before)
+		s.Annotations[ReplacedByAnnotation] = "r-0"
+		return s
+	}
+	switchedAt := t0.Add(-10 * time.Minute)
+	switchPhase := []objSetter{atStep(rotatorv1.StepPublishing, rotatorv1.KeyPolicyRotate, rotatorv1.PhaseSwitch), afterPhases(switchedAt, rotatorv1.PhaseOverlap)}
+	prunePhase := []objSetter{atStep(rotatorv1.StepPublishing, rotatorv1.KeyPolicyRotate, rotatorv1.PhasePrune),
+		afterPhases(switchedAt, rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch)}
+	tests := []struct {
+		name       string
+		obj        *rotatorv1.MTLSRootRotation
+		installed  pki.Bundle
+		pods       []client.Object
+		want       string
+		message    string
+		wantEvents []string
+	}{{
+		name: "switch: every pod trusts the new root",
+		obj:  rotationObj(switchPhase...), installed: overlap,
+		pods: []client.Object{sidecarPod("team", "a", "web-1", ns, both), sidecarPod("team", "b", "web-1", ns, both)},
+		want: "", wantEvents: []string{"TrustBundlePublished"},
+	}, {
+		name: "switch: a bare pod on the old root waits, within the grace",
+		obj:  rotationObj(switchPhase...), installed: overlap,
+		pods: []client.Object{sidecarPod("team", "a", "web-1", ns, both), sidecarPod("team", "bare", "", ns, k.old.CertPEM())},
+		want: "wait", message: "team/bare (no owner: it does not trust root " + pki.Fingerprint(k.fresh.Cert)[:11] + ")",
+	}, {
+		name: "switch: then stalls naming it, whatever the spec restarts",
+		obj:  rotationObj(append(switchPhase, waitingSince(podsWait, t0.Add(-time.Minute)))...), installed: overlap,
+		pods: []client.Object{sidecarPod("team", "a", "web-1", ns, both), sidecarPod("team", "bare", "", ns, k.old.CertPEM())},
+		want: "stall:" + rotatorv1.PodsNotConvergedReason, message: "waits for 1 of 2 Dapr pods: team/bare",
+	}, {
+		name: "switch: a pod whose anchors cannot be read holds it too",
+		obj:  rotationObj(switchPhase...), installed: overlap,
+		pods: []client.Object{sidecarPod("jobs", "x", "", ns, nil)},
+		want: "wait", message: "its trust anchors cannot be read",
+	}, {
+		name: "switch: opens once they converge, and says so",
+		obj:  rotationObj(append(switchPhase, waitingSince(podsWait, t0.Add(-time.Minute)))...), installed: overlap,
+		pods: []client.Object{sidecarPod("team", "a", "web-1", ns, both)},
+		want: "", wantEvents: []string{"PodsConverged", "TrustBundlePublished"},
+	}, {
+		name: "switch: pods of another control plane do not count",
+		obj:  rotationObj(switchPhase...), installed: overlap,
+		pods: []client.Object{sidecarPod("team", "a", "web-1", ns, both), sidecarPod("team", "other", "", "dapr-other", k.old.CertPEM())},
+		want: "", wantEvents: []string{"TrustBundlePublished"},
+	}, {
+		name: "prune: every pod started after Sentry signed with the new issuer",
+		obj:  rotationObj(prunePhase...), installed: switched,
+		pods: []client.Object{started(sidecarPod("team", "a", "web-1", ns, both), switchedAt.Add(time.Minute))},
+		want: "", wantEvents: []string{"TrustBundlePublished"},
+	}, {
+		name: "prune: a pod started before may still present an old-issuer certificate",
+		obj:  rotationObj(prunePhase...), installed: switched,
+		pods: []client.Object{started(sidecarPod("team", "a", "web-1", ns, both), switchedAt.Add(-time.Minute))},
+		want: "wait", message: "before Sentry signed with the new issuer",
+	}, {
+		name: "prune: not once workloadCertTTL and allowedClockSkew passed since",
+		obj: rotationObj(append(prunePhase, func(obj *rotatorv1.MTLSRootRotation) {
+			obj.Status.DaprConfiguration = &rotatorv1.DaprConfigurationStatus{WorkloadCertTTL: "5m", AllowedClockSkew: "1m"}
+		})...), installed: switched,
+		pods: []client.Object{started(sidecarPod("team", "a", "web-1", ns, both), switchedAt.Add(-time.Minute))},
+		want: "", wantEvents: []string{"TrustBundlePublished"},
+	}, {
+		name: "a rotation that went straight to prune over nothing installed is not gated",
+		obj:  rotationObj(atStep(rotatorv1.StepPublishing, rotatorv1.KeyPolicyRotate, rotatorv1.PhasePrune)), installed: pki.Bundle{},
+		pods: []client.Object{sidecarPod("team", "bare", "", ns, nil)},
+		want: "", wantEvents: []string{"TrustBundlePublished"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			objs := append(append(trustBundle(tt.installed), issuedNew...), tt.pods...)
+			if !tt.installed.IsEmpty() {
+				objs = append(objs, backup(original))
+			}
+			h := newHarness(t, append(objs, tt.obj)...)
+			p := h.pass("mesh")
+			err := p.stepPublishing(t.Context())
+			g.Expect(kindOf(err)).To(Equal(tt.want), "%v", err)
+			if tt.message != "" {
+				g.Expect(err.Error()).To(ContainSubstring(tt.message))
+			}
+			g.Expect(h.eventReasons()).To(Equal(tt.wantEvents))
+			if tt.want != "" {
+				s := h.get(&corev1.Secret{}, "dapr-trust-bundle").(*corev1.Secret)
+				g.Expect(bundle.FromSecret(s.Data, keysOf(p.obj))).To(Equal(tt.installed), "a closed gate publishes nothing")
+			}
+		})
+	}
+}
