@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
@@ -196,6 +198,29 @@ type harness struct {
 	events []string
 	// fail, when set, fails a write: verb and "Kind/name" of the object.
 	fail func(verb, object string) error
+	// staleAnchors, when set, is what the injector stand-in hands out instead
+	// of the ConfigMap's anchors; noSidecar makes it inject nothing.
+	staleAnchors []byte
+	noSidecar    bool
+}
+
+// inject is Dapr's injector as a dry-run create of a Dapr-enabled pod meets
+// it: a daprd container with the anchors of the ConfigMap Sentry reads.
+func (h *harness) inject(ctx context.Context, c client.Client, pod *corev1.Pod) error {
+	if h.noSidecar || pod.Annotations[rotatorv1.DaprEnabledAnnotation] != rotatorv1.DaprEnabledAnnotationValue {
+		return nil
+	}
+	anchors := h.staleAnchors
+	if anchors == nil {
+		cm := &corev1.ConfigMap{}
+		if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "dapr-trust-bundle"}, cm); err != nil {
+			return err
+		}
+		anchors = []byte(cm.Data["ca.crt"])
+	}
+	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: convergence.SidecarContainer,
+		Env: []corev1.EnvVar{{Name: convergence.TrustAnchorsEnv, Value: string(anchors)}}})
+	return nil
 }
 
 func newHarness(t *testing.T, objs ...client.Object) *harness {
@@ -214,6 +239,9 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 		WithStatusSubresource(&rotatorv1.MTLSRootRotation{}, &cmapi.Certificate{}, &cmapi.Issuer{}).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+				if pod, ok := obj.(*corev1.Pod); ok && slices.Contains(opts, client.CreateOption(client.DryRunAll)) {
+					return h.inject(ctx, c, pod) // admission only: nothing is stored
+				}
 				if err := record("create", obj); err != nil {
 					return err
 				}

@@ -262,6 +262,12 @@ func (p *pass) stepApplications(ctx context.Context) error {
 			"rotation %s: restarted %d Dapr applications in waves of at most %d%s", rot.ID, plan.Total, obj.Spec.Applications.GetMaxConcurrent(), phaseSuffix(rot))
 		return nil
 	case len(plan.Restart) > 0:
+		if plan.Restarted == 0 {
+			// Before the first application restarts on this phase.
+			if err := p.checkInjector(ctx); err != nil {
+				return err
+			}
+		}
 		for _, ref := range plan.Restart {
 			if err := p.restartWorkload(ctx, ref, rotation.RestartID(rot)); err != nil {
 				return err

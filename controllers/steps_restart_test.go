@@ -185,11 +185,26 @@ func TestStepApplications(t *testing.T) {
 		name         string
 		obj          *rotatorv1.MTLSRootRotation
 		objs         []client.Object
+		stale        []byte
+		noSidecar    bool
 		want         string
 		wantWrites   []string
 		wantProgress string
 		wantEvents   []string
 	}{{
+		name: "an injector handing out other anchors than the phase published holds the first wave",
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		objs: apps(), stale: k.old.CertPEM(), want: "stall:" + rotatorv1.InjectorStaleReason, wantProgress: "0/3",
+	}, {
+		name: "an injector that injects nothing holds it too",
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		objs: apps(), noSidecar: true, want: "stall:" + rotatorv1.InjectorNotVerifiedReason, wantProgress: "0/3",
+	}, {
+		name: "a stale injector is not asked again once the phase's waves started",
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		objs: apps("a", "b"), stale: k.old.CertPEM(), want: "wait", wantProgress: "2/3",
+		wantWrites: []string{"patch Deployment/c"},
+	}, {
 		name: "restarts the first wave, no more than maxConcurrent",
 		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
 		objs: apps(), want: "wait", wantProgress: "0/3",
@@ -230,6 +245,7 @@ func TestStepApplications(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
 			h := newHarness(t, append(trustBundle(installed), append(tt.objs, tt.obj)...)...)
+			h.staleAnchors, h.noSidecar = tt.stale, tt.noSidecar
 			p := h.pass("mesh")
 			err := p.stepApplications(t.Context())
 			g.Expect(kindOf(err)).To(Equal(tt.want), "%v", err)

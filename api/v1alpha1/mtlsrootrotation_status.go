@@ -73,58 +73,6 @@ type MTLSRootRotationStatus struct {
 	Convergence *ConvergenceStatus `json:"convergence,omitempty"`
 }
 
-// ConvergenceStatus is what the live Dapr sidecar pods (labelled
-// dapr.io/sidecar-injected by Dapr's injector) trust: the roots in the
-// DAPR_TRUST_ANCHORS their sidecar was given, which it never reloads. It is
-// observed at every reconciliation.
-type ConvergenceStatus struct {
-	// Root is the fingerprint (first bytes) of the root every pod must trust:
-	// the newest root published.
-	Root string `json:"root"`
-	// Pods is the number of live Dapr sidecar pods; Converged how many of
-	// them trust Root.
-	Pods      int32 `json:"pods"`
-	Converged int32 `json:"converged"`
-	// Progress is Converged/Pods, for kubectl.
-	Progress string `json:"progress"`
-	// TrustSets are the distinct sets of roots the pods hold, the most held first.
-	// +listType=atomic
-	// +optional
-	TrustSets []TrustSetStatus `json:"trustSets,omitempty"`
-	// NotConverged names the first pods that do not trust Root, by namespace
-	// and name, with the reason.
-	// +listType=atomic
-	// +optional
-	NotConverged []PodConvergence `json:"notConverged,omitempty"`
-	// LastChangeTime is when any of the above last changed.
-	LastChangeTime metav1.Time `json:"lastChangeTime"`
-}
-
-// TrustSetStatus is one set of roots some pods hold.
-type TrustSetStatus struct {
-	// Roots are the fingerprints (first bytes) of the roots, in the order given.
-	// +listType=atomic
-	// +optional
-	Roots []string `json:"roots,omitempty"`
-	// Pods is how many live pods hold exactly these roots.
-	Pods int32 `json:"pods"`
-}
-
-// PodConvergence is a pod that does not trust the required root.
-type PodConvergence struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	// Owner is the pod's controller as "Kind name"; empty for a bare pod.
-	// +optional
-	Owner string `json:"owner,omitempty"`
-	// Roots are the fingerprints (first bytes) of the roots it trusts.
-	// +listType=atomic
-	// +optional
-	Roots []string `json:"roots,omitempty"`
-	// Reason says why it does not converge.
-	Reason string `json:"reason"`
-}
-
 // DaprConfigurationStatus is the mTLS settings of Dapr's system Configuration.
 type DaprConfigurationStatus struct {
 	// Name of the Configuration.
@@ -369,6 +317,12 @@ const (
 	// PodsNotConvergedReason: a phase waits for Dapr pods that do not trust
 	// the new root (or may still use the old issuer), named in the message.
 	PodsNotConvergedReason = "PodsNotConverged"
+	// InjectorStaleReason: Dapr's sidecar injector hands out other trust
+	// anchors than the phase published; no application is restarted.
+	InjectorStaleReason = "InjectorStale"
+	// InjectorNotVerifiedReason: what the injector hands out could not be
+	// checked (the dry-run probe pod failed, or got no sidecar).
+	InjectorNotVerifiedReason = "InjectorNotVerified"
 	// InvalidBundleReason: the issued bundle would be refused by Sentry.
 	InvalidBundleReason = "InvalidBundle"
 	// KeyPolicyChangeDeferredReason: spec.root.keyPolicy changed while a

@@ -1,0 +1,96 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// The spec of what a rotation restarts: the control plane in order, then the
+// Dapr applications in waves.
+
+// WorkloadKind is a kind of workload the operator restarts.
+// +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet
+type WorkloadKind string
+
+const (
+	// Deployment is apps/v1 Deployment.
+	Deployment WorkloadKind = "Deployment"
+	// StatefulSet is apps/v1 StatefulSet.
+	StatefulSet WorkloadKind = "StatefulSet"
+	// DaemonSet is apps/v1 DaemonSet.
+	DaemonSet WorkloadKind = "DaemonSet"
+)
+
+// ControlPlaneWorkload names one control-plane workload in this object's namespace.
+type ControlPlaneWorkload struct {
+	// Kind is Deployment, StatefulSet or DaemonSet.
+	// +required
+	Kind WorkloadKind `json:"kind"`
+	// Name of the workload.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +required
+	Name string `json:"name"`
+	// Optional workloads that do not exist are skipped with an event (older
+	// Dapr versions have no scheduler); a missing required one stops the rotation.
+	// +optional
+	Optional bool `json:"optional,omitempty"`
+}
+
+// ControlPlaneSpec lists the control-plane workloads in restart order.
+type ControlPlaneSpec struct {
+	// Workloads in restart order; each is restarted once its predecessor has
+	// fully rolled out. Defaults to Dapr's: sentry, sidecar injector, operator,
+	// placement, scheduler (optional).
+	// +kubebuilder:default={{kind: Deployment, name: dapr-sentry}, {kind: Deployment, name: dapr-sidecar-injector}, {kind: Deployment, name: dapr-operator}, {kind: StatefulSet, name: dapr-placement-server}, {kind: StatefulSet, name: dapr-scheduler-server, optional: true}}
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:XValidation:rule="self.all(w, self.exists_one(x, x.kind == w.kind && x.name == w.name))",message="controlPlane.workloads must not list a workload twice"
+	// +listType=atomic
+	// +optional
+	Workloads []ControlPlaneWorkload `json:"workloads,omitempty"`
+
+	// RolloutTimeout bounds the wait for one workload's rollout; when it passes
+	// the rotation stops as Stalled, naming the workload.
+	// +kubebuilder:default="10m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="controlPlane.rolloutTimeout must be positive"
+	// +optional
+	RolloutTimeout *metav1.Duration `json:"rolloutTimeout,omitempty"`
+}
+
+// ApplicationsSpec selects the Dapr applications to restart.
+type ApplicationsSpec struct {
+	// Restart says whether applications are restarted at all. Sidecars read
+	// their trust anchors only at pod start, so turning this off leaves them on
+	// the old anchors until their pods are recreated some other way.
+	// +kubebuilder:default=true
+	// +optional
+	Restart *bool `json:"restart,omitempty"`
+
+	// NamespaceSelector selects the namespaces searched for applications; empty
+	// selects every namespace.
+	// +optional
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+
+	// Selector narrows, by workload label, the Dapr applications restarted. An
+	// application is a Deployment, StatefulSet or DaemonSet whose pod template is
+	// annotated dapr.io/enabled: "true"; empty selects all of them.
+	// +optional
+	Selector *metav1.LabelSelector `json:"selector,omitempty"`
+
+	// MaxConcurrent is the most applications restarted at once (one wave).
+	// +kubebuilder:default=5
+	// +kubebuilder:validation:XValidation:rule="self >= 1",message="applications.maxConcurrent must be at least 1"
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	MaxConcurrent int32 `json:"maxConcurrent,omitempty"`
+
+	// RolloutTimeout bounds the wait for one wave; when it passes no further wave
+	// starts and the rotation is Stalled, naming the applications not rolled out;
+	// it resumes when they recover.
+	// +kubebuilder:default="10m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="applications.rolloutTimeout must be positive"
+	// +optional
+	RolloutTimeout *metav1.Duration `json:"rolloutTimeout,omitempty"`
+}
