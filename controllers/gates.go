@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -153,4 +154,50 @@ func daprCertLifetime(c *rotatorv1.DaprConfigurationStatus) (ttl, skew time.Dura
 		skew = d
 	}
 	return ttl, skew
+}
+
+// planGates names, for the plan of a new-key rotation, the Dapr pods no
+// phase would restart: they keep the original anchors and would hold the
+// Switch gate until they are deleted or recreated.
+func (p *pass) planGates(ctx context.Context, plan *rotatorv1.RotationPlan) error {
+	pods, err := p.observePods(ctx)
+	if err != nil {
+		return err
+	}
+	restarted := map[string]bool{}
+	if p.obj.Spec.Applications.RestartEnabled() {
+		apps, err := p.applications(ctx, "")
+		if err != nil {
+			return err
+		}
+		for _, a := range apps {
+			restarted[a.Ref.String()] = true
+		}
+	}
+	var held []string
+	for _, pod := range pods {
+		if !restarted[workloadOf(pod)] {
+			held = append(held, fmt.Sprintf("%s/%s (%s)", pod.Namespace, pod.Name, cmp.Or(pod.Owner, "no owner")))
+		}
+	}
+	if len(held) > 0 {
+		plan.Blockers = append(plan.Blockers, fmt.Sprintf("%d Dapr pods no phase restarts would hold the Switch phase (PodsNotConverged) until they are deleted or recreated: %s",
+			len(held), strings.Join(held[:min(len(held), maxNotConverged)], ", ")))
+	}
+	return nil
+}
+
+// workloadOf names the workload a rotation would restart a pod through, as
+// restart.Ref does, or "" when there is none: a Deployment's pods belong to
+// a ReplicaSet named after it and its pod-template hash.
+func workloadOf(pod convergence.Pod) string {
+	kind, name, _ := strings.Cut(pod.Owner, " ")
+	switch rotatorv1.WorkloadKind(kind) {
+	case rotatorv1.StatefulSet, rotatorv1.DaemonSet:
+		return fmt.Sprintf("%s %s/%s", kind, pod.Namespace, name)
+	}
+	if i := strings.LastIndex(name, "-"); kind == "ReplicaSet" && i > 0 {
+		return fmt.Sprintf("%s %s/%s", rotatorv1.Deployment, pod.Namespace, name[:i])
+	}
+	return ""
 }

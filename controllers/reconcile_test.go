@@ -220,21 +220,33 @@ func TestDryRunPlansWhatTheStrategyWouldDo(t *testing.T) {
 		wantPhases []rotatorv1.RotationPhase
 		wantCerts  []string
 		blocked    bool
+		pods       []client.Object
+		blocker    string
 	}{
+		{name: "new key with a Dapr pod no phase restarts: it would hold the Switch", installed: trustBundle(bundleFrom(t, k.oldIssuer, k.old)),
+			obj:        rotationObj(dryRun(rotatorv1.KeyPolicyRotate)),
+			wantPhases: []rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}, blocked: true,
+			pods:    []client.Object{sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.old.CertPEM()), sidecarPod("team", "bare", "", ns, k.old.CertPEM())},
+			blocker: "1 Dapr pods no phase restarts would hold the Switch phase (PodsNotConverged) until they are deleted or recreated: team/bare (no owner)"},
+		{name: "new key with restarts off: every Dapr pod would hold it", installed: trustBundle(bundleFrom(t, k.oldIssuer, k.old)),
+			obj:        rotationObj(dryRun(rotatorv1.KeyPolicyRotate), withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Applications.Restart = ptr.To(false) })),
+			wantPhases: []rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}, blocked: true,
+			pods:    []client.Object{sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.old.CertPEM())},
+			blocker: "1 Dapr pods no phase restarts would hold the Switch phase (PodsNotConverged) until they are deleted or recreated: team/a-5d4f9-x (ReplicaSet a-5d4f9)"},
 		{"new key over a working bundle: three phases", trustBundle(bundleFrom(t, k.oldIssuer, k.old)), rotationObj(dryRun(rotatorv1.KeyPolicyRotate)),
 			[]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune},
-			[]string{"issue root Certificate mesh-root with a new key into Secret mesh-root-g2", "issue issuer Certificate mesh-issuer signed by that root"}, false},
+			[]string{"issue root Certificate mesh-root with a new key into Secret mesh-root-g2", "issue issuer Certificate mesh-issuer signed by that root"}, false, nil, ""},
 		{"new key over an expired installed issuer: Prune only", trustBundle(bundleFrom(t, expiredIssuer, k.old)), rotationObj(dryRun(rotatorv1.KeyPolicyRotate)),
-			[]rotatorv1.RotationPhase{rotatorv1.PhasePrune}, nil, false},
+			[]rotatorv1.RotationPhase{rotatorv1.PhasePrune}, nil, false, nil, ""},
 		{"new key over nothing installed: Prune only", trustBundle(pki.Bundle{}), rotationObj(dryRun(rotatorv1.KeyPolicyRotate)),
-			[]rotatorv1.RotationPhase{rotatorv1.PhasePrune}, nil, false},
+			[]rotatorv1.RotationPhase{rotatorv1.PhasePrune}, nil, false, nil, ""},
 		{"same key over anchors of an unknown key: blocked", trustBundle(bundleFrom(t, k.oldIssuer, k.old)), rotationObj(dryRun(rotatorv1.KeyPolicyReuse)),
-			nil, []string{"issue root Certificate mesh-root with a new key into Secret mesh-root", "issue issuer Certificate mesh-issuer signed by that root"}, true},
+			nil, []string{"issue root Certificate mesh-root with a new key into Secret mesh-root", "issue issuer Certificate mesh-issuer signed by that root"}, true, nil, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
-			h := newHarness(t, append(tt.installed, deployment("dapr-sentry", ""), deployment("dapr-sidecar-injector", ""), daprApp("team", "a", ""), tt.obj)...)
+			h := newHarness(t, append(append(tt.installed, tt.pods...), deployment("dapr-sentry", ""), deployment("dapr-sidecar-injector", ""), daprApp("team", "a", ""), tt.obj)...)
 			obj, _, err := h.reconcileOnce()
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(obj.Status.Plan).NotTo(BeNil())
@@ -242,7 +254,12 @@ func TestDryRunPlansWhatTheStrategyWouldDo(t *testing.T) {
 			if tt.wantCerts != nil {
 				g.Expect(obj.Status.Plan.Certificates).To(Equal(tt.wantCerts))
 			}
-			g.Expect(obj.Status.Plan.Applications).To(Equal(int32(1)))
+			if tt.blocker != "" {
+				g.Expect(obj.Status.Plan.Blockers).To(ContainElement(tt.blocker))
+			}
+			if obj.Spec.Applications.RestartEnabled() {
+				g.Expect(obj.Status.Plan.Applications).To(Equal(int32(1)))
+			}
 			g.Expect(len(obj.Status.Plan.Blockers) > 0).To(Equal(tt.blocked))
 			g.Expect(obj.Status.Rotation).To(BeNil())
 			g.Expect(h.writes).To(HaveEach("status-patch MTLSRootRotation/mesh"), "a dry run writes only status")

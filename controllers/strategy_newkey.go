@@ -92,14 +92,23 @@ func (s *newKey) rolledBack() {
 	}
 }
 
-func (s *newKey) plan(_ context.Context, installed pki.Bundle, plan *rotatorv1.RotationPlan) error {
+func (s *newKey) plan(ctx context.Context, installed pki.Bundle, plan *rotatorv1.RotationPlan) error {
 	n, obj := namesFor(s.obj), s.obj
 	next := rootSecretNameFor(obj, max(obj.Status.RootKeyGeneration, 1)+1)
 	plan.Certificates = append(plan.Certificates,
 		fmt.Sprintf("issue root Certificate %s with a new key into Secret %s", n.Root, next),
 		fmt.Sprintf("issue issuer Certificate %s signed by that root", n.Issuer))
-	plan.Phases = s.plannedPhases(installed)
-	return nil
+	return s.planPhases(ctx, installed, plan)
+}
+
+// planPhases plans the phases of a trust-overlap rotation over installed,
+// and the pods that would hold its gates.
+func (p *pass) planPhases(ctx context.Context, installed pki.Bundle, plan *rotatorv1.RotationPlan) error {
+	plan.Phases = p.plannedPhases(installed)
+	if len(plan.Phases) < len(pki.Phases) {
+		return nil // straight to the last phase: no gate
+	}
+	return p.planGates(ctx, plan)
 }
 
 // plannedPhases are the phases a trust-overlap rotation would publish over
