@@ -13,6 +13,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
@@ -200,4 +201,38 @@ func workloadOf(pod convergence.Pod) string {
 		return fmt.Sprintf("%s %s/%s", rotatorv1.Deployment, pod.Namespace, name[:i])
 	}
 	return ""
+}
+
+// markConverged marks the applications whose pods hold what the current
+// phase needs already, so that they are not restarted: the anchors the
+// phase published, exactly, and in the Switch phase a start after Sentry
+// signed with the new issuer. An application with no pod observed is not
+// marked: it is restarted, as when nothing is known of it.
+func (p *pass) markConverged(ctx context.Context, apps []restart.Observed) error {
+	pods, err := p.observePods(ctx)
+	if err != nil {
+		return err
+	}
+	published, err := publishedAnchors(p.target.ConfigMap, keysOf(p.obj).CA)
+	if err != nil {
+		return err
+	}
+	req := convergence.Requirement{Roots: published, Exactly: true}
+	if rot := p.rot(); rot.Phase == rotatorv1.PhaseSwitch {
+		req.StartedAfter = phaseStepFinished(rot, rotatorv1.StepRestartingControlPlane, rotatorv1.PhaseSwitch)
+		if req.StartedAfter.IsZero() {
+			return nil
+		}
+	}
+	seen, unmet := map[string]bool{}, map[string]bool{}
+	for _, pod := range pods {
+		w := workloadOf(pod)
+		seen[w] = true
+		unmet[w] = unmet[w] || convergence.Unmet(pod, req) != ""
+	}
+	for i := range apps {
+		w := apps[i].Ref.String()
+		apps[i].Converged = seen[w] && !unmet[w]
+	}
+	return nil
 }

@@ -139,3 +139,62 @@ func TestPhaseGates(t *testing.T) {
 		})
 	}
 }
+
+// TestApplicationsAlreadyConvergedAreNotRestarted: an application whose pods
+// all hold what the phase needs (redeployed by its owner since the publish,
+// say) is skipped and counted; one pod short of it, it is restarted.
+func TestApplicationsAlreadyConvergedAreNotRestarted(t *testing.T) {
+	k := newPKI(t)
+	renewed := bundleFrom(t, k.renewIssuer, k.renewed)
+	switched := bundleFrom(t, k.freshIssuer, k.old, k.fresh)
+	both := append(k.old.CertPEM(), k.fresh.CertPEM()...)
+	switchedAt := t0.Add(-10 * time.Minute)
+	apps := []client.Object{daprApp("team", "a", ""), daprApp("team", "b", ""), daprApp("team", "c", "")}
+	waves := withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Applications.MaxConcurrent = 5 })
+	tests := []struct {
+		name         string
+		obj          *rotatorv1.MTLSRootRotation
+		installed    pki.Bundle
+		pods         []client.Object
+		wantWrites   []string
+		wantProgress string
+	}{{
+		name: "same key: pods on the published root are not restarted", installed: renewed,
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		pods: []client.Object{sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.renewed.CertPEM()), sidecarPod("team", "a-5d4f9-y", "a-5d4f9", ns, k.renewed.CertPEM())},
+		wantWrites: []string{"patch Deployment/b", "patch Deployment/c"}, wantProgress: "1/3",
+	}, {
+		name: "same key: one pod still on the previous root certificate, restarted", installed: renewed,
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		pods: []client.Object{sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.renewed.CertPEM()), sidecarPod("team", "a-5d4f9-y", "a-5d4f9", ns, k.old.CertPEM())},
+		wantWrites: []string{"patch Deployment/a", "patch Deployment/b", "patch Deployment/c"}, wantProgress: "0/3",
+	}, {
+		name: "prune: a pod that still trusts the old root too, restarted", installed: bundleFrom(t, k.freshIssuer, k.fresh),
+		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyRotate, rotatorv1.PhasePrune), waves,
+			afterPhases(switchedAt, rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch)),
+		pods:       []client.Object{sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, both)},
+		wantWrites: []string{"patch Deployment/a", "patch Deployment/b", "patch Deployment/c"}, wantProgress: "0/3",
+	}, {
+		name: "switch: pods that started after Sentry signed with the new issuer are not restarted", installed: switched,
+		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyRotate, rotatorv1.PhaseSwitch), waves,
+			afterPhases(switchedAt, rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch)),
+		pods:       []client.Object{started(sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, both), switchedAt.Add(time.Minute))},
+		wantWrites: []string{"patch Deployment/b", "patch Deployment/c"}, wantProgress: "1/3",
+	}, {
+		name: "switch: the same pods started before it, restarted", installed: switched,
+		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyRotate, rotatorv1.PhaseSwitch), waves,
+			afterPhases(switchedAt, rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch)),
+		pods:       []client.Object{started(sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, both), switchedAt.Add(-time.Minute))},
+		wantWrites: []string{"patch Deployment/a", "patch Deployment/b", "patch Deployment/c"}, wantProgress: "0/3",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			h := newHarness(t, append(append(append(trustBundle(tt.installed), apps...), tt.pods...), tt.obj)...)
+			p := h.pass("mesh")
+			g.Expect(kindOf(p.stepApplications(t.Context()))).To(Equal("wait"))
+			g.Expect(h.writes).To(Equal(tt.wantWrites))
+			g.Expect(p.obj.Status.Applications.Progress).To(Equal(tt.wantProgress))
+		})
+	}
+}

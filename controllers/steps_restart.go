@@ -251,15 +251,23 @@ func (p *pass) stepApplications(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := p.markConverged(ctx, apps); err != nil {
+		return err
+	}
 	plan := restart.NextWave(apps, obj.Spec.Applications.GetMaxConcurrent())
 	obj.Status.Applications = &rotatorv1.ApplicationsStatus{
-		Total: int32(plan.Total), Restarted: int32(plan.Restarted), Progress: fmt.Sprintf("%d/%d", plan.Restarted, plan.Total),
+		Total: int32(plan.Total), Restarted: int32(plan.Restarted), Skipped: int32(plan.Skipped),
+		Progress: fmt.Sprintf("%d/%d", plan.Restarted+plan.Skipped, plan.Total),
 	}
 	now := p.now()
 	switch {
 	case plan.Done:
+		skipped := ""
+		if plan.Skipped > 0 {
+			skipped = fmt.Sprintf("; %d more were not restarted: their pods held what the phase needs already", plan.Skipped)
+		}
 		p.normal("ApplicationsRestarted", "Restart",
-			"rotation %s: restarted %d Dapr applications in waves of at most %d%s", rot.ID, plan.Total, obj.Spec.Applications.GetMaxConcurrent(), phaseSuffix(rot))
+			"rotation %s: restarted %d Dapr applications in waves of at most %d%s%s", rot.ID, plan.Restarted, obj.Spec.Applications.GetMaxConcurrent(), phaseSuffix(rot), skipped)
 		return nil
 	case len(plan.Restart) > 0:
 		if plan.Restarted == 0 {

@@ -10,6 +10,7 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -223,4 +224,56 @@ func TestStaleInjectorHoldsApplicationRestarts(t *testing.T) {
 	g.Expect(testInjector.ServeStale(ctx, false)).To(Succeed())
 	done := waitRotationCompleted(t, key, "second")
 	g.Expect(restartedApps(t, done.Status.LastCompletedRotation.ID)).To(HaveLen(len(daprApps())))
+}
+
+// TestApplicationsRedeployedByTheirOwnersAreNotRestartedAgain: a rotation
+// restarts only the applications whose pods lack what the phase needs. Two
+// applications their owners redeploy after the publish (while the rotation
+// waits on the control plane) already hold the published anchors: they are
+// skipped, and counted, and every other one is restarted once.
+func TestApplicationsRedeployedByTheirOwnersAreNotRestartedAgain(t *testing.T) {
+	g, ctx := NewWithT(t), t.Context()
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "targeted", rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
+	waitRotationCompleted(t, key, "first")
+
+	// The next rotation publishes, then waits on the control plane.
+	holdUnready(t, fixture.ControlPlaneNamespace, fixture.Operator)
+	obj := getRotation(t, key)
+	obj.Spec.Trigger = "second"
+	updateRotation(t, obj)
+	g.Eventually(func(g Gomega) {
+		r := getRotation(t, key).Status.Rotation
+		g.Expect(r.Trigger).To(Equal("second"))
+		g.Expect(r.WaitingFor).To(Equal("Deployment dapr-system/" + fixture.Operator))
+	}).WithTimeout(2 * time.Minute).WithPolling(200 * time.Millisecond).Should(Succeed())
+
+	// Meanwhile their owners redeploy two applications, as kubectl rollout restart does.
+	owned := daprApps()[:2]
+	for _, app := range owned {
+		d := &appsv1.Deployment{}
+		g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: app.Namespace, Name: app.Name}, d)).To(Succeed())
+		patch := client.MergeFrom(d.DeepCopy())
+		if d.Spec.Template.Annotations == nil {
+			d.Spec.Template.Annotations = map[string]string{}
+		}
+		d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = time.Now().Format(time.RFC3339Nano)
+		g.Expect(k8sClient.Patch(ctx, d, patch)).To(Succeed())
+	}
+	for _, app := range owned {
+		waitDeploymentRolledOut(t, app.Namespace, app.Name)
+	}
+	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.Operator)
+
+	done := waitRotationCompleted(t, key, "second")
+	restarted := restartedApps(t, done.Status.LastCompletedRotation.ID)
+	g.Expect(restarted).To(HaveLen(len(daprApps())-len(owned)), "every other application is restarted")
+	for _, app := range owned {
+		g.Expect(restarted).NotTo(ContainElement(app.Name), "%s was redeployed by its owner after the publish", app.Name)
+	}
+	g.Expect(done.Status.Applications.Skipped).To(Equal(int32(len(owned))))
+	g.Expect(done.Status.Applications.Progress).To(Equal(fmt.Sprintf("%d/%d", len(daprApps()), len(daprApps()))))
+	restartEvents := eventsFor(t, key)["ApplicationsRestarted"]
+	g.Expect(restartEvents[len(restartEvents)-1].Message).To(ContainSubstring(fmt.Sprintf("%d more were not restarted", len(owned))))
 }

@@ -248,7 +248,12 @@ type ApplicationsStatus struct {
 	Total int32 `json:"total"`
 	// Restarted is the number fully rolled out after their restart.
 	Restarted int32 `json:"restarted"`
-	// Progress is Restarted/Total, for kubectl.
+	// Skipped is the number not restarted in the current phase: every pod
+	// of theirs held what the phase needs already (redeployed by its owner
+	// since the publish, say).
+	// +optional
+	Skipped int32 `json:"skipped,omitempty"`
+	// Progress is (Restarted+Skipped)/Total, for kubectl.
 	// +optional
 	Progress string `json:"progress,omitempty"`
 }

@@ -219,6 +219,9 @@ type Report struct {
 type Requirement struct {
 	// Roots are the fingerprints of the roots it must trust.
 	Roots []string
+	// Exactly, when set, requires those roots and no other: the anchors a
+	// phase published, not a set that merely includes them.
+	Exactly bool
 	// StartedAfter, when set, is when it must have started after: a pod
 	// started before it may still present a certificate it got earlier.
 	StartedAfter time.Time
@@ -238,7 +241,7 @@ func Summarize(pods []Pod, required Requirement, limit int) Report {
 			sets[key] = &Set{Anchors: p.Anchors}
 		}
 		sets[key].Pods++
-		if reason := missing(p, required); reason != "" {
+		if reason := Unmet(p, required); reason != "" {
 			stragglers = append(stragglers, Straggler{Pod: p, Reason: reason})
 			continue
 		}
@@ -257,14 +260,21 @@ func Summarize(pods []Pod, required Requirement, limit int) Report {
 	return r
 }
 
-// missing says why a pod does not meet the requirement, or "".
-func missing(p Pod, required Requirement) string {
+// Unmet says why a pod does not meet the requirement, or "".
+func Unmet(p Pod, required Requirement) string {
 	if p.Problem != "" {
 		return "its trust anchors cannot be read: " + p.Problem
 	}
 	for _, want := range required.Roots {
 		if !slices.Contains(p.Anchors, want) {
 			return "it does not trust root " + Short(want)
+		}
+	}
+	if required.Exactly {
+		for _, held := range p.Anchors {
+			if !slices.Contains(required.Roots, held) {
+				return "it also trusts root " + Short(held)
+			}
 		}
 	}
 	if !required.StartedAfter.IsZero() && p.Started.Before(required.StartedAfter) {

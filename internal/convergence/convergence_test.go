@@ -198,3 +198,11 @@ func BenchmarkSummarize50000(b *testing.B) {
 		Summarize(pods, Requirement{Roots: []string{"BB"}}, 5)
 	}
 }
+
+func TestUnmetExactly(t *testing.T) {
+	g := NewWithT(t)
+	exact := Requirement{Roots: []string{"BB"}, Exactly: true}
+	g.Expect(Unmet(Pod{Anchors: []string{"BB"}}, exact)).To(BeEmpty())
+	g.Expect(Unmet(Pod{Anchors: []string{"AA", "BB"}}, exact)).To(Equal("it also trusts root AA"))
+	g.Expect(Unmet(Pod{Anchors: []string{"AA", "BB"}}, Requirement{Roots: []string{"BB"}})).To(BeEmpty())
+}

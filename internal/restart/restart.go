@@ -68,6 +68,9 @@ type Observed struct {
 	RolledOut bool
 	// Waiting explains an incomplete rollout.
 	Waiting string
+	// Converged: its pods hold what the phase needs already; an application
+	// not restarted yet is then skipped.
+	Converged bool
 }
 
 // ActionType is what the control-plane step must do next.
@@ -130,15 +133,19 @@ type WavePlan struct {
 	Waiting []Observed
 	// Restarted counts the applications restarted and rolled out.
 	Restarted int
+	// Skipped counts the applications not restarted: their pods were
+	// converged already.
+	Skipped int
 	// Total counts the applications.
 	Total int
-	// Done: every application is restarted and rolled out.
+	// Done: every application is restarted and rolled out, or skipped.
 	Done bool
 }
 
 // NextWave plans the application restarts: while any restarted application has
 // not rolled out, wait for it; otherwise restart up to maxConcurrent of the
 // applications not yet restarted, in a stable order (namespace, kind, name).
+// An application not restarted whose pods are converged already is skipped.
 func NextWave(apps []Observed, maxConcurrent int) WavePlan {
 	if maxConcurrent < 1 {
 		maxConcurrent = 1
@@ -149,6 +156,8 @@ func NextWave(apps []Observed, maxConcurrent int) WavePlan {
 	var pending []Ref
 	for _, app := range sorted {
 		switch {
+		case !app.Restarted && app.Converged:
+			plan.Skipped++
 		case !app.Restarted:
 			pending = append(pending, app.Ref)
 		case !app.RolledOut:

@@ -228,3 +228,20 @@ func TestParseRefReadsWhatStringWrote(t *testing.T) {
 		g.Expect(err).To(HaveOccurred(), "%q", bad)
 	}
 }
+
+func TestNextWaveSkipsConvergedApplications(t *testing.T) {
+	g := NewWithT(t)
+	app := func(name string, restarted, rolledOut, converged bool) Observed {
+		return Observed{Ref: Ref{Kind: "Deployment", Namespace: "a", Name: name}, Exists: true, Restarted: restarted, RolledOut: rolledOut, Converged: converged}
+	}
+	plan := NextWave([]Observed{app("a", false, true, true), app("b", false, true, false), app("c", false, true, true)}, 5)
+	g.Expect(plan.Restart).To(Equal([]Ref{{Kind: "Deployment", Namespace: "a", Name: "b"}}), "only what is not converged")
+	g.Expect(plan.Skipped).To(Equal(2))
+	g.Expect(plan.Done).To(BeFalse())
+	plan = NextWave([]Observed{app("a", false, true, true), app("b", true, true, true)}, 5)
+	g.Expect(plan.Done).To(BeTrue())
+	g.Expect(plan.Restarted).To(Equal(1), "restarted in this phase counts as restarted, converged or not")
+	g.Expect(plan.Skipped).To(Equal(1))
+	plan = NextWave([]Observed{app("a", true, false, true)}, 5)
+	g.Expect(plan.Waiting).To(HaveLen(1), "a restarted application is awaited even when its old pods look converged")
+}
