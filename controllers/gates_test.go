@@ -160,13 +160,13 @@ func TestApplicationsAlreadyConvergedAreNotRestarted(t *testing.T) {
 		wantProgress string
 	}{{
 		name: "same key: pods on the published root are not restarted", installed: renewed,
-		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
-		pods: []client.Object{sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.renewed.CertPEM()), sidecarPod("team", "a-5d4f9-y", "a-5d4f9", ns, k.renewed.CertPEM())},
+		obj:        rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		pods:       []client.Object{sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.renewed.CertPEM()), sidecarPod("team", "a-5d4f9-y", "a-5d4f9", ns, k.renewed.CertPEM())},
 		wantWrites: []string{"patch Deployment/b", "patch Deployment/c"}, wantProgress: "1/3",
 	}, {
 		name: "same key: one pod still on the previous root certificate, restarted", installed: renewed,
-		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
-		pods: []client.Object{sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.renewed.CertPEM()), sidecarPod("team", "a-5d4f9-y", "a-5d4f9", ns, k.old.CertPEM())},
+		obj:        rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		pods:       []client.Object{sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.renewed.CertPEM()), sidecarPod("team", "a-5d4f9-y", "a-5d4f9", ns, k.old.CertPEM())},
 		wantWrites: []string{"patch Deployment/a", "patch Deployment/b", "patch Deployment/c"}, wantProgress: "0/3",
 	}, {
 		name: "prune: a pod that still trusts the old root too, restarted", installed: bundleFrom(t, k.freshIssuer, k.fresh),
