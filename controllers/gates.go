@@ -9,6 +9,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -69,6 +72,15 @@ func (p *pass) phaseGate(ctx context.Context, newRoot string) ([][]string, error
 	now := p.now()
 	since := rotation.Wait(rot, podsWait, now)
 	msg := fmt.Sprintf("the %s phase of rotation %s waits for %d of %d Dapr pods: %s", rot.Phase, rot.ID, r.Total-r.Converged, r.Total, describeStragglers(r))
+	if p.obj.Spec.Applications.EvictUnmanagedPods {
+		refused, err := p.evictUnmanaged(ctx, pods, newRoot)
+		if err != nil {
+			return nil, err
+		}
+		if refused != "" {
+			msg += "; " + refused
+		}
+	}
 	if now.Sub(since.Time) < gateGrace {
 		return nil, p.poll("rotation %s: %s", rot.ID, msg)
 	}
@@ -235,4 +247,40 @@ func (p *pass) markConverged(ctx context.Context, apps []restart.Observed) error
 		apps[i].Converged = seen[w] && !unmet[w]
 	}
 	return nil
+}
+
+// Evicting goes through the eviction API, so that PodDisruptionBudgets hold.
+// +kubebuilder:rbac:groups="",resources=pods/eviction,verbs=create
+
+// evictUnmanaged evicts the pods holding the current gate that no workload
+// restart reaches: their owner, if any, recreates them on the published
+// anchors. It says which evictions were refused (a PodDisruptionBudget), or "".
+func (p *pass) evictUnmanaged(ctx context.Context, pods []convergence.Pod, newRoot string) (string, error) {
+	req := p.gateRequirement(newRoot)
+	var evicted, refused []string
+	for _, pod := range pods {
+		if workloadOf(pod) != "" || convergence.Unmet(pod, req) == "" {
+			continue
+		}
+		name := pod.Namespace + "/" + pod.Name
+		target := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace}}
+		err := p.SubResource("eviction").Create(ctx, target, &policyv1.Eviction{ObjectMeta: target.ObjectMeta})
+		switch {
+		case err == nil:
+			evicted = append(evicted, name)
+		case apierrors.IsNotFound(err):
+		case apierrors.IsTooManyRequests(err):
+			refused = append(refused, name)
+		default:
+			return "", fmt.Errorf("evicting pod %s: %w", name, err)
+		}
+	}
+	if len(evicted) > 0 {
+		p.normal(rotatorv1.UnmanagedPodsEvictedReason, "Evict", "rotation %s: evicted %d Dapr pods no workload restart reaches, holding the %s phase: %s",
+			p.rot().ID, len(evicted), p.rot().Phase, strings.Join(evicted[:min(len(evicted), maxNotConverged)], ", "))
+	}
+	if len(refused) == 0 {
+		return "", nil
+	}
+	return fmt.Sprintf("a PodDisruptionBudget refused the eviction of %s", strings.Join(refused[:min(len(refused), maxNotConverged)], ", ")), nil
 }

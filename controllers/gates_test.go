@@ -198,3 +198,25 @@ func TestApplicationsAlreadyConvergedAreNotRestarted(t *testing.T) {
 		})
 	}
 }
+
+// TestGateEvictsUnmanagedPodsWhenAskedTo: with evictUnmanagedPods, a bare
+// pod holding the Switch is evicted (and announced); the next pass publishes.
+// A pod of a workload the rotation restarts is never evicted.
+func TestGateEvictsUnmanagedPodsWhenAskedTo(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	overlap := bundleFrom(t, k.oldIssuer, k.old, k.fresh)
+	backup := backupOf(t, bundleFrom(t, k.oldIssuer, k.old))
+	backup.Annotations[ReplacedByAnnotation] = "r-0"
+	obj := rotationObj(atStep(rotatorv1.StepPublishing, rotatorv1.KeyPolicyRotate, rotatorv1.PhaseSwitch), afterPhases(t0, rotatorv1.PhaseOverlap),
+		withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Applications.EvictUnmanagedPods = true }))
+	h := newHarness(t, append(trustBundle(overlap), issued(t, "mesh-root-g2", k.fresh, k.fresh), issued(t, "mesh-issuer", k.freshIssuer, k.fresh), backup,
+		daprApp("team", "a", ""), sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.old.CertPEM()),
+		sidecarPod("team", "bare", "", ns, k.old.CertPEM()), obj)...)
+	p := h.pass("mesh")
+	err := p.stepPublishing(t.Context())
+	g.Expect(kindOf(err)).To(Equal("wait"), "%v", err)
+	g.Expect(h.eventReasons()).To(Equal([]string{rotatorv1.UnmanagedPodsEvictedReason}))
+	g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: "bare"}, &corev1.Pod{})).NotTo(Succeed(), "evicted")
+	g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: "a-5d4f9-x"}, &corev1.Pod{})).To(Succeed(), "a Deployment's pod is left to its restart")
+}

@@ -277,3 +277,27 @@ func TestApplicationsRedeployedByTheirOwnersAreNotRestartedAgain(t *testing.T) {
 	restartEvents := eventsFor(t, key)["ApplicationsRestarted"]
 	g.Expect(restartEvents[len(restartEvents)-1].Message).To(ContainSubstring(fmt.Sprintf("%d more were not restarted", len(owned))))
 }
+
+// TestUnmanagedPodsAreEvictedWhenAskedTo: with
+// applications.evictUnmanagedPods, the bare Dapr pod holding the Switch gate
+// is evicted through the eviction API, announced, and the rotation finishes
+// without stalling.
+func TestUnmanagedPodsAreEvictedWhenAskedTo(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	installSentryBundle(t)
+	restartMesh(t, fmt.Sprint(time.Now().UnixNano()))
+	bare := createBareDaprPod(t)
+	startOperator(t)
+	key := newRotation(t, "evicting", rotatorv1.MTLSRootRotationSpec{
+		Trigger: "new-key", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
+		Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3, EvictUnmanagedPods: true},
+	})
+	done := waitRotationCompleted(t, key, "new-key")
+	g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
+	g.Expect(apierrors.IsNotFound(k8sClient.Get(t.Context(), client.ObjectKeyFromObject(bare), &corev1.Pod{}))).To(BeTrue(), "the bare pod was evicted")
+	events := eventsFor(t, key)
+	g.Expect(events).To(HaveKey(rotatorv1.UnmanagedPodsEvictedReason))
+	g.Expect(events[rotatorv1.UnmanagedPodsEvictedReason][0].Message).To(ContainSubstring("apps-a/bare-dapr-pod"))
+	g.Expect(events).NotTo(HaveKey(rotatorv1.PodsNotConvergedReason), "it never stalled")
+}

@@ -328,6 +328,9 @@ const (
 	// InjectorNotVerifiedReason: what the injector hands out could not be
 	// checked (the dry-run probe pod failed, or got no sidecar).
 	InjectorNotVerifiedReason = "InjectorNotVerified"
+	// UnmanagedPodsEvictedReason: Dapr pods no workload restart reaches were
+	// evicted to open a gate (spec.applications.evictUnmanagedPods).
+	UnmanagedPodsEvictedReason = "UnmanagedPodsEvicted"
 	// InvalidBundleReason: the issued bundle would be refused by Sentry.
 	InvalidBundleReason = "InvalidBundle"
 	// KeyPolicyChangeDeferredReason: spec.root.keyPolicy changed while a

@@ -56,6 +56,15 @@ type ControlPlaneSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="controlPlane.rolloutTimeout must be positive"
 	// +optional
 	RolloutTimeout *metav1.Duration `json:"rolloutTimeout,omitempty"`
+
+	// EvictUnmanagedPods lets a new-key rotation evict, through the eviction
+	// API (PodDisruptionBudgets are honoured), the Dapr pods no workload
+	// restart reaches (bare pods, Jobs' pods, pods of other owners) that hold
+	// its Switch or Prune gate: their owner, if any, recreates them on the
+	// published anchors. Off, such pods are named and the gate waits for
+	// someone to delete them.
+	// +optional
+	EvictUnmanagedPods bool `json:"evictUnmanagedPods,omitempty"`
 }
 
 // ApplicationsSpec selects the Dapr applications to restart.
@@ -93,4 +102,13 @@ type ApplicationsSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="applications.rolloutTimeout must be positive"
 	// +optional
 	RolloutTimeout *metav1.Duration `json:"rolloutTimeout,omitempty"`
+
+	// EvictUnmanagedPods lets a new-key rotation evict, through the eviction
+	// API (PodDisruptionBudgets are honoured), the Dapr pods no workload
+	// restart reaches (bare pods, Jobs' pods, pods of other owners) that hold
+	// its Switch or Prune gate: their owner, if any, recreates them on the
+	// published anchors. Off, such pods are named and the gate waits for
+	// someone to delete them.
+	// +optional
+	EvictUnmanagedPods bool `json:"evictUnmanagedPods,omitempty"`
 }
