@@ -2,12 +2,19 @@ package controllers
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
 	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 )
 
 // Pods are watched cluster-wide, trimmed to the roots each holds (TrimPod).
@@ -32,8 +39,34 @@ func (p *pass) reconcileConvergence(ctx context.Context) error {
 	}
 	required := obj.Status.Root.SHA256Fingerprint
 	report := convergence.Summarize(observed, convergence.Requirement{Roots: []string{required}}, maxNotConverged)
+	if len(report.Stragglers) > 0 {
+		p.explainSameKey(ctx, report.Stragglers)
+	}
 	setConvergence(obj, convergenceStatus(report, required), p.now())
 	return nil
+}
+
+// explainSameKey says of the pods that hold a previous certificate of the
+// root key published (the one the last rotation replaced, kept in the backup
+// Secret) that they keep working until it expires: the same key verifies the
+// new issuer's certificates.
+func (p *pass) explainSameKey(ctx context.Context, stragglers []convergence.Straggler) {
+	s := &corev1.Secret{}
+	if err := p.Get(ctx, client.ObjectKey{Namespace: p.obj.Namespace, Name: backupName(p.obj)}, s); err != nil {
+		return // nothing replaced yet
+	}
+	previous, err := pki.ParseCertificates(bundle.FromSecret(s.Data, keysOf(p.obj)).TrustAnchors)
+	if err != nil {
+		return
+	}
+	for i, st := range stragglers {
+		for _, c := range previous {
+			if pki.PublicKeyFingerprint(c) == p.obj.Status.Root.PublicKeySHA256 && slices.Contains(st.Anchors, pki.Fingerprint(c)) {
+				stragglers[i].Reason = fmt.Sprintf("it holds the previous certificate of the same root key (%s), which keeps verifying the new issuer's certificates until %s; it converges when its pod is recreated",
+					convergence.Short(pki.Fingerprint(c)), c.NotAfter.UTC().Format(time.RFC3339))
+			}
+		}
+	}
 }
 
 // convergenceStatus is a report as status shows it: fingerprints shortened.

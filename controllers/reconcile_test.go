@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -343,4 +344,25 @@ func TestConvergenceIsObservedFromThePods(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(again.Status.Convergence.LastChangeTime.Time).To(BeTemporally("==", t0), "nothing changed")
 	g.Expect(h.writes).NotTo(ContainElement("status-patch MTLSRootRotation/mesh"), "an unchanged observation writes nothing")
+}
+
+// TestConvergenceExplainsThePreviousCertificateOfTheSameKey: a pod on the
+// root certificate the last same-key rotation replaced keeps working until
+// it expires, and status says so.
+func TestConvergenceExplainsThePreviousCertificateOfTheSameKey(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	published := bundleFrom(t, k.renewIssuer, k.renewed)
+	backup := backupOf(t, bundleFrom(t, k.oldIssuer, k.old))
+	h := newHarness(t, append(trustBundle(published), backup,
+		sidecarPod("team", "bare", "", ns, k.old.CertPEM()), sidecarPod("team", "other", "", ns, k.fresh.CertPEM()), rotationObj(settled("a")))...)
+	got, _, err := h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	notConverged := got.Status.Convergence.NotConverged
+	g.Expect(notConverged).To(HaveLen(2))
+	g.Expect(notConverged[0].Name).To(Equal("bare"))
+	g.Expect(notConverged[0].Reason).To(Equal(fmt.Sprintf(
+		"it holds the previous certificate of the same root key (%s), which keeps verifying the new issuer's certificates until %s; it converges when its pod is recreated",
+		pki.Fingerprint(k.old.Cert)[:11], k.old.Cert.NotAfter.UTC().Format(time.RFC3339))))
+	g.Expect(notConverged[1].Reason).To(HavePrefix("it does not trust root"), "a root of another key is not explained away")
 }

@@ -117,10 +117,12 @@ func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
 		g.Expect(c.Root).To(Equal(convergence.Short(root2)))
 		g.Expect(c.Pods).To(Equal(liveSidecarPods(t, g)))
 		g.Expect(c.Converged).To(Equal(c.Pods - 1))
-		g.Expect(c.NotConverged).To(Equal([]rotatorv1.PodConvergence{{
-			Namespace: "apps-a", Name: "bare-dapr-pod", Roots: []string{convergence.Short(root1)},
-			Reason: "it does not trust root " + convergence.Short(root2),
-		}}), "the pod no rotation restarts is named, with the root it holds")
+		g.Expect(c.NotConverged).To(HaveLen(1))
+		bareStatus := c.NotConverged[0]
+		g.Expect(bareStatus.Namespace+"/"+bareStatus.Name).To(Equal("apps-a/bare-dapr-pod"), "the pod no rotation restarts is named")
+		g.Expect(bareStatus.Roots).To(Equal([]string{convergence.Short(root1)}), "with the root it holds")
+		g.Expect(bareStatus.Reason).To(HavePrefix("it holds the previous certificate of the same root key ("+convergence.Short(root1)+"), which keeps verifying the new issuer's certificates until"),
+			"and that it keeps working until that certificate expires")
 	}).WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed())
 
 	// mtls-rotator inspect says the same from outside the operator, and
