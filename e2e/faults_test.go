@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -103,9 +104,13 @@ func TestMissingTargetStallsUntilItExists(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
 	startOperator(t)
+	// The fixture's injector reads dapr-trust-bundle, not this target: it
+	// would hand restarted applications other anchors, which the operator
+	// refuses (InjectorStale). This test is about the target alone.
 	key := newRotation(t, "elsewhere", rotatorv1.MTLSRootRotationSpec{
-		Trigger: "a",
-		Target:  rotatorv1.TargetSpec{SecretName: "sentry-creds", ConfigMapName: "sentry-anchors"},
+		Trigger:      "a",
+		Target:       rotatorv1.TargetSpec{SecretName: "sentry-creds", ConfigMapName: "sentry-anchors"},
+		Applications: rotatorv1.ApplicationsSpec{Restart: ptr.To(false)},
 	})
 	obj := waitStalled(t, key, rotatorv1.TargetNotFoundReason)
 	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("Secret dapr-system/sentry-creds"))
