@@ -28,8 +28,11 @@ const gateGrace = 30 * time.Second
 const podsWait = "Dapr pods"
 
 // observePods lists the live Dapr sidecar pods of this control plane, as the
-// cache holds them.
+// cache holds them, once per pass.
 func (p *pass) observePods(ctx context.Context) ([]convergence.Pod, error) {
+	if p.pods != nil {
+		return p.pods, nil
+	}
 	pods := &corev1.PodList{}
 	// Read-only: the cached pods are not copied.
 	if err := p.List(ctx, pods, client.MatchingLabels{convergence.InjectedLabel: "true"}, client.UnsafeDisableDeepCopy); err != nil {
@@ -42,6 +45,7 @@ func (p *pass) observePods(ctx context.Context) ([]convergence.Pod, error) {
 			observed = append(observed, o)
 		}
 	}
+	p.pods = observed
 	return observed, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
 )
 
 // pass is one reconciliation of one object: the receiver of every
@@ -26,6 +27,8 @@ type pass struct {
 	target *target
 	// chosen is the strategy of the rotation in flight (see strategy).
 	chosen strategy
+	// pods are the Dapr sidecar pods observed (see observePods).
+	pods []convergence.Pod
 }
 
 func (r *MTLSRootRotationReconciler) newPass(ctx context.Context, obj *rotatorv1.MTLSRootRotation) *pass {
