@@ -75,22 +75,14 @@ func convergenceStatus(r convergence.Report, required string) *rotatorv1.Converg
 		Root: convergence.Short(required), Pods: int32(r.Total), Converged: int32(r.Converged), Progress: r.Progress(),
 	}
 	for _, set := range r.Sets {
-		s.TrustSets = append(s.TrustSets, rotatorv1.TrustSetStatus{Roots: shorten(set.Anchors), Pods: int32(set.Pods)})
+		s.TrustSets = append(s.TrustSets, rotatorv1.TrustSetStatus{Roots: convergence.ShortAll(set.Anchors), Pods: int32(set.Pods)})
 	}
 	for _, p := range r.Stragglers {
 		s.NotConverged = append(s.NotConverged, rotatorv1.PodConvergence{
-			Namespace: p.Namespace, Name: p.Name, Owner: p.Owner, Roots: shorten(p.Anchors), Reason: p.Reason,
+			Namespace: p.Namespace, Name: p.Name, Owner: p.Owner, Roots: convergence.ShortAll(p.Anchors), Reason: p.Reason,
 		})
 	}
 	return s
-}
-
-func shorten(fingerprints []string) []string {
-	var out []string
-	for _, f := range fingerprints {
-		out = append(out, convergence.Short(f))
-	}
-	return out
 }
 
 // setConvergence records s, keeping the time of the last change when

@@ -45,7 +45,7 @@ func (p *pass) checkInjector(ctx context.Context) error {
 	if !slices.Equal(got, want) {
 		return stall(rotatorv1.InjectorStaleReason,
 			"the sidecar injector hands out trust anchors [%s], but rotation %s published [%s]%s: restarting applications now would start them on the old bundle, so none was restarted; restart the injector (or check what it reads), and the rotation goes on by itself once it serves the published anchors",
-			strings.Join(shorten(got), " "), rot.ID, strings.Join(shorten(want), " "), phaseSuffix(rot)).retry(p.pollInterval())
+			strings.Join(convergence.ShortAll(got), " "), rot.ID, strings.Join(convergence.ShortAll(want), " "), phaseSuffix(rot)).retry(p.pollInterval())
 	}
 	return nil
 }

@@ -161,6 +161,22 @@ func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
 	g.Expect(out).NotTo(ContainSubstring("bare-dapr-pod"))
 }
 
+// rotateOverABareDaprPod starts a new-key rotation (trigger "new-key") over a
+// Sentry-made bundle the whole mesh was restarted onto, next to a bare Dapr
+// pod that no phase restarts.
+func rotateOverABareDaprPod(t *testing.T, name string, apps rotatorv1.ApplicationsSpec) (types.NamespacedName, *corev1.Pod) {
+	t.Helper()
+	freshBundle(t)
+	installSentryBundle(t)
+	restartMesh(t, fmt.Sprint(time.Now().UnixNano()))
+	bare := createBareDaprPod(t)
+	startOperator(t)
+	key := newRotation(t, name, rotatorv1.MTLSRootRotationSpec{
+		Trigger: "new-key", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate}, Applications: apps,
+	})
+	return key, bare
+}
+
 // TestSwitchWaitsForEveryPodThatRuns: a new-key rotation publishes the new
 // issuer only once every Dapr pod that runs trusts the new root. A bare pod,
 // which no phase restarts, holds the Switch (Stalled PodsNotConverged, naming
@@ -168,15 +184,7 @@ func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
 // by itself.
 func TestSwitchWaitsForEveryPodThatRuns(t *testing.T) {
 	g := NewWithT(t)
-	freshBundle(t)
-	installSentryBundle(t)
-	restartMesh(t, fmt.Sprint(time.Now().UnixNano()))
-	bare := createBareDaprPod(t)
-	startOperator(t)
-	key := newRotation(t, "gated", rotatorv1.MTLSRootRotationSpec{
-		Trigger: "new-key", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
-		Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3},
-	})
+	key, bare := rotateOverABareDaprPod(t, "gated", rotatorv1.ApplicationsSpec{MaxConcurrent: 3})
 
 	obj := waitStalled(t, key, rotatorv1.PodsNotConvergedReason)
 	g.Expect(obj.Status.Rotation.Phase).To(Equal(rotatorv1.PhaseSwitch))
@@ -286,15 +294,7 @@ func TestApplicationsRedeployedByTheirOwnersAreNotRestartedAgain(t *testing.T) {
 // without stalling.
 func TestUnmanagedPodsAreEvictedWhenAskedTo(t *testing.T) {
 	g := NewWithT(t)
-	freshBundle(t)
-	installSentryBundle(t)
-	restartMesh(t, fmt.Sprint(time.Now().UnixNano()))
-	bare := createBareDaprPod(t)
-	startOperator(t)
-	key := newRotation(t, "evicting", rotatorv1.MTLSRootRotationSpec{
-		Trigger: "new-key", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
-		Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3, EvictUnmanagedPods: true},
-	})
+	key, bare := rotateOverABareDaprPod(t, "evicting", rotatorv1.ApplicationsSpec{MaxConcurrent: 3, EvictUnmanagedPods: true})
 	done := waitRotationCompleted(t, key, "new-key")
 	g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
 	g.Expect(apierrors.IsNotFound(k8sClient.Get(t.Context(), client.ObjectKeyFromObject(bare), &corev1.Pod{}))).To(BeTrue(), "the bare pod was evicted")

@@ -109,7 +109,7 @@ func inspectCluster(ctx context.Context, c client.Client, namespace string) (*in
 			return nil, err
 		}
 		in.NotConverged = append(in.NotConverged, unconvergedPod{Namespace: s.Namespace, Name: s.Name, Owner: owner,
-			Restartable: restartable, Roots: shortened(s.Anchors), Reason: s.Reason})
+			Restartable: restartable, Roots: convergence.ShortAll(s.Anchors), Reason: s.Reason})
 	}
 	return in, nil
 }
@@ -162,14 +162,6 @@ func restartOwner(ctx context.Context, c client.Client, pod *corev1.Pod) (string
 	restartable := strings.HasPrefix(ref.APIVersion, "apps/") &&
 		(ref.Kind == string(rotatorv1.Deployment) || ref.Kind == string(rotatorv1.StatefulSet) || ref.Kind == string(rotatorv1.DaemonSet))
 	return ref.Kind + " " + ref.Name, restartable, nil
-}
-
-func shortened(fingerprints []string) []string {
-	out := []string{}
-	for _, f := range fingerprints {
-		out = append(out, convergence.Short(f))
-	}
-	return out
 }
 
 func printInspection(stdout io.Writer, in *inspection) error {

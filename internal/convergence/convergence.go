@@ -286,5 +286,14 @@ func Unmet(p Pod, required Requirement) string {
 // Short is the first bytes of a fingerprint, for messages and status.
 func Short(fingerprint string) string { return fingerprint[:min(len(fingerprint), 11)] }
 
+// ShortAll shortens every fingerprint; never nil, so JSON shows [] for none.
+func ShortAll(fingerprints []string) []string {
+	out := make([]string, 0, len(fingerprints))
+	for _, f := range fingerprints {
+		out = append(out, Short(f))
+	}
+	return out
+}
+
 // Progress is the converged pods out of the total, as "998/1000".
 func (r Report) Progress() string { return fmt.Sprintf("%d/%d", r.Converged, r.Total) }
