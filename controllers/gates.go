@@ -222,9 +222,11 @@ func workloadOf(pod convergence.Pod) string {
 // markConverged marks the applications whose pods hold what the current
 // phase needs already, so that they are not restarted: the anchors the
 // phase published, exactly, and in the Switch phase a start after Sentry
-// signed with the new issuer. An application with no pod observed is not
-// marked: it is restarted, as when nothing is known of it.
-func (p *pass) markConverged(ctx context.Context, apps []restart.Observed) error {
+// signed with the new issuer. An application with no pod observed is
+// restarted, as when nothing is known of it, unless the rotation is lazy:
+// then nothing of it runs on the old anchors, and the pods it starts get the
+// new ones from the injector.
+func (p *pass) markConverged(ctx context.Context, apps []restart.Observed, lazy bool) error {
 	pods, err := p.observePods(ctx)
 	if err != nil {
 		return err
@@ -248,7 +250,7 @@ func (p *pass) markConverged(ctx context.Context, apps []restart.Observed) error
 	}
 	for i := range apps {
 		w := apps[i].Ref.String()
-		apps[i].Converged = seen[w] && !unmet[w]
+		apps[i].Converged = (seen[w] || lazy) && !unmet[w]
 	}
 	return nil
 }

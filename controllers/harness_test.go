@@ -338,7 +338,7 @@ func (h *harness) get(obj client.Object, name string) client.Object {
 }
 
 // kindOf sorts how a step or sub-reconciler ended, for table tests: "" (go
-// on), "wait", "done", "stall:<Reason>" (with "!" when terminal), or "error".
+// on), "wait", "deferred" (a lazy wait), "done", "stall:<Reason>" (with "!" when terminal), or "error".
 func kindOf(err error) string {
 	var s *stallError
 	var w *waitError
@@ -352,6 +352,8 @@ func kindOf(err error) string {
 			return "stall!:" + s.Reason
 		}
 		return "stall:" + s.Reason
+	case errors.As(err, &w) && w.Deferred:
+		return "deferred"
 	case errors.As(err, &w):
 		return "wait"
 	}

@@ -85,6 +85,8 @@ func (r *MTLSRootRotationReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// The bundle appearing, or changing under us, wakes the rotations of its namespace.
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.inNamespace)).
 		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.inNamespace)).
+		// What the Dapr pods trust opens gates and ends lazy waits.
+		Watches(&corev1.Pod{}, r.podEvents()).
 		Complete(r)
 }
 
@@ -217,6 +219,8 @@ func (r *MTLSRootRotationReconciler) summarize(p *pass, o outcome) {
 		if setStalled(obj, o.stall.Reason, o.stall.Message) && !o.stall.Quiet {
 			p.event(corev1.EventTypeWarning, o.stall.Reason, "Rotate", "%s", o.stall.Message)
 		}
+	case o.wait != nil && o.wait.Deferred:
+		markDeferred(obj, o.wait.Message)
 	case o.wait != nil:
 		markProgress(obj, "%s", o.wait.Message)
 	default:

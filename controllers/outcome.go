@@ -56,6 +56,9 @@ func (e *stallError) quiet() *stallError { e.Quiet = true; return e }
 type waitError struct {
 	Message    string
 	RetryAfter time.Duration
+	// Deferred: the mesh works as it is, and the rest of the rotation is
+	// scheduled (a lazy rotation's restarts): Ready, not Reconciling.
+	Deferred bool
 }
 
 func (e *waitError) Error() string { return "waiting: " + e.Message }
@@ -110,6 +113,17 @@ func setStalled(obj *rotatorv1.MTLSRootRotation, reason, msg string) bool {
 		obj.Status.Rotation.Message = msg
 	}
 	return !alreadyStalled
+}
+
+// markDeferred says the rotation published and works, and defers the rest:
+// Ready, so that a GitOps health check does not wait days on it.
+func markDeferred(obj *rotatorv1.MTLSRootRotation, msg string) {
+	conditions.MarkTrue(obj, meta.ReadyCondition, rotatorv1.RestartsDeferredReason, "%s", msg)
+	conditions.Delete(obj, meta.ReconcilingCondition)
+	conditions.Delete(obj, meta.StalledCondition)
+	if obj.Status.Rotation != nil {
+		obj.Status.Rotation.Message = msg
+	}
 }
 
 func markReady(obj *rotatorv1.MTLSRootRotation, format string, args ...any) {

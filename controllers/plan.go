@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -30,6 +31,9 @@ func (p *pass) reconcileDryRun(ctx context.Context) error {
 	p.obj.Status.Plan = plan
 	msg := fmt.Sprintf("dry run: a %s rotation would issue %d certificates, restart %d control-plane workloads, then %d applications in %d waves per phase%s",
 		plan.KeyPolicy, len(plan.Certificates), len(plan.ControlPlane), plan.Applications, plan.Waves, phaseList(plan.Phases))
+	if plan.RestartsDeferredUntil != nil {
+		msg += fmt.Sprintf("; lazily: only those their owners have not redeployed by %s", plan.RestartsDeferredUntil.UTC().Format(time.RFC3339))
+	}
 	if len(plan.Blockers) > 0 {
 		msg += fmt.Sprintf("; it would stop: %s", plan.Blockers[0])
 	}
@@ -76,6 +80,7 @@ func (p *pass) plan(ctx context.Context) (*rotatorv1.RotationPlan, error) {
 		if err := p.planApplications(ctx, plan); err != nil {
 			return nil, err
 		}
+		p.planLazy(plan)
 	}
 	return plan, nil
 }

@@ -251,7 +251,7 @@ func (p *pass) stepApplications(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := p.markConverged(ctx, apps); err != nil {
+	if err := p.markConverged(ctx, apps, p.lazy() != nil); err != nil {
 		return err
 	}
 	plan := restart.NextWave(apps, obj.Spec.Applications.GetMaxConcurrent())
@@ -272,6 +272,9 @@ func (p *pass) stepApplications(ctx context.Context) error {
 	case len(plan.Restart) > 0:
 		if plan.Restarted == 0 {
 			// Before the first application restarts on this phase.
+			if err := p.deferRestarts(ctx, plan); err != nil {
+				return err
+			}
 			if err := p.checkInjector(ctx); err != nil {
 				return err
 			}

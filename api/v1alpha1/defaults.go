@@ -165,3 +165,12 @@ func (a *ApplicationsSpec) GetMaxConcurrent() int {
 func (a *ApplicationsSpec) GetRolloutTimeout() time.Duration {
 	return durationOr(a.RolloutTimeout, DefaultRolloutTimeout)
 }
+
+// DefaultLazyRestartBefore is how long before the previous root certificate
+// expires a lazy rotation restarts the applications that have not converged.
+const DefaultLazyRestartBefore = 7 * 24 * time.Hour
+
+// GetRestartBefore returns the margin of a lazy rotation.
+func (l *LazyRestartSpec) GetRestartBefore() time.Duration {
+	return durationOr(l.RestartBefore, DefaultLazyRestartBefore)
+}

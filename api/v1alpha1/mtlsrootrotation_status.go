@@ -178,6 +178,12 @@ type RotationStatus struct {
 	WaitingFor string `json:"waitingFor,omitempty"`
 	// +optional
 	WaitingSince *metav1.Time `json:"waitingSince,omitempty"`
+	// DeferredUntil is, with spec.applications.lazy, when the applications
+	// that have not converged by their owners' redeploys are restarted:
+	// restartBefore ahead of the expiry of the previous root certificate,
+	// recorded before the wait starts.
+	// +optional
+	DeferredUntil *metav1.Time `json:"deferredUntil,omitempty"`
 	// Steps records when each step started and finished, in order.
 	// +listType=atomic
 	// +optional
@@ -278,6 +284,11 @@ type RotationPlan struct {
 	Applications int32 `json:"applications"`
 	// Waves is how many application waves that takes, per phase.
 	Waves int32 `json:"waves"`
+	// RestartsDeferredUntil is, with spec.applications.lazy, from when the
+	// applications would be restarted: only those their owners have not
+	// redeployed by then.
+	// +optional
+	RestartsDeferredUntil *metav1.Time `json:"restartsDeferredUntil,omitempty"`
 	// FirstWaves lists the applications of the first waves (at most 10).
 	// +optional
 	FirstWaves []PlannedWave `json:"firstWaves,omitempty"`
@@ -322,6 +333,9 @@ const (
 	// PodsNotConvergedReason: a phase waits for Dapr pods that do not trust
 	// the new root (or may still use the old issuer), named in the message.
 	PodsNotConvergedReason = "PodsNotConverged"
+	// RestartsDeferredReason: a same-key rotation published and defers the
+	// application restarts (spec.applications.lazy); the mesh works meanwhile.
+	RestartsDeferredReason = "RestartsDeferred"
 	// InjectorStaleReason: Dapr's sidecar injector hands out other trust
 	// anchors than the phase published; no application is restarted.
 	InjectorStaleReason = "InjectorStale"

@@ -13,6 +13,7 @@ const MTLSRootRotationKind = "MTLSRootRotation"
 // +kubebuilder:validation:XValidation:rule="!has(self.issuer) || !has(self.root) || has(self.issuer.issuerRef) || !has(self.issuer.duration) || !has(self.root.duration) || duration(self.issuer.duration) <= duration(self.root.duration)",message="issuer.duration must not exceed root.duration: an issuer cannot outlive the root that signs it"
 // +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || !has(self.issuer) || !has(self.issuer.duration) || duration(self.renewBefore) < duration(self.issuer.duration)",message="renewBefore must be shorter than issuer.duration: a renewed issuer would be due again at once"
 // +kubebuilder:validation:XValidation:rule="!has(self.issuer) || !has(self.root) || !has(self.issuer.issuerRef) || !has(self.root.privateKeySecretRef)",message="issuer.issuerRef and root.privateKeySecretRef cannot be used together: with an external issuer the root and its key belong to that issuer's CA"
+// +kubebuilder:validation:XValidation:rule="!has(self.applications) || !has(self.applications.lazy) || ((!has(self.root) || !has(self.root.keyPolicy) || self.root.keyPolicy == 'Reuse') && (!has(self.issuer) || !has(self.issuer.issuerRef)))",message="applications.lazy needs a rotation that keeps the root key: root.keyPolicy Reuse and no issuer.issuerRef"
 type MTLSRootRotationSpec struct {
 	// TrustDomain is the SPIFFE trust domain of the Dapr control plane
 	// (Dapr's global.mtls.controlPlaneTrustDomain).

@@ -56,18 +56,10 @@ type ControlPlaneSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="controlPlane.rolloutTimeout must be positive"
 	// +optional
 	RolloutTimeout *metav1.Duration `json:"rolloutTimeout,omitempty"`
-
-	// EvictUnmanagedPods lets a new-key rotation evict, through the eviction
-	// API (PodDisruptionBudgets are honoured), the Dapr pods no workload
-	// restart reaches (bare pods, Jobs' pods, pods of other owners) that hold
-	// its Switch or Prune gate: their owner, if any, recreates them on the
-	// published anchors. Off, such pods are named and the gate waits for
-	// someone to delete them.
-	// +optional
-	EvictUnmanagedPods bool `json:"evictUnmanagedPods,omitempty"`
 }
 
 // ApplicationsSpec selects the Dapr applications to restart.
+// +kubebuilder:validation:XValidation:rule="!has(self.lazy) || !has(self.restart) || self.restart",message="applications.lazy defers restarts that applications.restart false turns off: set one of them"
 type ApplicationsSpec struct {
 	// Restart says whether applications are restarted at all. Sidecars read
 	// their trust anchors only at pod start, so turning this off leaves them on
@@ -111,4 +103,26 @@ type ApplicationsSpec struct {
 	// someone to delete them.
 	// +optional
 	EvictUnmanagedPods bool `json:"evictUnmanagedPods,omitempty"`
+
+	// Lazy does not restart the applications as soon as a rotation that keeps
+	// the root key has published: the previous certificate of the same root
+	// key keeps verifying the new issuer's certificates until it expires, so
+	// the pods their owners redeploy converge by themselves. The applications
+	// whose pods still hold the previous certificate are restarted from
+	// restartBefore ahead of its expiry, or at once when a new rotation is
+	// asked for. Only for keyPolicy Reuse without issuer.issuerRef.
+	// +optional
+	Lazy *LazyRestartSpec `json:"lazy,omitempty"`
+}
+
+// LazyRestartSpec defers the application restarts of a same-key rotation.
+type LazyRestartSpec struct {
+	// RestartBefore is how long before the previous root certificate expires
+	// the applications that have not converged are restarted; it must leave
+	// time for their waves to roll out.
+	// +kubebuilder:default="168h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="applications.lazy.restartBefore must be positive"
+	// +optional
+	RestartBefore *metav1.Duration `json:"restartBefore,omitempty"`
 }

@@ -106,6 +106,18 @@ func TestDefaults(t *testing.T) {
 	g.Expect(zero.Applications.GetRolloutTimeout()).To(Equal(s.Applications.RolloutTimeout.Duration))
 }
 
+// TestLazyDefaultsToAWeek: an empty applications.lazy restarts the
+// stragglers a week ahead of the previous root certificate's expiry, as the
+// Go default says.
+func TestLazyDefaultsToAWeek(t *testing.T) {
+	g := NewWithT(t)
+	obj := &rotatorv1.MTLSRootRotation{ObjectMeta: metav1.ObjectMeta{Name: "lazy-defaults", Namespace: "default"},
+		Spec: rotatorv1.MTLSRootRotationSpec{Applications: rotatorv1.ApplicationsSpec{Lazy: &rotatorv1.LazyRestartSpec{}}}}
+	g.Expect(k8sClient.Create(t.Context(), obj)).To(Succeed())
+	g.Expect(obj.Spec.Applications.Lazy.RestartBefore).To(Equal(&metav1.Duration{Duration: rotatorv1.DefaultLazyRestartBefore}))
+	g.Expect((&rotatorv1.LazyRestartSpec{}).GetRestartBefore()).To(Equal(rotatorv1.DefaultLazyRestartBefore))
+}
+
 func TestValidSpecsAreAccepted(t *testing.T) {
 	valid := map[string]string{
 		"rsa 4096 root, ed25519 issuer": "{root: {privateKey: {algorithm: RSA, size: 4096}}, issuer: {privateKey: {algorithm: Ed25519}}}",
@@ -124,6 +136,8 @@ func TestValidSpecsAreAccepted(t *testing.T) {
 		"renewal a week ahead":          "{renewBefore: 168h, expiryWarning: 720h}",
 		"short-lived issuer renewed":    "{issuer: {duration: 1h}, renewBefore: 59m}",
 		"no expiry warning":             "{expiryWarning: 0s}",
+		"lazy, default margin":          "{applications: {lazy: {}}}",
+		"lazy, explicit Reuse":          "{root: {keyPolicy: Reuse}, applications: {lazy: {restartBefore: 720h}, restart: true}}",
 	}
 	for name, spec := range valid {
 		t.Run(name, func(t *testing.T) {
@@ -167,6 +181,10 @@ func TestInvalidSpecsAreRefusedWithAMessage(t *testing.T) {
 		{"renewal longer than the default issuer", "{renewBefore: 9000h}", "renewBefore must be shorter than issuer.duration"},
 		{"renewal too soon", "{renewBefore: 30s}", "renewBefore must be at least 1m"},
 		{"negative expiry warning", "{expiryWarning: -1h}", "expiryWarning must not be negative"},
+		{"lazy with a new root key", "{root: {keyPolicy: Rotate}, applications: {lazy: {}}}", "applications.lazy needs a rotation that keeps the root key"},
+		{"lazy with an external issuer", "{issuer: {issuerRef: {name: org-ca}}, applications: {lazy: {}}}", "applications.lazy needs a rotation that keeps the root key"},
+		{"lazy with restarts off", "{applications: {restart: false, lazy: {}}}", "applications.lazy defers restarts that applications.restart false turns off"},
+		{"lazy margin zero", "{applications: {lazy: {restartBefore: 0s}}}", "applications.lazy.restartBefore must be positive"},
 		{"external issuer without a name", "{issuer: {issuerRef: {name: ''}}}", "should be at least 1 chars long"},
 	}
 	for _, tt := range invalid {
