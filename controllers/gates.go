@@ -193,7 +193,7 @@ func (p *pass) planGates(ctx context.Context, plan *rotatorv1.RotationPlan) erro
 	}
 	var held []string
 	for _, pod := range pods {
-		if !restarted[workloadOf(pod)] {
+		if !restarted[pod.Workload] {
 			held = append(held, fmt.Sprintf("%s/%s (%s)", pod.Namespace, pod.Name, cmp.Or(pod.Owner, "no owner")))
 		}
 	}
@@ -202,21 +202,6 @@ func (p *pass) planGates(ctx context.Context, plan *rotatorv1.RotationPlan) erro
 			len(held), strings.Join(held[:min(len(held), maxNotConverged)], ", ")))
 	}
 	return nil
-}
-
-// workloadOf names the workload a rotation would restart a pod through, as
-// restart.Ref does, or "" when there is none: a Deployment's pods belong to
-// a ReplicaSet named after it and its pod-template hash.
-func workloadOf(pod convergence.Pod) string {
-	kind, name, _ := strings.Cut(pod.Owner, " ")
-	switch rotatorv1.WorkloadKind(kind) {
-	case rotatorv1.StatefulSet, rotatorv1.DaemonSet:
-		return fmt.Sprintf("%s %s/%s", kind, pod.Namespace, name)
-	}
-	if i := strings.LastIndex(name, "-"); kind == "ReplicaSet" && i > 0 {
-		return fmt.Sprintf("%s %s/%s", rotatorv1.Deployment, pod.Namespace, name[:i])
-	}
-	return ""
 }
 
 // markConverged marks the applications whose pods hold what the current
@@ -244,7 +229,7 @@ func (p *pass) markConverged(ctx context.Context, apps []restart.Observed, lazy 
 	}
 	seen, unmet := map[string]bool{}, map[string]bool{}
 	for _, pod := range pods {
-		w := workloadOf(pod)
+		w := pod.Workload
 		seen[w] = true
 		unmet[w] = unmet[w] || convergence.Unmet(pod, req) != ""
 	}
@@ -265,7 +250,7 @@ func (p *pass) evictUnmanaged(ctx context.Context, pods []convergence.Pod, newRo
 	req := p.gateRequirement(newRoot)
 	var evicted, refused []string
 	for _, pod := range pods {
-		if workloadOf(pod) != "" || convergence.Unmet(pod, req) == "" {
+		if pod.Workload != "" || pod.Terminating || convergence.Unmet(pod, req) == "" {
 			continue
 		}
 		name := pod.Namespace + "/" + pod.Name

@@ -11,6 +11,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 )
 
@@ -199,8 +200,17 @@ func TestApplicationsAlreadyConvergedAreNotRestarted(t *testing.T) {
 	}
 }
 
+// orphanReplicaSetPod is a Dapr pod of a ReplicaSet no Deployment owns: no
+// pod-template-hash label, whatever the ReplicaSet's name looks like.
+func orphanReplicaSetPod(namespace, name, replicaSet string, anchors []byte) *corev1.Pod {
+	p := sidecarPod(namespace, name, replicaSet, ns, anchors)
+	delete(p.Labels, convergence.PodTemplateHashLabel)
+	return p
+}
+
 // TestGateEvictsUnmanagedPodsWhenAskedTo: with evictUnmanagedPods, a bare
-// pod holding the Switch is evicted (and announced); the next pass publishes.
+// pod and a pod of a ReplicaSet of its own holding the Switch are evicted
+// (and announced); the next pass publishes.
 // A pod of a workload the rotation restarts is never evicted.
 func TestGateEvictsUnmanagedPodsWhenAskedTo(t *testing.T) {
 	g := NewWithT(t)
@@ -212,11 +222,13 @@ func TestGateEvictsUnmanagedPodsWhenAskedTo(t *testing.T) {
 		withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Applications.EvictUnmanagedPods = true }))
 	h := newHarness(t, append(trustBundle(overlap), issued(t, "mesh-root-g2", k.fresh, k.fresh), issued(t, "mesh-issuer", k.freshIssuer, k.fresh), backup,
 		daprApp("team", "a", ""), sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.old.CertPEM()),
-		sidecarPod("team", "bare", "", ns, k.old.CertPEM()), obj)...)
+		sidecarPod("team", "bare", "", ns, k.old.CertPEM()), orphanReplicaSetPod("team", "rs-of-its-own-x", "rs-of-its-own", k.old.CertPEM()), obj)...)
 	p := h.pass("mesh")
 	err := p.stepPublishing(t.Context())
 	g.Expect(kindOf(err)).To(Equal("wait"), "%v", err)
 	g.Expect(h.eventReasons()).To(Equal([]string{rotatorv1.UnmanagedPodsEvictedReason}))
 	g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: "bare"}, &corev1.Pod{})).NotTo(Succeed(), "evicted")
+	g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: "rs-of-its-own-x"}, &corev1.Pod{})).NotTo(Succeed(),
+		"a ReplicaSet of its own is no Deployment's, whatever its name: evicted")
 	g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: "a-5d4f9-x"}, &corev1.Pod{})).To(Succeed(), "a Deployment's pod is left to its restart")
 }

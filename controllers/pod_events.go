@@ -50,7 +50,7 @@ func observedChange(before, after client.Object) bool {
 	}
 	oa, liveA := convergence.Observe(a)
 	ob, liveB := convergence.Observe(b)
-	return liveA != liveB || oa.ControlPlane != ob.ControlPlane || oa.Owner != ob.Owner || !oa.Started.Equal(ob.Started) ||
+	return liveA != liveB || oa.Terminating != ob.Terminating || oa.ControlPlane != ob.ControlPlane || oa.Owner != ob.Owner || !oa.Started.Equal(ob.Started) ||
 		oa.Problem != ob.Problem || !slices.Equal(oa.Anchors, ob.Anchors)
 }
 

@@ -45,7 +45,9 @@ func TestPodEventsWakeTheirControlPlane(t *testing.T) {
 		named("rolling", atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waiting("applications wave")),
 		named("idle"), other)
 	handler := h.r.podEvents()
-	pod := func(anchors []byte) *corev1.Pod { return convergence.Trim(sidecarPod("team", "a-1", "a-rs", ns, anchors)) }
+	pod := func(anchors []byte) *corev1.Pod {
+		return convergence.Trim(sidecarPod("team", "a-1", "a-rs", ns, anchors))
+	}
 	key := func(name string) string { return types.NamespacedName{Namespace: ns, Name: name}.String() }
 
 	g := NewWithT(t)

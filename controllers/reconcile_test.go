@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -302,15 +303,19 @@ func sidecarPod(namespace, name, owner, controlPlane string, anchors []byte) *co
 	p.Spec.Containers = []corev1.Container{{Name: "app"}, {Name: convergence.SidecarContainer, Env: env}}
 	if owner != "" {
 		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: owner, UID: "rs", Controller: ptr.To(true)}}
+		if i := strings.LastIndex(owner, "-"); i > 0 {
+			// A Deployment's ReplicaSet, <deployment>-<hash>, as the label says.
+			p.Labels[convergence.PodTemplateHashLabel] = owner[i+1:]
+		}
 	}
 	p.Status.Phase = corev1.PodRunning
 	return p
 }
 
 // TestConvergenceIsObservedFromThePods: the pods that run, of this control
-// plane, are counted against the newest root published; the ones that do
-// not trust it are named with their reason; an unchanged observation
-// writes nothing.
+// plane, are counted against the newest root published, a terminating one
+// too (its sidecar serves until it exits); the ones that do not trust it are
+// named with their reason; an unchanged observation writes nothing.
 func TestConvergenceIsObservedFromThePods(t *testing.T) {
 	g := NewWithT(t)
 	k := newPKI(t)
@@ -330,11 +335,13 @@ func TestConvergenceIsObservedFromThePods(t *testing.T) {
 	c := got.Status.Convergence
 	g.Expect(c).NotTo(BeNil())
 	g.Expect(c.Root).To(Equal(pki.Fingerprint(k.renewed.Cert)[:11]))
-	g.Expect(c.Progress).To(Equal("2/4"))
+	g.Expect(c.Progress).To(Equal("2/5"))
 	g.Expect(c.TrustSets).To(HaveLen(4))
 	g.Expect(c.NotConverged).To(Equal([]rotatorv1.PodConvergence{
 		{Namespace: "jobs", Name: "job-x", Reason: "its trust anchors cannot be read: its daprd container has no DAPR_TRUST_ANCHORS"},
 		{Namespace: "team", Name: "bare", Roots: []string{pki.Fingerprint(k.old.Cert)[:11]}, Reason: "it does not trust root " + pki.Fingerprint(k.renewed.Cert)[:11]},
+		{Namespace: "team", Name: "leaving", Owner: "ReplicaSet app-1", Roots: []string{pki.Fingerprint(k.old.Cert)[:11]},
+			Reason: "it is terminating, and does not trust root " + pki.Fingerprint(k.renewed.Cert)[:11]},
 	}))
 	g.Expect(c.LastChangeTime.Time).To(BeTemporally("==", t0))
 

@@ -10,7 +10,6 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,13 +24,13 @@ import (
 )
 
 // liveSidecarPods counts the pods the injector patched that run, as the
-// cluster holds them.
+// cluster holds them: terminating ones too, until they exit.
 func liveSidecarPods(t *testing.T, g Gomega) int32 {
 	pods := &corev1.PodList{}
 	g.Expect(k8sClient.List(t.Context(), pods, client.MatchingLabels{fixture.InjectedLabel: "true"})).To(Succeed())
 	var n int32
 	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
 			n++
 		}
 	}
@@ -242,7 +241,7 @@ func TestStaleInjectorHoldsApplicationRestarts(t *testing.T) {
 // waits on the control plane) already hold the published anchors: they are
 // skipped, and counted, and every other one is restarted once.
 func TestApplicationsRedeployedByTheirOwnersAreNotRestartedAgain(t *testing.T) {
-	g, ctx := NewWithT(t), t.Context()
+	g := NewWithT(t)
 	freshBundle(t)
 	startOperator(t)
 	key := newRotation(t, "targeted", rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
@@ -261,19 +260,7 @@ func TestApplicationsRedeployedByTheirOwnersAreNotRestartedAgain(t *testing.T) {
 
 	// Meanwhile their owners redeploy two applications, as kubectl rollout restart does.
 	owned := daprApps()[:2]
-	for _, app := range owned {
-		d := &appsv1.Deployment{}
-		g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: app.Namespace, Name: app.Name}, d)).To(Succeed())
-		patch := client.MergeFrom(d.DeepCopy())
-		if d.Spec.Template.Annotations == nil {
-			d.Spec.Template.Annotations = map[string]string{}
-		}
-		d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = time.Now().Format(time.RFC3339Nano)
-		g.Expect(k8sClient.Patch(ctx, d, patch)).To(Succeed())
-	}
-	for _, app := range owned {
-		waitDeploymentRolledOut(t, app.Namespace, app.Name)
-	}
+	redeployByOwners(t, owned...)
 	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.Operator)
 
 	done := waitRotationCompleted(t, key, "second")

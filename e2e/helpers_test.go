@@ -469,6 +469,26 @@ func restartWorkload(t *testing.T, w workloadRef, id string) {
 	NewWithT(t).Expect(k8sClient.Patch(t.Context(), w.object(), client.RawPatch(types.MergePatchType, restart.Patch(id)))).To(Succeed())
 }
 
+// redeployByOwners redeploys Dapr applications as their owners would, the
+// way kubectl rollout restart does, and waits for them to roll out.
+func redeployByOwners(t *testing.T, apps ...fixture.App) {
+	t.Helper()
+	g := NewWithT(t)
+	for _, app := range apps {
+		d := &appsv1.Deployment{}
+		g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: app.Namespace, Name: app.Name}, d)).To(Succeed())
+		patch := client.MergeFrom(d.DeepCopy())
+		if d.Spec.Template.Annotations == nil {
+			d.Spec.Template.Annotations = map[string]string{}
+		}
+		d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = time.Now().Format(time.RFC3339Nano)
+		g.Expect(k8sClient.Patch(t.Context(), d, patch)).To(Succeed())
+	}
+	for _, app := range apps {
+		waitDeploymentRolledOut(t, app.Namespace, app.Name)
+	}
+}
+
 // waitDeploymentRolledOut waits until a Deployment's latest spec is fully rolled out.
 func waitDeploymentRolledOut(t *testing.T, ns, name string) {
 	t.Helper()
@@ -627,6 +647,7 @@ type availabilityOracle struct {
 	moments  int
 	mixed    int // moments with pods on more than one issuer
 	failures map[string]bool
+	peers    map[string]bool                // every Dapr pod checked, as namespace/name
 	leaves   map[string][]*x509.Certificate // by pod UID and issuer hash
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -634,7 +655,7 @@ type availabilityOracle struct {
 
 func startOracle(t *testing.T) *availabilityOracle {
 	ctx, cancel := context.WithCancel(t.Context())
-	o := &availabilityOracle{t: t, failures: map[string]bool{}, leaves: map[string][]*x509.Certificate{}, cancel: cancel, done: make(chan struct{})}
+	o := &availabilityOracle{t: t, failures: map[string]bool{}, peers: map[string]bool{}, leaves: map[string][]*x509.Certificate{}, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(o.done)
 		for ctx.Err() == nil {
@@ -777,6 +798,9 @@ func (o *availabilityOracle) observe(ctx context.Context) error {
 		}
 	}
 	o.mu.Lock()
+	for _, p := range sidecars {
+		o.peers[p.name] = true
+	}
 	o.moments++
 	if len(issuersSeen) > 1 {
 		o.mixed++
@@ -792,4 +816,17 @@ func (o *availabilityOracle) report() (moments, mixed int, failures []string) {
 		failures = append(failures, f)
 	}
 	return o.moments, o.mixed, failures
+}
+
+// checked reports whether the oracle checked a Dapr pod whose namespace/name
+// starts with prefix.
+func (o *availabilityOracle) checked(prefix string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for name := range o.peers {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
 }

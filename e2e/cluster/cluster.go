@@ -37,6 +37,10 @@ const NodeName = "kwok-node-0"
 // so that tests can make a rollout that never completes.
 const StayUnreadyAnnotation = "kwok.mtls.rotator.dev/stay-unready"
 
+// KeepRunningAnnotation on a Job's pod keeps it Running on the kwok node,
+// as a long-running Job's pod, instead of completing it at once.
+const KeepRunningAnnotation = "kwok.mtls.rotator.dev/keep-running"
+
 // Options configure a local cluster.
 type Options struct {
 	// Dir holds the cluster's state: credentials, kubeconfig, etcd data, logs.
@@ -362,23 +366,26 @@ func writeKwokStages(src, dst string) error {
 		return fmt.Errorf("reading kwok stages: %w", err)
 	}
 	docs := strings.Split(string(data), "\n---\n")
-	patched := false
-	for i, doc := range docs {
-		if !strings.Contains(doc, "name: pod-ready\n") {
-			continue
+	for stage, annotation := range map[string]string{"pod-ready": StayUnreadyAnnotation, "pod-complete": KeepRunningAnnotation} {
+		if err := excludeAnnotated(docs, stage, annotation); err != nil {
+			return fmt.Errorf("kwok stages in %s: %w", src, err)
 		}
-		const anchor = "    matchExpressions:\n"
-		if !strings.Contains(doc, anchor) {
-			break
-		}
-		docs[i] = strings.Replace(doc, anchor, anchor+
-			"    - key: '.metadata.annotations[\""+StayUnreadyAnnotation+"\"]'\n      operator: 'DoesNotExist'\n", 1)
-		patched = true
-	}
-	if !patched {
-		return fmt.Errorf("kwok stages in %s have no pod-ready selector to extend", src)
 	}
 	return os.WriteFile(dst, []byte(strings.Join(docs, "\n---\n")), 0o644)
+}
+
+// excludeAnnotated keeps the kwok stage named stage from applying to pods
+// carrying annotation.
+func excludeAnnotated(docs []string, stage, annotation string) error {
+	const anchor = "    matchExpressions:\n"
+	for i, doc := range docs {
+		if strings.Contains(doc, "name: "+stage+"\n") && strings.Contains(doc, anchor) {
+			docs[i] = strings.Replace(doc, anchor, anchor+
+				"    - key: '.metadata.annotations[\""+annotation+"\"]'\n      operator: 'DoesNotExist'\n", 1)
+			return nil
+		}
+	}
+	return fmt.Errorf("no %s selector to extend", stage)
 }
 
 func checkAssets(opts Options) error {

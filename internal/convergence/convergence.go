@@ -17,6 +17,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 )
@@ -83,14 +84,60 @@ func Trim(pod *corev1.Pod) *corev1.Pod {
 	for _, ref := range pod.OwnerReferences {
 		if ref.Controller != nil && *ref.Controller {
 			t.OwnerReferences = append(t.OwnerReferences, ref)
+			if _, ok := deploymentOf(pod, ref); ok {
+				t.Labels = deploymentPodLabels
+			}
 		}
 	}
 	t.Status.Phase, t.Status.StartTime = pod.Status.Phase, pod.Status.StartTime
 	return t
 }
 
-// injectedLabels are the labels of every trimmed pod: what the cache selects on.
-var injectedLabels = map[string]string{InjectedLabel: "true"}
+// injectedLabels are the labels of every trimmed pod: what the cache selects
+// on; deploymentPodLabels also say that the pod's ReplicaSet belongs to a
+// Deployment, which its pod-template-hash label told.
+var (
+	injectedLabels      = map[string]string{InjectedLabel: "true"}
+	deploymentPodLabels = map[string]string{InjectedLabel: "true", deploymentPodLabel: "true"}
+)
+
+// deploymentPodLabel marks a trimmed pod of a Deployment's ReplicaSet.
+const deploymentPodLabel = "mtls.rotator.dev/deployment-pod"
+
+// PodTemplateHashLabel is the label a Deployment puts on the pods of its
+// ReplicaSets; a ReplicaSet of a Deployment is named <deployment>-<hash>.
+const PodTemplateHashLabel = "pod-template-hash"
+
+// deploymentOf names the Deployment whose ReplicaSet (owner) runs pod:
+// the pod's pod-template-hash ends the ReplicaSet's name. A ReplicaSet of
+// its own, or of another controller (an Argo Rollout labels its pods
+// rollouts-pod-template-hash), has none.
+func deploymentOf(pod *corev1.Pod, owner metav1.OwnerReference) (string, bool) {
+	if owner.Kind != "ReplicaSet" {
+		return "", false
+	}
+	if h := pod.Labels[PodTemplateHashLabel]; h != "" && strings.HasSuffix(owner.Name, "-"+h) {
+		return strings.TrimSuffix(owner.Name, "-"+h), true
+	}
+	if i := strings.LastIndex(owner.Name, "-"); pod.Labels[deploymentPodLabel] == "true" && i > 0 {
+		return owner.Name[:i], true // trimmed
+	}
+	return "", false
+}
+
+// workloadOf names, as "Kind namespace/name", the workload whose restart
+// recreates pod: its Deployment, StatefulSet or DaemonSet; "" for any other
+// owner, or none.
+func workloadOf(pod *corev1.Pod, owner metav1.OwnerReference) string {
+	switch owner.Kind {
+	case "StatefulSet", "DaemonSet":
+		return fmt.Sprintf("%s %s/%s", owner.Kind, pod.Namespace, owner.Name)
+	}
+	if d, ok := deploymentOf(pod, owner); ok {
+		return fmt.Sprintf("Deployment %s/%s", pod.Namespace, d)
+	}
+	return ""
+}
 
 // memo holds, per distinct DAPR_TRUST_ANCHORS value (by its SHA-256: no PEM
 // is kept), the annotations of a trimmed pod, so that the anchors of
@@ -163,8 +210,14 @@ type Pod struct {
 	ControlPlane string
 	// Owner is the pod's controller as "Kind name", or "" for a bare pod.
 	Owner string
+	// Workload is the workload a rotation restarts the pod through, as
+	// "Kind namespace/name" (a Deployment, StatefulSet or DaemonSet); ""
+	// when none does (a bare pod, a Job's, a ReplicaSet of its own).
+	Workload string
 	// Started is when the pod started (when it was created, before it starts).
 	Started time.Time
+	// Terminating: the pod is being deleted, and still runs until it exits.
+	Terminating bool
 	// Anchors are the fingerprints of the roots it trusts; Problem, when
 	// they cannot be read, says why.
 	Anchors []string
@@ -172,12 +225,14 @@ type Pod struct {
 }
 
 // Observe reads what convergence needs of a live pod: false for a pod that
-// does not run any more (terminating, succeeded or failed).
+// does not run any more (succeeded or failed). A terminating pod is live:
+// its sidecar serves until it exits, up to its grace period.
 func Observe(pod *corev1.Pod) (Pod, bool) {
-	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return Pod{}, false
 	}
-	o := Pod{Namespace: pod.Namespace, Name: pod.Name, ControlPlane: pod.Annotations[ControlPlaneAnnotation], Started: pod.CreationTimestamp.Time}
+	o := Pod{Namespace: pod.Namespace, Name: pod.Name, ControlPlane: pod.Annotations[ControlPlaneAnnotation], Started: pod.CreationTimestamp.Time,
+		Terminating: pod.DeletionTimestamp != nil}
 	if pod.Status.StartTime != nil {
 		o.Started = pod.Status.StartTime.Time
 	}
@@ -186,7 +241,7 @@ func Observe(pod *corev1.Pod) (Pod, bool) {
 	}
 	for _, ref := range pod.OwnerReferences {
 		if ref.Controller != nil && *ref.Controller {
-			o.Owner = ref.Kind + " " + ref.Name
+			o.Owner, o.Workload = ref.Kind+" "+ref.Name, workloadOf(pod, ref)
 		}
 	}
 	o.Anchors, o.Problem = Anchors(pod)
@@ -262,6 +317,14 @@ func Summarize(pods []Pod, required Requirement, limit int) Report {
 
 // Unmet says why a pod does not meet the requirement, or "".
 func Unmet(p Pod, required Requirement) string {
+	reason := unmet(p, required)
+	if reason != "" && p.Terminating {
+		return "it is terminating, and " + strings.TrimPrefix(reason, "it ")
+	}
+	return reason
+}
+
+func unmet(p Pod, required Requirement) string {
 	if p.Problem != "" {
 		return "its trust anchors cannot be read: " + p.Problem
 	}

@@ -100,11 +100,10 @@ func TestTrimKeepsWhatConvergenceNeedsAndNoPEM(t *testing.T) {
 	g.Expect(&[]byte(a)[0]).NotTo(BeNil())
 }
 
-func TestObserveSkipsPodsThatDoNotRun(t *testing.T) {
+func TestObserveSkipsPodsThatDoNotRunAnyMore(t *testing.T) {
 	g := NewWithT(t)
 	root := pkitest.NewRoot(t, pkitest.Options{})
 	for _, f := range []func(*corev1.Pod){
-		func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: time.Now()} },
 		func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded },
 		func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed },
 	} {
@@ -118,6 +117,13 @@ func TestObserveSkipsPodsThatDoNotRun(t *testing.T) {
 	o, live := Observe(p)
 	g.Expect(live).To(BeTrue(), "a pending pod starts with the anchors it holds")
 	g.Expect(o.Owner).To(BeEmpty(), "a bare pod has no owner")
+
+	p = daprPod("a", root.CertPEM(), "")
+	p.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	o, live = Observe(Trim(p))
+	g.Expect(live).To(BeTrue(), "a terminating pod's sidecar serves until it exits")
+	g.Expect(o.Terminating).To(BeTrue())
+	g.Expect(Unmet(o, Requirement{Roots: []string{"AA:BB"}})).To(Equal("it is terminating, and does not trust root AA:BB"))
 }
 
 func TestSummarize(t *testing.T) {
@@ -205,4 +211,43 @@ func TestUnmetExactly(t *testing.T) {
 	g.Expect(Unmet(Pod{Anchors: []string{"BB"}}, exact)).To(BeEmpty())
 	g.Expect(Unmet(Pod{Anchors: []string{"AA", "BB"}}, exact)).To(Equal("it also trusts root AA"))
 	g.Expect(Unmet(Pod{Anchors: []string{"AA", "BB"}}, Requirement{Roots: []string{"BB"}})).To(BeEmpty())
+}
+
+// TestWorkloadIsTheOwnerARestartReaches: a pod names the workload whose
+// restart recreates it: a Deployment only when its pod-template-hash ends
+// the ReplicaSet's name, never from the name alone; trimmed the same.
+func TestWorkloadIsTheOwnerARestartReaches(t *testing.T) {
+	root := pkitest.NewRoot(t, pkitest.Options{})
+	owned := func(kind, name string, labels map[string]string) *corev1.Pod {
+		p := daprPod("p", root.CertPEM(), "")
+		p.OwnerReferences = []metav1.OwnerReference{{Kind: kind, Name: name, Controller: ptr.To(true)}}
+		for k, v := range labels {
+			p.Labels[k] = v
+		}
+		return p
+	}
+	for _, tt := range []struct {
+		name string
+		pod  *corev1.Pod
+		want string
+	}{
+		{"a Deployment's ReplicaSet", owned("ReplicaSet", "web-5d4f9", map[string]string{PodTemplateHashLabel: "5d4f9"}), "Deployment team/web"},
+		{"a dashed Deployment name", owned("ReplicaSet", "my-web-app-5d4f9", map[string]string{PodTemplateHashLabel: "5d4f9"}), "Deployment team/my-web-app"},
+		{"a ReplicaSet of its own with a dashed name", owned("ReplicaSet", "mixed-rs", nil), ""},
+		{"a hash that does not end the name", owned("ReplicaSet", "web-5d4f9", map[string]string{PodTemplateHashLabel: "77aa1"}), ""},
+		{"an Argo Rollout's ReplicaSet", owned("ReplicaSet", "web-6c7b8", map[string]string{"rollouts-pod-template-hash": "6c7b8"}), ""},
+		{"a StatefulSet", owned("StatefulSet", "db", nil), "StatefulSet team/db"},
+		{"a DaemonSet", owned("DaemonSet", "agent", nil), "DaemonSet team/agent"},
+		{"a Job", owned("Job", "migrate", nil), ""},
+		{"a bare pod", daprPod("p", root.CertPEM(), ""), ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			o, live := Observe(tt.pod)
+			g.Expect(live).To(BeTrue())
+			g.Expect(o.Workload).To(Equal(tt.want))
+			trimmed, _ := Observe(Trim(tt.pod))
+			g.Expect(trimmed.Workload).To(Equal(tt.want), "trimmed")
+		})
+	}
 }
