@@ -62,7 +62,7 @@ func otherOwners(t *testing.T) {
 			for _, p := range pods.Items {
 				g.Expect(p.Labels["app"]).NotTo(HavePrefix("mixed-"), "pod %s still there", p.Name)
 			}
-		}).WithTimeout(60 * time.Second).Should(Succeed(), "the other owners' pods leave before the next test")
+		}).WithTimeout(60*time.Second).Should(Succeed(), "the other owners' pods leave before the next test")
 	})
 	g.Eventually(func(g Gomega) {
 		for _, app := range []string{"mixed-job", "mixed-rs", "mixed-sts", "mixed-ds"} {
