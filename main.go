@@ -96,13 +96,19 @@ func main() {
 func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, namespaces []string,
 	clientOptions client.Options, le leaderelection.Options) error {
 	restConfig := client.GetConfigOrDie(clientOptions)
-	cacheOptions, err := controllers.CacheOptions(namespaces)
+	rollouts, err := controllers.RolloutsInstalled(restConfig)
+	if err != nil {
+		return err
+	}
+	log.Info("Argo Rollouts", "installed", rollouts)
+	cacheOptions, err := controllers.CacheOptions(namespaces, rollouts)
 	if err != nil {
 		return err
 	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                        scheme,
 		Cache:                         cacheOptions,
+		Client:                        controllers.ClientOptions(),
 		Metrics:                       metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:        healthAddr,
 		LeaderElection:                le.Enable,
@@ -133,6 +139,7 @@ func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, name
 		APIReader:     mgr.GetAPIReader(),
 		EventRecorder: recorder,
 		Metrics:       metrics,
+		Rollouts:      rollouts,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the %s controller: %w", rotatorv1.MTLSRootRotationKind, err)
 	}

@@ -20,7 +20,10 @@ import (
 // ConfigMaps and cert-manager objects only in the managed namespaces (the Dapr
 // control-plane namespaces); workloads in every namespace, trimmed to what a
 // rotation reads so that many thousands of them cost little memory.
-func CacheOptions(namespaces []string) (cache.Options, error) {
+//
+// With rollouts (Argo Rollouts installed), Rollouts are cached too, trimmed,
+// as unstructured objects: the client must then cache those (ClientOptions).
+func CacheOptions(namespaces []string, rollouts bool) (cache.Options, error) {
 	if len(namespaces) == 0 {
 		return cache.Options{}, fmt.Errorf("at least one managed namespace is required")
 	}
@@ -41,7 +44,16 @@ func CacheOptions(namespaces []string) (cache.Options, error) {
 		// Only pods Dapr's injector patched, each reduced to the roots it holds.
 		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{convergence.InjectedLabel: "true"}), Transform: TrimPod},
 	}
+	if rollouts {
+		byObject[newRollout()] = cache.ByObject{Transform: TrimRollout}
+	}
 	return cache.Options{ByObject: byObject, DefaultTransform: cache.TransformStripManagedFields()}, nil
+}
+
+// ClientOptions are the manager client's: unstructured objects (Argo
+// Rollouts) are read from the cache like the typed ones.
+func ClientOptions() client.Options {
+	return client.Options{Cache: &client.CacheOptions{Unstructured: true}}
 }
 
 // keptTemplateAnnotations are the pod-template annotations a rotation reads.

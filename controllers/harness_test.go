@@ -15,6 +15,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
@@ -291,6 +292,8 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 // describeObject names an object as "Kind/name" for the write log.
 func describeObject(obj any) string {
 	switch o := obj.(type) {
+	case *unstructured.Unstructured:
+		return o.GetKind() + "/" + o.GetName()
 	case client.Object:
 		kind := fmt.Sprintf("%T", o)
 		kind = kind[strings.LastIndex(kind, ".")+1:]

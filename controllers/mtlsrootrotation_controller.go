@@ -52,6 +52,10 @@ type MTLSRootRotationReconciler struct {
 	PollInterval time.Duration
 	// Metrics records Prometheus metrics; nil records none.
 	Metrics *Metrics
+	// Rollouts: Argo Rollouts is installed (RolloutsInstalled), and its
+	// Dapr-enabled Rollouts are applications too; the cache must hold them
+	// (CacheOptions).
+	Rollouts bool
 }
 
 // Namespace-scoped access is granted in the Dapr control-plane namespace only

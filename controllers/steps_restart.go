@@ -69,6 +69,9 @@ func observe(o client.Object, rotationID string) restart.Observed {
 }
 
 func (p *pass) restartWorkload(ctx context.Context, ref restart.Ref, rotationID string) error {
+	if ref.Kind == rolloutKind {
+		return p.restartRollout(ctx, ref, rotationID)
+	}
 	o, err := workloadObject(ref.Kind)
 	if err != nil {
 		return err
@@ -161,7 +164,9 @@ func (p *pass) controlPlane(ctx context.Context) ([]restart.Observed, *restart.R
 	return observed, rolledBack, nil
 }
 
-// applications lists the Dapr applications a rotation restarts.
+// applications lists the Dapr applications a rotation restarts: the
+// Deployments, StatefulSets, DaemonSets and Argo Rollouts selected whose pod
+// template enables Dapr.
 func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Observed, error) {
 	obj := p.obj
 	spec := obj.Spec.Applications
@@ -189,35 +194,38 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 		selector = sel
 	}
 	var apps []restart.Observed
-	add := func(o client.Object, tmpl map[string]string) {
-		if namespaces != nil && !namespaces[o.GetNamespace()] {
-			return
+	add := func(o client.Object, tmpl map[string]string, obs restart.Observed) {
+		if (namespaces == nil || namespaces[o.GetNamespace()]) && daprEnabled(tmpl) {
+			apps = append(apps, obs)
 		}
-		if tmpl[rotatorv1.DaprEnabledAnnotation] != rotatorv1.DaprEnabledAnnotationValue {
-			return
-		}
-		apps = append(apps, observe(o, restartID))
 	}
 	deployments := &appsv1.DeploymentList{}
 	if err := p.List(ctx, deployments, client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return nil, fmt.Errorf("listing Deployments: %w", err)
 	}
 	for i := range deployments.Items {
-		add(&deployments.Items[i], deployments.Items[i].Spec.Template.Annotations)
+		add(&deployments.Items[i], deployments.Items[i].Spec.Template.Annotations, observe(&deployments.Items[i], restartID))
 	}
 	statefulSets := &appsv1.StatefulSetList{}
 	if err := p.List(ctx, statefulSets, client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return nil, fmt.Errorf("listing StatefulSets: %w", err)
 	}
 	for i := range statefulSets.Items {
-		add(&statefulSets.Items[i], statefulSets.Items[i].Spec.Template.Annotations)
+		add(&statefulSets.Items[i], statefulSets.Items[i].Spec.Template.Annotations, observe(&statefulSets.Items[i], restartID))
 	}
 	daemonSets := &appsv1.DaemonSetList{}
 	if err := p.List(ctx, daemonSets, client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return nil, fmt.Errorf("listing DaemonSets: %w", err)
 	}
 	for i := range daemonSets.Items {
-		add(&daemonSets.Items[i], daemonSets.Items[i].Spec.Template.Annotations)
+		add(&daemonSets.Items[i], daemonSets.Items[i].Spec.Template.Annotations, observe(&daemonSets.Items[i], restartID))
+	}
+	rollouts, err := p.listRollouts(ctx, selector)
+	if err != nil {
+		return nil, err
+	}
+	for i := range rollouts {
+		add(&rollouts[i], rolloutTemplateAnnotations(&rollouts[i]), observeRollout(&rollouts[i], restartID))
 	}
 	return apps, nil
 }

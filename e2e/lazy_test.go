@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/health"
 )
 
 // lazyWaitFor is status.rotation.waitingFor during a lazy wait.
@@ -60,6 +61,7 @@ func TestLazyRotationLeavesRestartsToOwners(t *testing.T) {
 	g.Expect(conditions.IsReady(waiting)).To(BeTrue(), "the mesh works: Ready while the restarts are deferred")
 	g.Expect(conditions.GetReason(waiting, meta.ReadyCondition)).To(Equal(rotatorv1.RestartsDeferredReason))
 	g.Expect(kstatusOf(t, waiting)).To(Equal(status.CurrentStatus), "a GitOps health check does not wait on it")
+	g.Expect(argoHealthOf(t, key).Status).To(Equal(health.Healthy))
 	g.Expect(eventCount(t, key, rotatorv1.RestartsDeferredReason)).To(Equal(int32(1)))
 	g.Consistently(func(g Gomega) {
 		g.Expect(restartedApps(t, rot.ID)).To(BeEmpty())

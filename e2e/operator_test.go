@@ -151,7 +151,9 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 	g.Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
 	g.Expect(cmapi.AddToScheme(scheme)).To(Succeed())
 	g.Expect(rotatorv1.AddToScheme(scheme)).To(Succeed())
-	cacheOptions, err := controllers.CacheOptions(namespaces)
+	rollouts, err := controllers.RolloutsInstalled(operatorConfig(t))
+	g.Expect(err).NotTo(HaveOccurred())
+	cacheOptions, err := controllers.CacheOptions(namespaces, rollouts)
 	g.Expect(err).NotTo(HaveOccurred())
 	// Debug verbosity, so that every log line is checked for key material.
 	logs := &logBuffer{}
@@ -164,6 +166,7 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 	mgr, err := ctrl.NewManager(operatorConfig(t), ctrl.Options{
 		Scheme:                 scheme,
 		Cache:                  cacheOptions,
+		Client:                 controllers.ClientOptions(),
 		Metrics:                metricsserver.Options{BindAddress: cmp.Or(opts.metricsAddr, "0")},
 		HealthProbeBindAddress: "0",
 		Logger:                 log,
@@ -183,7 +186,7 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 	}
 	g.Expect((&controllers.MTLSRootRotationReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), EventRecorder: recorder, PollInterval: 200 * time.Millisecond,
-		Metrics: metrics,
+		Metrics: metrics, Rollouts: rollouts,
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	ctx, cancel := context.WithCancel(context.Background())

@@ -4,6 +4,7 @@
 #   bin/k8s/store/<name>-<version>   the binaries
 #   bin/k8s/assets/<name>            symlinks to the pinned versions (KUBEBUILDER_ASSETS)
 #   bin/k8s/assets/kwok-stages.yaml  kwok Stage configs shipped in the kwok module
+#   bin/k8s/assets/argo-rollouts-crds/  the CRDs of the Argo Rollouts module, for its controller
 # A binary already in the store is not rebuilt.
 set -euo pipefail
 
@@ -11,6 +12,8 @@ K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# The newest Argo Rollouts whose go.mod accepts this machine's Go (v1.10 asks for 1.26.10).
+ARGO_ROLLOUTS_VERSION="${ARGO_ROLLOUTS_VERSION:-v1.9.2}"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin_dir="${BIN_DIR:-$root/bin/k8s}"
@@ -31,8 +34,9 @@ done
 need_etcd=0; [[ -x "$store/etcd-$ETCD_VERSION" ]] || need_etcd=1
 need_kwok=0; [[ -x "$store/kwok-$KWOK_VERSION" && -f "$store/kwok-stages-$KWOK_VERSION.yaml" ]] || need_kwok=1
 need_helm=0; [[ -x "$store/helm-$HELM_VERSION" ]] || need_helm=1
+need_argo=0; [[ -x "$store/argo-rollouts-controller-$ARGO_ROLLOUTS_VERSION" && -d "$store/argo-rollouts-crds-$ARGO_ROLLOUTS_VERSION" ]] || need_argo=1
 
-todo=$(( ${#missing[@]} + need_etcd + need_kwok + need_helm ))
+todo=$(( ${#missing[@]} + need_etcd + need_kwok + need_helm + need_argo ))
 if (( todo > 0 )); then
 	step "building $todo binaries from the Go module proxy; from empty caches this takes about 10 minutes and 3 GB of memory on 2 cores"
 fi
@@ -131,6 +135,22 @@ if (( need_helm )); then
 	rm -rf "$work/helm-bin"
 fi
 
+if (( need_argo )); then
+	step "building the Argo Rollouts controller $ARGO_ROLLOUTS_VERSION"
+	# Its go.mod pins Kubernetes modules with replace directives, which only
+	# its own module honours: build inside a copy of it.
+	argo_dir="$(go mod download -json "github.com/argoproj/argo-rollouts@$ARGO_ROLLOUTS_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	[[ -d "$argo_dir" ]] || { echo "build-binaries: cannot download github.com/argoproj/argo-rollouts@$ARGO_ROLLOUTS_VERSION" >&2; exit 1; }
+	d="$work/argo-rollouts-$ARGO_ROLLOUTS_VERSION"
+	rm -rf "$d" && cp -r "$argo_dir" "$d" && chmod -R u+w "$d"
+	(cd "$d" && go build -trimpath -ldflags "-s -w" -o "$store/argo-rollouts-controller-$ARGO_ROLLOUTS_VERSION.tmp" ./cmd/rollouts-controller)
+	crds="$store/argo-rollouts-crds-$ARGO_ROLLOUTS_VERSION"
+	rm -rf "$crds.tmp" && mkdir -p "$crds.tmp" && cp "$d"/manifests/crds/*-crd.yaml "$crds.tmp/"
+	mv "$store/argo-rollouts-controller-$ARGO_ROLLOUTS_VERSION.tmp" "$store/argo-rollouts-controller-$ARGO_ROLLOUTS_VERSION"
+	rm -rf "$crds" && mv "$crds.tmp" "$crds"
+	rm -rf "$d"
+fi
+
 for name in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
 	ln -sfn "../store/$name-$K8S_VERSION" "$assets/$name"
 done
@@ -138,5 +158,7 @@ ln -sfn "../store/etcd-$ETCD_VERSION" "$assets/etcd"
 ln -sfn "../store/kwok-$KWOK_VERSION" "$assets/kwok"
 ln -sfn "../store/kwok-stages-$KWOK_VERSION.yaml" "$assets/kwok-stages.yaml"
 ln -sfn "../store/helm-$HELM_VERSION" "$assets/helm"
+ln -sfn "../store/argo-rollouts-controller-$ARGO_ROLLOUTS_VERSION" "$assets/argo-rollouts-controller"
+ln -sfn "../store/argo-rollouts-crds-$ARGO_ROLLOUTS_VERSION" "$assets/argo-rollouts-crds"
 rmdir "$work" 2>/dev/null || true
 step "binaries ready in $assets"

@@ -280,7 +280,10 @@ type RotationPlan struct {
 	// optional ones are marked skipped.
 	// +optional
 	ControlPlane []string `json:"controlPlane,omitempty"`
-	// Applications is how many Dapr applications would be restarted.
+	// Applications is how many Dapr applications would be restarted, per
+	// phase: every one selected, as none of their pods can hold anchors not
+	// issued yet (with restartsDeferredUntil, at most that many: those their
+	// owners have not redeployed by then).
 	Applications int32 `json:"applications"`
 	// Waves is how many application waves that takes, per phase.
 	Waves int32 `json:"waves"`

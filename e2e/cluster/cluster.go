@@ -1,6 +1,7 @@
 // Package cluster runs a real local Kubernetes control plane built from source:
 // etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok with one
-// fake node, and the real cert-manager controllers. Tests start one per suite;
+// fake node, the real cert-manager controllers, and Argo Rollouts' controller
+// with its CRDs. Tests start one per suite;
 // the localcluster command starts a detached one for 'make cluster-up'.
 package cluster
 
@@ -14,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,7 +48,8 @@ type Options struct {
 	// Dir holds the cluster's state: credentials, kubeconfig, etcd data, logs.
 	Dir string
 	// AssetsDir holds etcd, kube-apiserver, kube-controller-manager,
-	// kube-scheduler, kwok and kwok-stages.yaml (hack/build-binaries.sh).
+	// kube-scheduler, kwok, kwok-stages.yaml, and the Argo Rollouts
+	// controller with its CRDs (hack/build-binaries.sh).
 	AssetsDir string
 	// CertManagerBinary is the cert-manager-controller program of this repository.
 	CertManagerBinary string
@@ -122,11 +125,12 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(7)
+	ports, err := freePorts(8)
 	if err != nil {
 		return nil, err
 	}
 	etcdClient, etcdPeer, apiPort, kcmPort, schedPort, kwokPort := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
+	argoMetricsPort, argoHealthPort := ports[6], ports[7]
 	server := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
 	if err := writeKubeconfig(c.Kubeconfig, server, p); err != nil {
 		return nil, err
@@ -225,14 +229,12 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 	}
 
 	step("installing CustomResourceDefinitions")
-	if len(opts.CRDPaths) > 0 {
-		if _, err := envtest.InstallCRDs(c.Config, envtest.CRDInstallOptions{
-			Paths: opts.CRDPaths, ErrorIfPathMissing: true, MaxTime: opts.StartTimeout,
-		}); err != nil {
-			return nil, fmt.Errorf("installing CRDs: %w", err)
-		}
+	if _, err := envtest.InstallCRDs(c.Config, envtest.CRDInstallOptions{
+		Paths: append(slices.Clone(opts.CRDPaths), asset("argo-rollouts-crds")), ErrorIfPathMissing: true, MaxTime: opts.StartTimeout,
+	}); err != nil {
+		return nil, fmt.Errorf("installing CRDs: %w", err)
 	}
-	for _, ns := range []string{"cert-manager"} {
+	for _, ns := range []string{"cert-manager", "argo-rollouts"} {
 		if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return nil, fmt.Errorf("creating namespace %s: %w", ns, err)
 		}
@@ -245,6 +247,14 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 	readyFile := filepath.Join(dir, "cert-manager.ready")
 	certManager, err := run("cert-manager", opts.CertManagerBinary,
 		"--kubeconfig="+c.Kubeconfig, "--ready-file="+readyFile, "--cluster-resource-namespace=cert-manager")
+	if err != nil {
+		return nil, err
+	}
+
+	step("starting the Argo Rollouts controller")
+	argo, err := run("argo-rollouts", asset("argo-rollouts-controller"),
+		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false", "--loglevel=warn",
+		fmt.Sprintf("--metricsPort=%d", argoMetricsPort), fmt.Sprintf("--healthzPort=%d", argoHealthPort))
 	if err != nil {
 		return nil, err
 	}
@@ -283,6 +293,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 		_, err := os.Stat(readyFile)
 		return err
 	}); err != nil {
+		return nil, err
+	}
+	if err := await(argo, "the Argo Rollouts controller", httpCheck(fmt.Sprintf("http://127.0.0.1:%d/healthz", argoHealthPort))); err != nil {
 		return nil, err
 	}
 	step("cluster ready; kubeconfig %s", c.Kubeconfig)
@@ -390,7 +403,8 @@ func excludeAnnotated(docs []string, stage, annotation string) error {
 
 func checkAssets(opts Options) error {
 	var missing []string
-	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kwok-stages.yaml"} {
+	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kwok-stages.yaml",
+		"argo-rollouts-controller", "argo-rollouts-crds"} {
 		if _, err := os.Stat(filepath.Join(opts.AssetsDir, name)); err != nil {
 			missing = append(missing, name)
 		}

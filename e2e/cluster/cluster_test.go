@@ -15,11 +15,14 @@ import (
 func fakeAssets(t *testing.T, etcdScript string) Options {
 	t.Helper()
 	assets := t.TempDir()
-	for _, name := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "cert-manager"} {
+	for _, name := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "cert-manager", "argo-rollouts-controller"} {
 		writeScript(t, filepath.Join(assets, name), "sleep 60")
 	}
 	writeScript(t, filepath.Join(assets, "etcd"), etcdScript)
 	if err := os.WriteFile(filepath.Join(assets, "kwok-stages.yaml"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(assets, "argo-rollouts-crds"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return Options{
@@ -42,7 +45,7 @@ func TestStartNamesMissingBinaries(t *testing.T) {
 	opts := Options{Dir: filepath.Join(t.TempDir(), "cluster"), AssetsDir: t.TempDir(), CertManagerBinary: "/nonexistent"}
 	_, err := Start(t.Context(), opts)
 	g.Expect(err).To(MatchError(And(
-		ContainSubstring("etcd"), ContainSubstring("kube-apiserver"), ContainSubstring("kwok-stages.yaml"),
+		ContainSubstring("etcd"), ContainSubstring("kube-apiserver"), ContainSubstring("kwok-stages.yaml"), ContainSubstring("argo-rollouts-controller"),
 		ContainSubstring("make binaries"))))
 	g.Expect(opts.Dir).NotTo(BeADirectory(), "nothing is created when binaries are missing")
 }

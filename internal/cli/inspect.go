@@ -40,7 +40,7 @@ type unconvergedPod struct {
 	Name      string `json:"name"`
 	Owner     string `json:"owner"`
 	// Restartable says whether a rotation can restart the pod through its
-	// owner's pod template (a Deployment, StatefulSet or DaemonSet).
+	// owner (a Deployment, StatefulSet, DaemonSet or Argo Rollout).
 	Restartable bool     `json:"restartable"`
 	Roots       []string `json:"roots"`
 	Reason      string   `json:"reason"`
@@ -140,7 +140,8 @@ func requiredRoot(ctx context.Context, c client.Client, namespace string) (root,
 }
 
 // restartOwner names the workload that owns a pod through its controllers
-// (a ReplicaSet's Deployment), and whether a rotation can restart it.
+// (a ReplicaSet's Deployment or Argo Rollout), and whether a rotation can
+// restart it.
 func restartOwner(ctx context.Context, c client.Client, pod *corev1.Pod) (string, bool, error) {
 	ref := metav1.GetControllerOf(pod)
 	if ref == nil {
@@ -159,8 +160,9 @@ func restartOwner(ctx context.Context, c client.Client, pod *corev1.Pod) (string
 			ref = up
 		}
 	}
-	restartable := strings.HasPrefix(ref.APIVersion, "apps/") &&
-		(ref.Kind == string(rotatorv1.Deployment) || ref.Kind == string(rotatorv1.StatefulSet) || ref.Kind == string(rotatorv1.DaemonSet))
+	restartable := (strings.HasPrefix(ref.APIVersion, "apps/") &&
+		(ref.Kind == string(rotatorv1.Deployment) || ref.Kind == string(rotatorv1.StatefulSet) || ref.Kind == string(rotatorv1.DaemonSet))) ||
+		(strings.HasPrefix(ref.APIVersion, "argoproj.io/") && ref.Kind == "Rollout")
 	return ref.Kind + " " + ref.Name, restartable, nil
 }
 

@@ -45,6 +45,8 @@ func TestInspectCluster(t *testing.T) {
 	objs := []client.Object{
 		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "web-7d4", Namespace: "team", OwnerReferences: controlledBy("apps/v1", "Deployment", "web")}},
 		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "orphan-rs", Namespace: "team"}},
+		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Name: "canary-6c7", Namespace: "team", OwnerReferences: controlledBy("argoproj.io/v1alpha1", "Rollout", "canary")}},
+		sidecar("team", "canary-6c7-a", old.CertPEM(), controlledBy("apps/v1", "ReplicaSet", "canary-6c7")),
 		sidecar("team", "web-7d4-a", current.CertPEM(), controlledBy("apps/v1", "ReplicaSet", "web-7d4")),
 		sidecar("team", "web-7d4-b", old.CertPEM(), controlledBy("apps/v1", "ReplicaSet", "web-7d4")),
 		sidecar("team", "orphan-rs-x", old.CertPEM(), controlledBy("apps/v1", "ReplicaSet", "orphan-rs")),
@@ -60,7 +62,7 @@ func TestInspectCluster(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(in.Root).To(Equal(pki.Fingerprint(current.Cert)), "without an MTLSRootRotation, the newest anchor Sentry's ConfigMap holds")
 	g.Expect(in.RootFrom).To(Equal("ConfigMap dapr-system/dapr-trust-bundle"))
-	g.Expect(in.Pods).To(Equal(6))
+	g.Expect(in.Pods).To(Equal(7))
 	g.Expect(in.Converged).To(Equal(1))
 	short := convergence.Short(pki.Fingerprint(old.Cert))
 	notTrusted := "it does not trust root " + convergence.Short(in.Root)
@@ -68,13 +70,14 @@ func TestInspectCluster(t *testing.T) {
 		{Namespace: "jobs", Name: "bare", Owner: "none (a bare pod)", Roots: []string{},
 			Reason: "its trust anchors cannot be read: its daprd container has no DAPR_TRUST_ANCHORS"},
 		{Namespace: "jobs", Name: "nightly-x", Owner: "Job nightly", Roots: []string{short}, Reason: notTrusted},
+		{Namespace: "team", Name: "canary-6c7-a", Owner: "Rollout canary", Restartable: true, Roots: []string{short}, Reason: notTrusted},
 		{Namespace: "team", Name: "db-0", Owner: "StatefulSet db", Restartable: true, Roots: []string{short}, Reason: notTrusted},
 		{Namespace: "team", Name: "orphan-rs-x", Owner: "ReplicaSet orphan-rs", Roots: []string{short}, Reason: notTrusted},
 		{Namespace: "team", Name: "web-7d4-b", Owner: "Deployment web", Restartable: true, Roots: []string{short}, Reason: notTrusted},
 	}))
 	var out bytes.Buffer
 	g.Expect(printInspection(&out, in)).To(Succeed())
-	g.Expect(out.String()).To(ContainSubstring("control plane dapr-system: 1 of 6 Dapr pods trust root " + convergence.Short(in.Root)))
+	g.Expect(out.String()).To(ContainSubstring("control plane dapr-system: 1 of 7 Dapr pods trust root " + convergence.Short(in.Root)))
 	g.Expect(out.String()).To(MatchRegexp(`team\s+web-7d4-b\s+Deployment web\s+yes\s+` + short))
 	g.Expect(out.String()).NotTo(ContainSubstring("BEGIN"))
 
@@ -87,7 +90,7 @@ func TestInspectCluster(t *testing.T) {
 	in, err = inspectCluster(t.Context(), c, "dapr-system")
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(in.RootFrom).To(Equal("MTLSRootRotation dapr-system/mesh"))
-	g.Expect(in.Converged).To(Equal(4))
+	g.Expect(in.Converged).To(Equal(5))
 
 	// Nothing to tell the required root from: an error, not a guess.
 	_, err = inspectCluster(t.Context(), c, "elsewhere")

@@ -84,8 +84,8 @@ func Trim(pod *corev1.Pod) *corev1.Pod {
 	for _, ref := range pod.OwnerReferences {
 		if ref.Controller != nil && *ref.Controller {
 			t.OwnerReferences = append(t.OwnerReferences, ref)
-			if _, ok := deploymentOf(pod, ref); ok {
-				t.Labels = deploymentPodLabels
+			if kind, _ := replicaSetOwner(pod, ref); kind != "" {
+				t.Labels = replicaSetOwnerMaps[kind]
 			}
 		}
 	}
@@ -94,47 +94,56 @@ func Trim(pod *corev1.Pod) *corev1.Pod {
 }
 
 // injectedLabels are the labels of every trimmed pod: what the cache selects
-// on; deploymentPodLabels also say that the pod's ReplicaSet belongs to a
-// Deployment, which its pod-template-hash label told.
+// on. A pod of a ReplicaSet that a Deployment or an Argo Rollout owns, as
+// its pod-template-hash label tells, keeps that owner's kind in
+// replicaSetOwnerLabel instead, from one shared map per kind.
 var (
 	injectedLabels      = map[string]string{InjectedLabel: "true"}
-	deploymentPodLabels = map[string]string{InjectedLabel: "true", deploymentPodLabel: "true"}
+	replicaSetOwnerMaps = map[string]map[string]string{
+		"Deployment": {InjectedLabel: "true", replicaSetOwnerLabel: "Deployment"},
+		"Rollout":    {InjectedLabel: "true", replicaSetOwnerLabel: "Rollout"},
+	}
 )
 
-// deploymentPodLabel marks a trimmed pod of a Deployment's ReplicaSet.
-const deploymentPodLabel = "mtls.rotator.dev/deployment-pod"
+// replicaSetOwnerLabel names, on a trimmed pod, the kind of the workload
+// owning its ReplicaSet.
+const replicaSetOwnerLabel = "mtls.rotator.dev/replicaset-owner"
 
-// PodTemplateHashLabel is the label a Deployment puts on the pods of its
-// ReplicaSets; a ReplicaSet of a Deployment is named <deployment>-<hash>.
-const PodTemplateHashLabel = "pod-template-hash"
+// The labels a Deployment and an Argo Rollout put on the pods of their
+// ReplicaSets; such a ReplicaSet is named <owner>-<hash>.
+const (
+	PodTemplateHashLabel         = "pod-template-hash"
+	RolloutsPodTemplateHashLabel = "rollouts-pod-template-hash"
+)
 
-// deploymentOf names the Deployment whose ReplicaSet (owner) runs pod:
-// the pod's pod-template-hash ends the ReplicaSet's name. A ReplicaSet of
-// its own, or of another controller (an Argo Rollout labels its pods
-// rollouts-pod-template-hash), has none.
-func deploymentOf(pod *corev1.Pod, owner metav1.OwnerReference) (string, bool) {
+// replicaSetOwner names the Deployment or Argo Rollout whose ReplicaSet
+// (owner) runs pod: the pod's template hash ends the ReplicaSet's name. A
+// ReplicaSet of its own has none.
+func replicaSetOwner(pod *corev1.Pod, owner metav1.OwnerReference) (kind, name string) {
 	if owner.Kind != "ReplicaSet" {
-		return "", false
+		return "", ""
 	}
-	if h := pod.Labels[PodTemplateHashLabel]; h != "" && strings.HasSuffix(owner.Name, "-"+h) {
-		return strings.TrimSuffix(owner.Name, "-"+h), true
+	for kind, label := range map[string]string{"Deployment": PodTemplateHashLabel, "Rollout": RolloutsPodTemplateHashLabel} {
+		if h := pod.Labels[label]; h != "" && strings.HasSuffix(owner.Name, "-"+h) {
+			return kind, strings.TrimSuffix(owner.Name, "-"+h)
+		}
 	}
-	if i := strings.LastIndex(owner.Name, "-"); pod.Labels[deploymentPodLabel] == "true" && i > 0 {
-		return owner.Name[:i], true // trimmed
+	if i := strings.LastIndex(owner.Name, "-"); pod.Labels[replicaSetOwnerLabel] != "" && i > 0 {
+		return pod.Labels[replicaSetOwnerLabel], owner.Name[:i] // trimmed
 	}
-	return "", false
+	return "", ""
 }
 
 // workloadOf names, as "Kind namespace/name", the workload whose restart
-// recreates pod: its Deployment, StatefulSet or DaemonSet; "" for any other
-// owner, or none.
+// recreates pod: its Deployment, StatefulSet, DaemonSet or Argo Rollout; ""
+// for any other owner, or none.
 func workloadOf(pod *corev1.Pod, owner metav1.OwnerReference) string {
 	switch owner.Kind {
 	case "StatefulSet", "DaemonSet":
 		return fmt.Sprintf("%s %s/%s", owner.Kind, pod.Namespace, owner.Name)
 	}
-	if d, ok := deploymentOf(pod, owner); ok {
-		return fmt.Sprintf("Deployment %s/%s", pod.Namespace, d)
+	if kind, name := replicaSetOwner(pod, owner); kind != "" {
+		return fmt.Sprintf("%s %s/%s", kind, pod.Namespace, name)
 	}
 	return ""
 }
@@ -211,8 +220,9 @@ type Pod struct {
 	// Owner is the pod's controller as "Kind name", or "" for a bare pod.
 	Owner string
 	// Workload is the workload a rotation restarts the pod through, as
-	// "Kind namespace/name" (a Deployment, StatefulSet or DaemonSet); ""
-	// when none does (a bare pod, a Job's, a ReplicaSet of its own).
+	// "Kind namespace/name" (a Deployment, StatefulSet, DaemonSet or Argo
+	// Rollout); "" when none does (a bare pod, a Job's, a ReplicaSet of its
+	// own).
 	Workload string
 	// Started is when the pod started (when it was created, before it starts).
 	Started time.Time

@@ -235,10 +235,11 @@ func TestWorkloadIsTheOwnerARestartReaches(t *testing.T) {
 		{"a dashed Deployment name", owned("ReplicaSet", "my-web-app-5d4f9", map[string]string{PodTemplateHashLabel: "5d4f9"}), "Deployment team/my-web-app"},
 		{"a ReplicaSet of its own with a dashed name", owned("ReplicaSet", "mixed-rs", nil), ""},
 		{"a hash that does not end the name", owned("ReplicaSet", "web-5d4f9", map[string]string{PodTemplateHashLabel: "77aa1"}), ""},
-		{"an Argo Rollout's ReplicaSet", owned("ReplicaSet", "web-6c7b8", map[string]string{"rollouts-pod-template-hash": "6c7b8"}), ""},
+		{"an Argo Rollout's ReplicaSet", owned("ReplicaSet", "web-6c7b8", map[string]string{RolloutsPodTemplateHashLabel: "6c7b8"}), "Rollout team/web"},
 		{"a StatefulSet", owned("StatefulSet", "db", nil), "StatefulSet team/db"},
 		{"a DaemonSet", owned("DaemonSet", "agent", nil), "DaemonSet team/agent"},
 		{"a Job", owned("Job", "migrate", nil), ""},
+		{"an owner kind nobody knows", owned("Widget", "w-1", map[string]string{PodTemplateHashLabel: "1"}), ""},
 		{"a bare pod", daprPod("p", root.CertPEM(), ""), ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

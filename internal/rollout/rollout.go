@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 // Status says whether a rollout is complete and, when not, why.
@@ -71,6 +72,27 @@ func DaemonSet(ds *appsv1.DaemonSet) Status {
 		return pending("%d of %d pods updated", st.UpdatedNumberScheduled, st.DesiredNumberScheduled)
 	case st.NumberAvailable < st.DesiredNumberScheduled || st.NumberUnavailable > 0:
 		return pending("%d of %d pods available", st.NumberAvailable, st.DesiredNumberScheduled)
+	}
+	return Status{Done: true}
+}
+
+// ArgoRollout: an Argo Rollout restarted through spec.restartAt. Its
+// controller evicts every pod created before restartAt and then records
+// status.restartedAt; the restart is done once that caught up with restartAt
+// and every replica is available again.
+func ArgoRollout(u *unstructured.Unstructured) Status {
+	restartAt, _, _ := unstructured.NestedString(u.Object, "spec", "restartAt")
+	restartedAt, _, _ := unstructured.NestedString(u.Object, "status", "restartedAt")
+	want, found, _ := unstructured.NestedInt64(u.Object, "spec", "replicas")
+	if !found {
+		want = 1
+	}
+	available, _, _ := unstructured.NestedInt64(u.Object, "status", "availableReplicas")
+	switch {
+	case restartAt != "" && restartedAt != restartAt:
+		return pending("pods created before %s not yet restarted (restarted at %q)", restartAt, restartedAt)
+	case available < want:
+		return pending("%d of %d replicas available", available, want)
 	}
 	return Status{Done: true}
 }

@@ -6,6 +6,7 @@ import (
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 )
 
@@ -92,6 +93,40 @@ func TestDaemonSet(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			NewWithT(t).Expect(DaemonSet(tt.d).Done).To(Equal(tt.done))
+		})
+	}
+}
+
+func TestArgoRollout(t *testing.T) {
+	ro := func(restartAt, restartedAt string, replicas, available int64) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{Object: map[string]any{"spec": map[string]any{}, "status": map[string]any{"availableReplicas": available}}}
+		if replicas >= 0 {
+			_ = unstructured.SetNestedField(u.Object, replicas, "spec", "replicas")
+		}
+		if restartAt != "" {
+			_ = unstructured.SetNestedField(u.Object, restartAt, "spec", "restartAt")
+		}
+		if restartedAt != "" {
+			_ = unstructured.SetNestedField(u.Object, restartedAt, "status", "restartedAt")
+		}
+		return u
+	}
+	const at, before = "2026-11-29T10:00:00Z", "2026-11-28T10:00:00Z"
+	tests := []struct {
+		name string
+		u    *unstructured.Unstructured
+		done bool
+	}{
+		{"restarted and available", ro(at, at, 3, 3), true},
+		{"never restarted", ro("", "", 2, 2), true},
+		{"one replica by default", ro(at, at, -1, 1), true},
+		{"restart asked, not done", ro(at, before, 3, 3), false},
+		{"restart asked, never done before", ro(at, "", 3, 3), false},
+		{"restarted, not yet available", ro(at, at, 3, 2), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			NewWithT(t).Expect(ArgoRollout(tt.u).Done).To(Equal(tt.done))
 		})
 	}
 }
