@@ -13,6 +13,7 @@ import (
 	"github.com/fluxcd/pkg/runtime/events"
 	"github.com/fluxcd/pkg/runtime/predicates"
 	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -76,7 +77,7 @@ type MTLSRootRotationReconciler struct {
 
 // SetupWithManager registers the reconciler with the manager.
 func (r *MTLSRootRotationReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named(ControllerName).
 		For(&rotatorv1.MTLSRootRotation{}, builder.WithPredicates(
 			predicate.Or(predicate.GenerationChangedPredicate{}, predicates.ReconcileRequestedPredicate{}),
@@ -91,7 +92,14 @@ func (r *MTLSRootRotationReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.inNamespace)).
 		// What the Dapr pods trust opens gates and ends lazy waits.
 		Watches(&corev1.Pod{}, r.podEvents()).
-		Complete(r)
+		// A restarted workload's rollout progressing ends a rotation's wait.
+		Watches(&appsv1.Deployment{}, r.workloadEvents()).
+		Watches(&appsv1.StatefulSet{}, r.workloadEvents()).
+		Watches(&appsv1.DaemonSet{}, r.workloadEvents())
+	if r.Rollouts {
+		b = b.Watches(newRollout(), r.workloadEvents())
+	}
+	return b.Complete(r)
 }
 
 func (r *MTLSRootRotationReconciler) inNamespace(ctx context.Context, o client.Object) []reconcile.Request {

@@ -71,3 +71,10 @@ func (p *pass) wait(d time.Duration, format string, args ...any) error {
 func (p *pass) poll(format string, args ...any) error {
 	return p.wait(p.pollInterval(), format, args...)
 }
+
+// pollUntil is poll for a wait that times out at deadline: it looks again
+// at the deadline at the latest, whatever the poll interval, so that a
+// timeout is noticed when no watch event comes.
+func (p *pass) pollUntil(deadline time.Time, format string, args ...any) error {
+	return p.wait(min(p.pollInterval(), deadline.Sub(p.now().Time)+time.Second), format, args...)
+}

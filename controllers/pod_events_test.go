@@ -15,13 +15,14 @@ import (
 	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
 )
 
-// queued records what a handler adds to the work queue, and when.
+// queued records what a handler adds to the work queue, and when (0: at once).
 type queued struct {
 	workqueue.TypedRateLimitingInterface[reconcile.Request]
 	after map[string]time.Duration
 }
 
 func (q *queued) AddAfter(r reconcile.Request, d time.Duration) { q.after[r.String()] = d }
+func (q *queued) Add(r reconcile.Request)                        { q.after[r.String()] = 0 }
 
 // TestPodEventsWakeTheirControlPlane: a Dapr pod event wakes the rotations
 // of its control plane only; soon those waiting on pods (a closed gate, a

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -47,12 +48,15 @@ func templateAnnotations(o client.Object) map[string]string {
 	return nil
 }
 
-// observe reports what a rotation needs to know of one workload object.
+// observe reports what a rotation needs to know of one workload object (an
+// Argo Rollout is unstructured).
 func observe(o client.Object, rotationID string) restart.Observed {
 	obs := restart.Observed{Exists: true}
 	var st rollout.Status
 	var tmpl map[string]string
 	switch w := o.(type) {
+	case *unstructured.Unstructured:
+		return observeRollout(w, rotationID)
 	case *appsv1.Deployment:
 		obs.Ref = restart.Ref{Kind: string(rotatorv1.Deployment), Namespace: w.Namespace, Name: w.Name}
 		st, tmpl = rollout.Deployment(w), w.Spec.Template.Annotations
@@ -108,7 +112,7 @@ func (p *pass) stepControlPlane(ctx context.Context) error {
 		return p.beginRollBack(ctx, ref)
 	}
 	a := restart.NextControlPlane(observed)
-	now := p.now()
+	now, timeout := p.now(), obj.Spec.ControlPlane.GetRolloutTimeout()
 	workloads := len(obj.Spec.ControlPlane.GetWorkloads())
 	switch a.Type {
 	case restart.Missing:
@@ -119,14 +123,14 @@ func (p *pass) stepControlPlane(ctx context.Context) error {
 			return err
 		}
 		rot.WaitingFor, rot.WaitingSince = a.Workload.Ref.String(), &now
-		return p.poll("rotation %s: restarted %s (%d of %d control-plane workloads done)", rot.ID, a.Workload.Ref, a.Completed, workloads-len(a.Skipped))
+		return p.pollUntil(now.Add(timeout), "rotation %s: restarted %s (%d of %d control-plane workloads done)", rot.ID, a.Workload.Ref, a.Completed, workloads-len(a.Skipped))
 	case restart.Wait:
 		since := rotation.Wait(rot, a.Workload.Ref.String(), now)
-		if now.Sub(since.Time) > obj.Spec.ControlPlane.GetRolloutTimeout() {
+		if now.Sub(since.Time) > timeout {
 			p.log.Info("control-plane rollout timed out", "workload", a.Workload.Ref.String(), "waiting", a.Workload.Waiting)
 			return p.beginRollBack(ctx, a.Workload.Ref)
 		}
-		return p.poll("rotation %s: waiting for %s to roll out: %s", rot.ID, a.Workload.Ref, a.Workload.Waiting)
+		return p.pollUntil(since.Add(timeout), "rotation %s: waiting for %s to roll out: %s", rot.ID, a.Workload.Ref, a.Workload.Waiting)
 	}
 	for _, s := range a.Skipped {
 		p.normal("WorkloadSkipped", "Restart", "optional control-plane workload %s does not exist; skipped", s)
@@ -194,9 +198,9 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 		selector = sel
 	}
 	var apps []restart.Observed
-	add := func(o client.Object, tmpl map[string]string, obs restart.Observed) {
+	add := func(o client.Object, tmpl map[string]string) {
 		if (namespaces == nil || namespaces[o.GetNamespace()]) && daprEnabled(tmpl) {
-			apps = append(apps, obs)
+			apps = append(apps, observe(o, restartID))
 		}
 	}
 	deployments := &appsv1.DeploymentList{}
@@ -204,28 +208,28 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 		return nil, fmt.Errorf("listing Deployments: %w", err)
 	}
 	for i := range deployments.Items {
-		add(&deployments.Items[i], deployments.Items[i].Spec.Template.Annotations, observe(&deployments.Items[i], restartID))
+		add(&deployments.Items[i], deployments.Items[i].Spec.Template.Annotations)
 	}
 	statefulSets := &appsv1.StatefulSetList{}
 	if err := p.List(ctx, statefulSets, client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return nil, fmt.Errorf("listing StatefulSets: %w", err)
 	}
 	for i := range statefulSets.Items {
-		add(&statefulSets.Items[i], statefulSets.Items[i].Spec.Template.Annotations, observe(&statefulSets.Items[i], restartID))
+		add(&statefulSets.Items[i], statefulSets.Items[i].Spec.Template.Annotations)
 	}
 	daemonSets := &appsv1.DaemonSetList{}
 	if err := p.List(ctx, daemonSets, client.MatchingLabelsSelector{Selector: selector}); err != nil {
 		return nil, fmt.Errorf("listing DaemonSets: %w", err)
 	}
 	for i := range daemonSets.Items {
-		add(&daemonSets.Items[i], daemonSets.Items[i].Spec.Template.Annotations, observe(&daemonSets.Items[i], restartID))
+		add(&daemonSets.Items[i], daemonSets.Items[i].Spec.Template.Annotations)
 	}
 	rollouts, err := p.listRollouts(ctx, selector)
 	if err != nil {
 		return nil, err
 	}
 	for i := range rollouts {
-		add(&rollouts[i], rolloutTemplateAnnotations(&rollouts[i]), observeRollout(&rollouts[i], restartID))
+		add(&rollouts[i], rolloutTemplateAnnotations(&rollouts[i]))
 	}
 	return apps, nil
 }
@@ -263,6 +267,7 @@ func (p *pass) stepApplications(ctx context.Context) error {
 		return err
 	}
 	plan := restart.NextWave(apps, obj.Spec.Applications.GetMaxConcurrent())
+	timeout := obj.Spec.Applications.GetRolloutTimeout()
 	obj.Status.Applications = &rotatorv1.ApplicationsStatus{
 		Total: int32(plan.Total), Restarted: int32(plan.Restarted), Skipped: int32(plan.Skipped),
 		Progress: fmt.Sprintf("%d/%d", plan.Restarted+plan.Skipped, plan.Total),
@@ -293,15 +298,15 @@ func (p *pass) stepApplications(ctx context.Context) error {
 			}
 		}
 		rot.WaitingFor, rot.WaitingSince = "applications wave", &now
-		return p.poll("rotation %s: restarting %d applications (%d/%d done)", rot.ID, len(plan.Restart), plan.Restarted, plan.Total)
+		return p.pollUntil(now.Add(timeout), "rotation %s: restarting %d applications (%d/%d done)", rot.ID, len(plan.Restart), plan.Restarted, plan.Total)
 	}
 	since := rotation.Wait(rot, "applications wave", now)
 	waiting := describeWaiting(plan.Waiting)
-	if timeout := obj.Spec.Applications.GetRolloutTimeout(); now.Sub(since.Time) > timeout {
+	if now.Sub(since.Time) > timeout {
 		return stall(rotatorv1.RolloutTimeoutReason,
 			"applications did not roll out within %s: %s; no further wave starts until they do", timeout, waiting).retry(p.pollInterval())
 	}
-	return p.poll("rotation %s: waiting for %d applications to roll out (%d/%d done): %s",
+	return p.pollUntil(since.Add(timeout), "rotation %s: waiting for %d applications to roll out (%d/%d done): %s",
 		rot.ID, len(plan.Waiting), plan.Restarted, plan.Total, waiting)
 }
 

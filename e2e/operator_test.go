@@ -133,6 +133,8 @@ type operatorOptions struct {
 	// metricsAddr serves the metrics endpoint there, with the operator's
 	// metrics registered in controller-runtime's registry for the test.
 	metricsAddr string
+	// pollInterval replaces the tests' 200ms poll.
+	pollInterval time.Duration
 }
 
 func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
@@ -185,7 +187,7 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 		}
 	}
 	g.Expect((&controllers.MTLSRootRotationReconciler{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), EventRecorder: recorder, PollInterval: 200 * time.Millisecond,
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), EventRecorder: recorder, PollInterval: cmp.Or(opts.pollInterval, 200*time.Millisecond),
 		Metrics: metrics, Rollouts: rollouts,
 	}).SetupWithManager(mgr)).To(Succeed())
 
