@@ -22,7 +22,7 @@ type queued struct {
 }
 
 func (q *queued) AddAfter(r reconcile.Request, d time.Duration) { q.after[r.String()] = d }
-func (q *queued) Add(r reconcile.Request)                        { q.after[r.String()] = 0 }
+func (q *queued) Add(r reconcile.Request)                       { q.after[r.String()] = 0 }
 
 // TestPodEventsWakeTheirControlPlane: a Dapr pod event wakes the rotations
 // of its control plane only; soon those waiting on pods (a closed gate, a
