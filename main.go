@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -96,6 +97,9 @@ func main() {
 func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, namespaces []string,
 	clientOptions client.Options, le leaderelection.Options) error {
 	restConfig := client.GetConfigOrDie(clientOptions)
+	if err := requireCertManager(restConfig); err != nil {
+		return err
+	}
 	rollouts, err := controllers.RolloutsInstalled(restConfig)
 	if err != nil {
 		return err
@@ -147,6 +151,22 @@ func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, name
 	log.Info("starting manager")
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		return fmt.Errorf("running manager: %w", err)
+	}
+	return nil
+}
+
+// requireCertManager says plainly, at start, that cert-manager is missing,
+// rather than letting the manager fail on its informers.
+func requireCertManager(cfg *rest.Config) error {
+	for _, kind := range []string{"Certificate", "Issuer"} {
+		served, err := controllers.Served(cfg, cmapi.SchemeGroupVersion.WithKind(kind))
+		if err != nil {
+			return err
+		}
+		if !served {
+			return fmt.Errorf("cert-manager is not installed: the API server does not serve %s %s; install cert-manager (its CRDs and controllers) first, then restart the operator",
+				cmapi.SchemeGroupVersion, kind)
+		}
 	}
 	return nil
 }

@@ -6,9 +6,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/mtls-rotator/mtls-rotator/internal/testenv"
 )
 
 // managerArgs returns the args of the manager container of every Deployment
@@ -76,5 +79,20 @@ func TestManifestsPassFlagsTheManagerKnows(t *testing.T) {
 	}
 	if _, err := parseFlags([]string{"--leader-elect"}, io.Discard); err == nil {
 		t.Error("an unknown flag is accepted")
+	}
+}
+
+// TestStartSaysWhenCertManagerIsMissing: against an API server without
+// cert-manager's CRDs, the operator stops at start naming what is missing,
+// instead of crash-looping on its informers.
+func TestStartSaysWhenCertManagerIsMissing(t *testing.T) {
+	cfg, stop, err := testenv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	err = requireCertManager(cfg)
+	if err == nil || !strings.Contains(err.Error(), "cert-manager is not installed: the API server does not serve cert-manager.io/v1 Certificate") {
+		t.Fatalf("want cert-manager named as missing, got %v", err)
 	}
 }

@@ -44,19 +44,22 @@ func newRollout() *unstructured.Unstructured {
 
 // RolloutsInstalled reports whether the cluster serves Argo Rollouts. It is
 // asked once, at start: a CRD installed later takes a restart of the operator.
-func RolloutsInstalled(cfg *rest.Config) (bool, error) {
+func RolloutsInstalled(cfg *rest.Config) (bool, error) { return Served(cfg, RolloutGVK) }
+
+// Served reports whether the API server serves a kind.
+func Served(cfg *rest.Config, gvk schema.GroupVersionKind) (bool, error) {
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
 		return false, err
 	}
-	resources, err := dc.ServerResourcesForGroupVersion(RolloutGVK.GroupVersion().String())
+	resources, err := dc.ServerResourcesForGroupVersion(gvk.GroupVersion().String())
 	if apierrors.IsNotFound(err) {
 		return false, nil
 	} else if err != nil {
-		return false, fmt.Errorf("discovering Argo Rollouts: %w", err)
+		return false, fmt.Errorf("discovering %s: %w", gvk.GroupVersion(), err)
 	}
 	for _, r := range resources.APIResources {
-		if r.Kind == RolloutGVK.Kind {
+		if r.Kind == gvk.Kind {
 			return true, nil
 		}
 	}

@@ -168,6 +168,7 @@ func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Req
 // reconcile runs the sub-reconcilers in order until one ends the pass.
 func (p *pass) reconcile(ctx context.Context) error {
 	for _, sub := range []func(context.Context) error{
+		p.reconcileSpec,        // refuse what validation could not, before anything
 		p.reconcileConflict,    // touch nothing another object manages
 		p.reconcileTarget,      // read what Sentry reads, and what is installed
 		p.reconcileConvergence, // observe what the Dapr pods that run trust

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -44,14 +45,17 @@ func TestReconcile(t *testing.T) {
 	k := newPKI(t)
 	installed := bundleFrom(t, k.renewIssuer, k.renewed)
 	tests := []struct {
-		name       string
-		objs       []client.Object
-		obj        *rotatorv1.MTLSRootRotation
-		wantErr    bool
-		wantReady  metav1.ConditionStatus
-		wantReason string
-		wantEvents []string
-		check      func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness)
+		name    string
+		objs    []client.Object
+		obj     *rotatorv1.MTLSRootRotation
+		wantErr bool
+		// wantTerminal: the pass ends with a terminal error (a stall only a
+		// spec change ends).
+		wantTerminal bool
+		wantReady    metav1.ConditionStatus
+		wantReason   string
+		wantEvents   []string
+		check        func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness)
 	}{{
 		name: "a suspended object is left as it is",
 		objs: trustBundle(installed),
@@ -70,6 +74,31 @@ func TestReconcile(t *testing.T) {
 		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
 			g.Expect(obj.Status.Rotation).To(BeNil())
 			g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("dapr-system/owner already manages"))
+		},
+	}, {
+		name: "a selector the API server stored but cannot parse stalls before anything is done",
+		objs: trustBundle(installed),
+		obj: rotationObj(withSpec(func(s *rotatorv1.MTLSRootRotationSpec) {
+			s.Applications.Selector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "app", Operator: "Sometimes"}}}
+		})),
+		wantTerminal: true, wantReady: metav1.ConditionFalse, wantReason: rotatorv1.InvalidSpecReason,
+		wantEvents: []string{rotatorv1.InvalidSpecReason},
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(obj.Status.Rotation).To(BeNil())
+			g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("spec.applications.selector is not a valid label selector"))
+			g.Expect(h.writes).To(HaveEach("status-patch MTLSRootRotation/mesh"))
+		},
+	}, {
+		name: "dryRun set under a rotation in flight holds it, not Ready",
+		objs: append(trustBundle(installed), daprApp("team", "a", "")),
+		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""),
+			withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.DryRun = true })),
+		wantReady: metav1.ConditionFalse, wantReason: rotatorv1.DryRunMidRotationReason,
+		wantEvents: []string{rotatorv1.DryRunMidRotationReason},
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(obj.Status.Rotation.Step).To(Equal(rotatorv1.StepRestartingApplications))
+			g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("goes on once dryRun is false"))
+			g.Expect(h.writes).To(HaveEach("status-patch MTLSRootRotation/mesh"), "nothing restarted")
 		},
 	}, {
 		name:      "a missing target stalls until it appears",
@@ -170,7 +199,8 @@ func TestReconcile(t *testing.T) {
 				h.fail = failing("status-patch", "MTLSRootRotation")
 			}
 			obj, res, err := h.reconcileOnce()
-			g.Expect(err != nil).To(Equal(tt.wantErr), "%v", err)
+			g.Expect(err != nil).To(Equal(tt.wantErr || tt.wantTerminal), "%v", err)
+			g.Expect(errors.Is(err, reconcile.TerminalError(nil))).To(Equal(tt.wantTerminal), "%v", err)
 			_ = res
 			g.Expect(h.eventReasons()).To(Equal(tt.wantEvents))
 			if tt.wantReady != "" {

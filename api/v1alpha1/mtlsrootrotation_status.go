@@ -336,6 +336,12 @@ const (
 	// PodsNotConvergedReason: a phase waits for Dapr pods that do not trust
 	// the new root (or may still use the old issuer), named in the message.
 	PodsNotConvergedReason = "PodsNotConverged"
+	// InvalidSpecReason: a field the CRD's validation cannot check (a label
+	// selector) is wrong; nothing is done until the spec changes.
+	InvalidSpecReason = "InvalidSpec"
+	// DryRunMidRotationReason: spec.dryRun was set while a rotation is in
+	// flight; it is held until dryRun is false.
+	DryRunMidRotationReason = "DryRunMidRotation"
 	// RestartsDeferredReason: a same-key rotation published and defers the
 	// application restarts (spec.applications.lazy); the mesh works meanwhile.
 	RestartsDeferredReason = "RestartsDeferred"

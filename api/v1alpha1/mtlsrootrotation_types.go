@@ -19,7 +19,7 @@ type MTLSRootRotationSpec struct {
 	// (Dapr's global.mtls.controlPlaneTrustDomain).
 	// +kubebuilder:default="cluster.local"
 	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:XValidation:rule="self.size() <= 64",message="trustDomain must be at most 64 characters: it is the issuer certificate's common name, which X.509 bounds at 64"
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$')",message="trustDomain must be a SPIFFE trust domain: lowercase letters, digits, '.', '-' and '_', starting and ending with a letter or digit"
 	// +optional
 	TrustDomain string `json:"trustDomain,omitempty"`
@@ -313,6 +313,7 @@ type TargetKeys struct {
 // +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
 // +kubebuilder:printcolumn:name="Next renewal",type="string",JSONPath=".status.nextRenewal",priority=1
 // +kubebuilder:printcolumn:name="Status",type="string",JSONPath=".status.conditions[?(@.type==\"Ready\")].message",priority=1
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it is the value of the owner label on the objects the operator makes"
 type MTLSRootRotation struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

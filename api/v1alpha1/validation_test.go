@@ -128,6 +128,7 @@ func TestValidSpecsAreAccepted(t *testing.T) {
 		"custom control plane":          "{controlPlane: {workloads: [{kind: DaemonSet, name: dapr-sentry}, {kind: Deployment, name: dapr-sentry}], rolloutTimeout: 30s}}",
 		"apps not restarted":            "{applications: {restart: false, maxConcurrent: 1}}",
 		"trust domain with dots":        "{trustDomain: prod.example.org}",
+		"trust domain of 64 characters": "{trustDomain: '" + strings.Repeat("a", 64) + "'}",
 		"rotate":                        "{root: {keyPolicy: Rotate}}",
 		"brought key":                   "{root: {privateKeySecretRef: {name: my-key, key: tls.key}}}",
 		"external cluster issuer":       "{issuer: {issuerRef: {name: org-ca, kind: ClusterIssuer}}}",
@@ -181,6 +182,7 @@ func TestInvalidSpecsAreRefusedWithAMessage(t *testing.T) {
 		{"renewal longer than the default issuer", "{renewBefore: 9000h}", "renewBefore must be shorter than issuer.duration"},
 		{"renewal too soon", "{renewBefore: 30s}", "renewBefore must be at least 1m"},
 		{"negative expiry warning", "{expiryWarning: -1h}", "expiryWarning must not be negative"},
+		{"trust domain too long for a common name", "{trustDomain: '" + strings.Repeat("a", 65) + "'}", "trustDomain must be at most 64 characters"},
 		{"lazy with a new root key", "{root: {keyPolicy: Rotate}, applications: {lazy: {}}}", "applications.lazy needs a rotation that keeps the root key"},
 		{"lazy with an external issuer", "{issuer: {issuerRef: {name: org-ca}}, applications: {lazy: {}}}", "applications.lazy needs a rotation that keeps the root key"},
 		{"lazy with restarts off", "{applications: {restart: false, lazy: {}}}", "applications.lazy defers restarts that applications.restart false turns off"},
@@ -228,3 +230,16 @@ func TestExplainDocumentsEveryField(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// TestNamesFitALabelValue: the object's name is the owner label's value on
+// what the operator makes, so a name of 64 characters is refused, and one
+// of 63 accepted.
+func TestNamesFitALabelValue(t *testing.T) {
+	g := NewWithT(t)
+	long := &rotatorv1.MTLSRootRotation{ObjectMeta: metav1.ObjectMeta{Name: strings.Repeat("n", 64), Namespace: "default"}}
+	err := k8sClient.Create(t.Context(), long)
+	g.Expect(apierrors.IsInvalid(err)).To(BeTrue(), "want Invalid, got %v", err)
+	g.Expect(err.Error()).To(ContainSubstring("metadata.name must be at most 63 characters"))
+	fits := &rotatorv1.MTLSRootRotation{ObjectMeta: metav1.ObjectMeta{Name: strings.Repeat("n", 63), Namespace: "default"}}
+	g.Expect(k8sClient.Create(t.Context(), fits)).To(Succeed())
+}
