@@ -123,11 +123,16 @@ func (p *pass) listRollouts(ctx context.Context, selector labels.Selector) ([]un
 // the rotation id, rolled out once its controller restarted every pod.
 func observeRollout(u *unstructured.Unstructured, rotationID string) restart.Observed {
 	st := rollout.ArgoRollout(u)
-	return restart.Observed{
+	obs := restart.Observed{
 		Ref:    restart.Ref{Kind: rolloutKind, Namespace: u.GetNamespace(), Name: u.GetName()},
 		Exists: true, Restarted: restart.RestartedFor(u.GetAnnotations(), rotationID),
 		RolledOut: st.Done, Waiting: st.Reason,
 	}
+	if obs.Restarted {
+		restartAt, _, _ := unstructured.NestedString(u.Object, "spec", "restartAt")
+		obs.RestartedAt, _ = time.Parse(time.RFC3339, restartAt)
+	}
+	return obs
 }
 
 // rolloutRestartPatch restarts an Argo Rollout for a rotation at now.

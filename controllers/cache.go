@@ -57,7 +57,7 @@ func ClientOptions() client.Options {
 }
 
 // keptTemplateAnnotations are the pod-template annotations a rotation reads.
-var keptTemplateAnnotations = []string{rotatorv1.DaprEnabledAnnotation, restart.Annotation}
+var keptTemplateAnnotations = []string{rotatorv1.DaprEnabledAnnotation, restart.Annotation, restart.AtAnnotation}
 
 func trimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 	return metav1.ObjectMeta{

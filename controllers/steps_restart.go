@@ -68,6 +68,9 @@ func observe(o client.Object, rotationID string) restart.Observed {
 		st, tmpl = rollout.DaemonSet(w), w.Spec.Template.Annotations
 	}
 	obs.Restarted = restart.RestartedFor(tmpl, rotationID)
+	if obs.Restarted {
+		obs.RestartedAt = restart.RestartedAt(tmpl)
+	}
 	obs.RolledOut, obs.Waiting = st.Done, st.Reason
 	return obs
 }
@@ -82,7 +85,7 @@ func (p *pass) restartWorkload(ctx context.Context, ref restart.Ref, rotationID 
 	}
 	o.SetNamespace(ref.Namespace)
 	o.SetName(ref.Name)
-	if err := p.Patch(ctx, o, client.RawPatch(types.MergePatchType, restart.Patch(rotationID)), client.FieldOwner(ControllerName)); err != nil {
+	if err := p.Patch(ctx, o, client.RawPatch(types.MergePatchType, restart.Patch(rotationID, p.now().Time)), client.FieldOwner(ControllerName)); err != nil {
 		return fmt.Errorf("restarting %s: %w", ref, err)
 	}
 	p.log.Info("workload restarted", "kind", ref.Kind, "namespace", ref.Namespace, "name", ref.Name, "rotation", rotationID)
@@ -234,8 +237,8 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 	return apps, nil
 }
 
-// stepApplications restarts the Dapr applications in waves of at most
-// maxConcurrent, each wave awaited before the next starts.
+// stepApplications restarts the Dapr applications that need it, at most
+// maxConcurrent at a time (advanceWindow).
 func (p *pass) stepApplications(ctx context.Context) error {
 	rot, obj := p.rot(), p.obj
 	if rot.Renews == string(expiry.Issuer) {
@@ -267,50 +270,72 @@ func (p *pass) stepApplications(ctx context.Context) error {
 		return err
 	}
 	plan := restart.NextWave(apps, obj.Spec.Applications.GetMaxConcurrent())
-	timeout := obj.Spec.Applications.GetRolloutTimeout()
 	obj.Status.Applications = &rotatorv1.ApplicationsStatus{
 		Total: int32(plan.Total), Restarted: int32(plan.Restarted), Skipped: int32(plan.Skipped),
 		Progress: fmt.Sprintf("%d/%d", plan.Restarted+plan.Skipped, plan.Total),
 	}
-	now := p.now()
-	switch {
-	case plan.Done:
+	return p.advanceWindow(ctx, plan)
+}
+
+// appsWait is what status.rotation.waitingFor names while applications roll out.
+const appsWait = "applications wave"
+
+// advanceWindow moves the sliding window of application restarts: it stops
+// at the first restart overdue (none after it starts), restarts as many as
+// the window has room for, and waits for those in flight. Each restart's
+// rollout is timed from its own restart.
+func (p *pass) advanceWindow(ctx context.Context, plan restart.WavePlan) error {
+	rot, obj := p.rot(), p.obj
+	now, timeout, window := p.now(), obj.Spec.Applications.GetRolloutTimeout(), obj.Spec.Applications.GetMaxConcurrent()
+	if plan.Done {
 		skipped := ""
 		if plan.Skipped > 0 {
 			skipped = fmt.Sprintf("; %d more were not restarted: their pods held what the phase needs already", plan.Skipped)
 		}
 		p.normal("ApplicationsRestarted", "Restart",
-			"rotation %s: restarted %d Dapr applications in waves of at most %d%s%s", rot.ID, plan.Restarted, obj.Spec.Applications.GetMaxConcurrent(), phaseSuffix(rot), skipped)
+			"rotation %s: restarted %d Dapr applications, at most %d at a time%s%s", rot.ID, plan.Restarted, window, phaseSuffix(rot), skipped)
 		return nil
-	case len(plan.Restart) > 0:
-		if plan.Restarted == 0 {
-			// Before the first application restarts on this phase.
-			if err := p.deferRestarts(ctx, plan); err != nil {
-				return err
-			}
-			if err := p.checkInjector(ctx); err != nil {
-				return err
-			}
-		}
-		for _, ref := range plan.Restart {
-			if err := p.restartWorkload(ctx, ref, rotation.RestartID(rot)); err != nil {
-				return err
-			}
-		}
-		rot.WaitingFor, rot.WaitingSince = "applications wave", &now
-		return p.pollUntil(now.Add(timeout), "rotation %s: restarting %d applications (%d/%d done)", rot.ID, len(plan.Restart), plan.Restarted, plan.Total)
 	}
-	since := rotation.Wait(rot, "applications wave", now)
-	waiting := describeWaiting(plan.Waiting)
-	if now.Sub(since.Time) > timeout {
+	since := now.Time
+	if rot.WaitingFor == appsWait && rot.WaitingSince != nil {
+		since = rot.WaitingSince.Time // for restarts that do not say when they were asked for
+	}
+	overdue, next := restart.Overdue(plan.Waiting, since, timeout, now.Time)
+	if len(overdue) > 0 {
 		return stall(rotatorv1.RolloutTimeoutReason,
-			"applications did not roll out within %s: %s; no further wave starts until they do", timeout, waiting).retry(p.pollInterval())
+			"applications did not roll out within %s of their restart: %s; no further application is restarted until they do", timeout, describeWaiting(overdue)).
+			retry(p.pollInterval())
 	}
-	return p.pollUntil(since.Add(timeout), "rotation %s: waiting for %d applications to roll out (%d/%d done): %s",
-		rot.ID, len(plan.Waiting), plan.Restarted, plan.Total, waiting)
+	if len(plan.Restart) == 0 {
+		rotation.Wait(rot, appsWait, now)
+		return p.pollUntil(next, "rotation %s: waiting for %d applications to roll out (%d/%d done): %s",
+			rot.ID, len(plan.Waiting), plan.Restarted, plan.Total, describeWaiting(plan.Waiting))
+	}
+	if plan.Restarted == 0 && len(plan.Waiting) == 0 {
+		// Before the first application of this phase restarts.
+		if err := p.deferRestarts(ctx, plan); err != nil {
+			return err
+		}
+		if err := p.checkInjector(ctx); err != nil {
+			return err
+		}
+	}
+	for _, ref := range plan.Restart {
+		if err := p.restartWorkload(ctx, ref, rotation.RestartID(rot)); err != nil {
+			return err
+		}
+	}
+	if rot.WaitingFor != appsWait {
+		rot.WaitingFor, rot.WaitingSince = appsWait, &now
+	}
+	if deadline := now.Add(timeout); next.IsZero() || deadline.Before(next) {
+		next = deadline
+	}
+	return p.pollUntil(next, "rotation %s: restarted %d more applications, %d rolling out (%d/%d done)",
+		rot.ID, len(plan.Restart), len(plan.Restart)+len(plan.Waiting), plan.Restarted, plan.Total)
 }
 
-// describeWaiting names the first few workloads a wave waits on.
+// describeWaiting names the first few applications rolling out.
 func describeWaiting(waiting []restart.Observed) string {
 	names := make([]string, 0, min(len(waiting), 6))
 	for i, w := range waiting {

@@ -235,7 +235,17 @@ func TestStepApplications(t *testing.T) {
 		objs: append(apps(), backupOf(t, bundleFrom(t, k.oldIssuer, k.old))), want: "wait", wantProgress: "0/3",
 		wantWrites: []string{"patch Deployment/a", "patch Deployment/b"},
 	}, {
-		name: "a wave past its rollout timeout stalls, naming the stragglers, and starts no further wave",
+		name: "a slot freed while another application still rolls out is used at once",
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		objs: []client.Object{daprApp("team", "a", "r-1"), restartedAgo(stuckApp("team", "b", "r-1"), time.Minute), daprApp("team", "c", "")},
+		want: "wait", wantProgress: "1/3", wantWrites: []string{"patch Deployment/c"},
+	}, {
+		name: "a restart overdue stops the window, though it has room",
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		objs: []client.Object{daprApp("team", "a", "r-1"), restartedAgo(stuckApp("team", "b", "r-1"), 11*time.Minute), daprApp("team", "c", "")},
+		want: "stall:" + rotatorv1.RolloutTimeoutReason, wantProgress: "1/3",
+	}, {
+		name: "a restart that does not say when it was asked for is timed from the wait's start",
 		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves,
 			waitingSince("applications wave", t0.Add(-time.Hour))),
 		objs: []client.Object{daprApp("team", "a", "r-1"), stuckApp("team", "b", "r-1"), daprApp("team", "c", "")},
@@ -256,6 +266,12 @@ func TestStepApplications(t *testing.T) {
 			g.Expect(h.eventReasons()).To(Equal(tt.wantEvents))
 		})
 	}
+}
+
+// restartedAgo says the application's restart was asked for d before t0.
+func restartedAgo(d *appsv1.Deployment, ago time.Duration) *appsv1.Deployment {
+	d.Spec.Template.Annotations[restart.AtAnnotation] = t0.Add(-ago).UTC().Format(time.RFC3339)
+	return d
 }
 
 func stuckApp(namespace, name, restartID string) *appsv1.Deployment {

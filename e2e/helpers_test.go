@@ -466,7 +466,7 @@ func restartedApps(t *testing.T, id string) []string {
 // sets the restart annotation of its pod template to id.
 func restartWorkload(t *testing.T, w workloadRef, id string) {
 	t.Helper()
-	NewWithT(t).Expect(k8sClient.Patch(t.Context(), w.object(), client.RawPatch(types.MergePatchType, restart.Patch(id)))).To(Succeed())
+	NewWithT(t).Expect(k8sClient.Patch(t.Context(), w.object(), client.RawPatch(types.MergePatchType, restart.Patch(id, time.Now())))).To(Succeed())
 }
 
 // redeployByOwners redeploys Dapr applications as their owners would, the

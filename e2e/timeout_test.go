@@ -63,7 +63,7 @@ func TestApplicationRolloutTimeoutStopsFurtherWaves(t *testing.T) {
 
 	obj := waitStalled(t, key, rotatorv1.RolloutTimeoutReason)
 	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("Deployment " + held.Namespace + "/" + held.Name))
-	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("no further wave starts"))
+	g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("no further application is restarted until they do"))
 	g.Expect(restartedApps(t, obj.Status.Rotation.ID)).To(Equal([]string{held.Name}), "no wave after the stuck one")
 	g.Consistently(func() []string { return restartedApps(t, obj.Status.Rotation.ID) }).
 		WithTimeout(2 * time.Second).Should(Equal([]string{held.Name}))

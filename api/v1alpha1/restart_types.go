@@ -79,16 +79,19 @@ type ApplicationsSpec struct {
 	// +optional
 	Selector *metav1.LabelSelector `json:"selector,omitempty"`
 
-	// MaxConcurrent is the most applications restarted at once (one wave).
+	// MaxConcurrent is the most applications restarting at once: a sliding
+	// window, where a new restart starts as soon as one in flight has rolled
+	// out.
 	// +kubebuilder:default=5
 	// +kubebuilder:validation:XValidation:rule="self >= 1",message="applications.maxConcurrent must be at least 1"
 	// +kubebuilder:validation:Maximum=1000
 	// +optional
 	MaxConcurrent int32 `json:"maxConcurrent,omitempty"`
 
-	// RolloutTimeout bounds the wait for one wave; when it passes no further wave
-	// starts and the rotation is Stalled, naming the applications not rolled out;
-	// it resumes when they recover.
+	// RolloutTimeout bounds each application's rollout, timed from its
+	// restart; when it passes no further application is restarted and the
+	// rotation is Stalled, naming those not rolled out; it resumes when they
+	// recover.
 	// +kubebuilder:default="10m"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="applications.rolloutTimeout must be positive"

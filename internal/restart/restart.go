@@ -1,5 +1,6 @@
 // Package restart plans the restarts of a rotation: the control plane one
-// workload at a time in order, then the applications in bounded waves. The plan
+// workload at a time in order, then the applications in a bounded sliding
+// window. The plan
 // is recomputed on every pass from what is observed in the cluster; the only
 // memory is the restart annotation on each pod template, whose value is the
 // rotation id, so replaying a step after a crash restarts nothing twice.
@@ -11,20 +12,33 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Annotation is set on the pod template of every workload a rotation
-// restarts; its value is the rotation id.
-const Annotation = "mtls.rotator.dev/restarted-for"
+// restarts; its value is the rotation id. AtAnnotation, set with it, says
+// when (RFC 3339): each restart's rollout is timed from it.
+const (
+	Annotation   = "mtls.rotator.dev/restarted-for"
+	AtAnnotation = "mtls.rotator.dev/restarted-at"
+)
 
-// Patch is the JSON merge patch that restarts a workload for a rotation.
-func Patch(rotationID string) []byte {
+// Patch is the JSON merge patch that restarts a workload for a rotation at
+// a moment.
+func Patch(rotationID string, at time.Time) []byte {
 	p, _ := json.Marshal(map[string]any{
 		"spec": map[string]any{"template": map[string]any{"metadata": map[string]any{
-			"annotations": map[string]string{Annotation: rotationID},
+			"annotations": map[string]string{Annotation: rotationID, AtAnnotation: at.UTC().Format(time.RFC3339)},
 		}}},
 	})
 	return p
+}
+
+// RestartedAt reads when the restart a pod template carries was asked for;
+// zero when it does not say.
+func RestartedAt(templateAnnotations map[string]string) time.Time {
+	at, _ := time.Parse(time.RFC3339, templateAnnotations[AtAnnotation])
+	return at
 }
 
 // RestartedFor reports whether a pod template carries the restart of rotationID.
@@ -64,6 +78,8 @@ type Observed struct {
 	Optional bool
 	// Restarted: its pod template carries this rotation's restart annotation.
 	Restarted bool
+	// RestartedAt is when that restart was asked for; zero when unknown.
+	RestartedAt time.Time
 	// RolledOut: its latest spec is fully rolled out.
 	RolledOut bool
 	// Waiting explains an incomplete rollout.
@@ -126,10 +142,11 @@ func NextControlPlane(workloads []Observed) ControlPlaneAction {
 
 // WavePlan is the next action of the application step.
 type WavePlan struct {
-	// Restart lists the applications to restart now (a new wave).
+	// Restart lists the applications to restart now: as many as the window
+	// has room for.
 	Restart []Ref
-	// Waiting lists restarted applications not yet rolled out (the wave in
-	// flight); no new wave starts while it is not empty.
+	// Waiting lists restarted applications not yet rolled out: the window in
+	// flight.
 	Waiting []Observed
 	// Restarted counts the applications restarted and rolled out.
 	Restarted int
@@ -142,10 +159,13 @@ type WavePlan struct {
 	Done bool
 }
 
-// NextWave plans the application restarts: while any restarted application has
-// not rolled out, wait for it; otherwise restart up to maxConcurrent of the
-// applications not yet restarted, in a stable order (namespace, kind, name).
-// An application not restarted whose pods are converged already is skipped.
+// NextWave plans the application restarts as a sliding window: never more
+// than maxConcurrent restarted and not yet rolled out, and a new restart, in
+// a stable order (namespace, kind, name), as soon as one of them has rolled
+// out, so that the slowest does not hold the others back as lock-step waves
+// would. An application not restarted whose pods are converged already is
+// skipped. The caller stops the window at the first restart overdue
+// (Overdue).
 func NextWave(apps []Observed, maxConcurrent int) WavePlan {
 	if maxConcurrent < 1 {
 		maxConcurrent = 1
@@ -166,14 +186,29 @@ func NextWave(apps []Observed, maxConcurrent int) WavePlan {
 			plan.Restarted++
 		}
 	}
-	switch {
-	case len(plan.Waiting) > 0:
-	case len(pending) > 0:
-		plan.Restart = pending[:min(maxConcurrent, len(pending))]
-	default:
-		plan.Done = true
-	}
+	free := maxConcurrent - len(plan.Waiting)
+	plan.Restart = pending[:max(0, min(free, len(pending)))]
+	plan.Done = len(plan.Waiting) == 0 && len(pending) == 0
 	return plan
+}
+
+// Overdue returns the restarts in waiting whose rollout took longer than
+// timeout by now, timed from when each was asked for (from since when that
+// is unknown), and the earliest moment one of the others will be.
+func Overdue(waiting []Observed, since time.Time, timeout time.Duration, now time.Time) (overdue []Observed, next time.Time) {
+	for _, w := range waiting {
+		start := w.RestartedAt
+		if start.IsZero() {
+			start = since
+		}
+		switch deadline := start.Add(timeout); {
+		case now.After(deadline):
+			overdue = append(overdue, w)
+		case next.IsZero() || deadline.Before(next):
+			next = deadline
+		}
+	}
+	return overdue, next
 }
 
 // Waves splits applications into the waves NextWave would restart them in:

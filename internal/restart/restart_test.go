@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 )
@@ -20,8 +21,11 @@ func TestPatchSetsTheAnnotation(t *testing.T) {
 			} `json:"template"`
 		} `json:"spec"`
 	}
-	g.Expect(json.Unmarshal(Patch("3-abc"), &p)).To(Succeed())
-	g.Expect(p.Spec.Template.Metadata.Annotations).To(Equal(map[string]string{Annotation: "3-abc"}))
+	at := time.Date(2026, 11, 29, 12, 0, 0, 0, time.FixedZone("CET", 3600))
+	g.Expect(json.Unmarshal(Patch("3-abc", at), &p)).To(Succeed())
+	g.Expect(p.Spec.Template.Metadata.Annotations).To(Equal(map[string]string{Annotation: "3-abc", AtAnnotation: "2026-11-29T11:00:00Z"}))
+	g.Expect(RestartedAt(p.Spec.Template.Metadata.Annotations).Equal(at)).To(BeTrue())
+	g.Expect(RestartedAt(nil).IsZero()).To(BeTrue())
 	g.Expect(RestartedFor(p.Spec.Template.Metadata.Annotations, "3-abc")).To(BeTrue())
 	g.Expect(RestartedFor(p.Spec.Template.Metadata.Annotations, "4-def")).To(BeFalse())
 	g.Expect(RestartedFor(nil, "")).To(BeFalse())
@@ -131,10 +135,15 @@ func TestNextWave(t *testing.T) {
 
 	apps = []Observed{app("b", "x", false, true), app("a", "z", true, false), app("a", "y", true, true)}
 	plan = NextWave(apps, 2)
-	g.Expect(plan.Restart).To(BeEmpty(), "no new wave while one is in flight")
+	g.Expect(plan.Restart).To(Equal([]Ref{{"Deployment", "b", "x"}}), "a slot freed by y is used at once, while z still rolls out")
 	g.Expect(plan.Waiting).To(HaveLen(1))
 	g.Expect(plan.Waiting[0].Name).To(Equal("z"))
 	g.Expect(plan.Restarted).To(Equal(1))
+
+	apps = []Observed{app("b", "x", false, true), app("a", "z", true, false), app("a", "y", true, false)}
+	plan = NextWave(apps, 2)
+	g.Expect(plan.Restart).To(BeEmpty(), "no room while maxConcurrent are in flight")
+	g.Expect(plan.Done).To(BeFalse())
 
 	apps = []Observed{app("b", "x", false, true), app("a", "z", true, true), app("a", "y", true, true)}
 	plan = NextWave(apps, 2)
@@ -227,6 +236,29 @@ func TestParseRefReadsWhatStringWrote(t *testing.T) {
 		_, err := ParseRef(bad)
 		g.Expect(err).To(HaveOccurred(), "%q", bad)
 	}
+}
+
+// TestOverdue: each restart is timed from when it was asked for (from the
+// wait's start when unknown); the earliest deadline of the others is next.
+func TestOverdue(t *testing.T) {
+	g := NewWithT(t)
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	at := func(name string, ago time.Duration) Observed {
+		o := app("a", name, true, false)
+		if ago > 0 {
+			o.RestartedAt = now.Add(-ago)
+		}
+		return o
+	}
+	overdue, next := Overdue([]Observed{at("slow", 11*time.Minute), at("fresh", time.Minute), at("older", 4*time.Minute)}, now, 10*time.Minute, now)
+	g.Expect(overdue).To(HaveLen(1))
+	g.Expect(overdue[0].Name).To(Equal("slow"))
+	g.Expect(next).To(Equal(now.Add(6*time.Minute)), "older is due first of the others")
+	overdue, _ = Overdue([]Observed{at("unknown", 0)}, now.Add(-time.Hour), 10*time.Minute, now)
+	g.Expect(overdue).To(HaveLen(1), "timed from since")
+	overdue, next = Overdue(nil, now, time.Minute, now)
+	g.Expect(overdue).To(BeEmpty())
+	g.Expect(next.IsZero()).To(BeTrue())
 }
 
 func TestNextWaveSkipsConvergedApplications(t *testing.T) {
