@@ -285,14 +285,17 @@ type RotationPlan struct {
 	// issued yet (with restartsDeferredUntil, at most that many: those their
 	// owners have not redeployed by then).
 	Applications int32 `json:"applications"`
-	// Waves is how many application waves that takes, per phase.
+	// Waves is how many groups of maxConcurrent that is, per phase (the
+	// restarts run as a sliding window: the next starts as soon as one has
+	// rolled out).
 	Waves int32 `json:"waves"`
 	// RestartsDeferredUntil is, with spec.applications.lazy, from when the
 	// applications would be restarted: only those their owners have not
 	// redeployed by then.
 	// +optional
 	RestartsDeferredUntil *metav1.Time `json:"restartsDeferredUntil,omitempty"`
-	// FirstWaves lists the applications of the first waves (at most 10).
+	// FirstWaves lists the applications of the first groups, in restart
+	// order (at most 10 groups).
 	// +optional
 	FirstWaves []PlannedWave `json:"firstWaves,omitempty"`
 	// Blockers are what would stop the rotation now (a missing workload, say).
