@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
+	"strconv"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/fluxcd/pkg/runtime/client"
@@ -87,6 +89,10 @@ func main() {
 	log := logger.NewLogger(o.logOptions)
 	ctrl.SetLogger(log)
 	setupLog := log.WithName("setup")
+	if limit, ok := memoryLimit(os.Getenv); ok {
+		debug.SetMemoryLimit(limit)
+		setupLog.Info("Go memory limit set from the container's", "bytes", limit)
+	}
 
 	if err := run(setupLog, o.metricsAddr, o.healthAddr, o.leaderElectionNS, o.namespaces, o.clientOptions, o.leaderElectionOpts); err != nil {
 		setupLog.Error(err, "unable to run the operator")
@@ -169,4 +175,20 @@ func requireCertManager(cfg *rest.Config) error {
 		}
 	}
 	return nil
+}
+
+// memoryLimit is the Go memory limit to set: 90% of the container's memory
+// limit (MEMORY_LIMIT, in bytes, from the downward API), leaving room for
+// what the Go runtime does not count; none when GOMEMLIMIT is set or
+// MEMORY_LIMIT is not a number of bytes. (Without a container limit the
+// downward API gives the node's allocatable memory: a loose bound, harmless.)
+func memoryLimit(getenv func(string) string) (int64, bool) {
+	if getenv("GOMEMLIMIT") != "" {
+		return 0, false
+	}
+	limit, err := strconv.ParseInt(getenv("MEMORY_LIMIT"), 10, 64)
+	if err != nil || limit <= 0 {
+		return 0, false
+	}
+	return limit / 10 * 9, true
 }

@@ -96,3 +96,23 @@ func TestStartSaysWhenCertManagerIsMissing(t *testing.T) {
 		t.Fatalf("want cert-manager named as missing, got %v", err)
 	}
 }
+
+// TestMemoryLimitFollowsTheContainer: 90% of the container's limit, unless
+// GOMEMLIMIT says otherwise; nothing when the variable is missing or wrong.
+func TestMemoryLimitFollowsTheContainer(t *testing.T) {
+	for _, tt := range []struct {
+		env  map[string]string
+		want int64
+		ok   bool
+	}{
+		{map[string]string{"MEMORY_LIMIT": "536870912"}, 483183819, true},
+		{map[string]string{"MEMORY_LIMIT": "536870912", "GOMEMLIMIT": "300MiB"}, 0, false},
+		{map[string]string{}, 0, false},
+		{map[string]string{"MEMORY_LIMIT": "lots"}, 0, false},
+	} {
+		got, ok := memoryLimit(func(k string) string { return tt.env[k] })
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("memoryLimit(%v) = %d, %v; want %d, %v", tt.env, got, ok, tt.want, tt.ok)
+		}
+	}
+}

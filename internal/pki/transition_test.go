@@ -78,3 +78,29 @@ func TestTrustOverlapPhases(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkProveTransition10Anchors proves a publish over a mesh of ten
+// trust sets, each of ten roots, and ten live issuers: the proof a phase
+// runs before it writes anything.
+func BenchmarkProveTransition10Anchors(b *testing.B) {
+	now := time.Now()
+	var roots []*x509.Certificate
+	var issuers [][]*x509.Certificate
+	for range 10 {
+		root := pkitest.NewRoot(b, pkitest.Options{})
+		roots = append(roots, root.Cert)
+		issuers = append(issuers, []*x509.Certificate{pkitest.NewIssuer(b, root, pkitest.Options{}).Cert})
+	}
+	sets := make([][]*x509.Certificate, 10)
+	for i := range sets {
+		sets[i] = roots
+	}
+	next := &pki.ParsedBundle{Anchors: roots, Chain: issuers[0]}
+	mesh := pki.Mesh{TrustSets: sets, Issuers: issuers}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := pki.ProveTransition(mesh, next, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -277,3 +277,18 @@ func TestNextWaveSkipsConvergedApplications(t *testing.T) {
 	plan = NextWave([]Observed{app("a", true, false, true)}, 5)
 	g.Expect(plan.Waiting).To(HaveLen(1), "a restarted application is awaited even when its old pods look converged")
 }
+
+// BenchmarkNextWave10000 plans the next restarts over 10,000 applications,
+// a window of 50 in flight: what every pass of the applications step does.
+func BenchmarkNextWave10000(b *testing.B) {
+	apps := make([]Observed, 10000)
+	for i := range apps {
+		apps[i] = app(fmt.Sprintf("ns-%03d", i%100), fmt.Sprintf("app-%05d", i), i < 5000, i < 4950)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if plan := NextWave(apps, 50); len(plan.Waiting) != 50 {
+			b.Fatalf("%d in flight", len(plan.Waiting))
+		}
+	}
+}
