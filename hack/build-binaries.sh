@@ -38,7 +38,7 @@ need_argo=0; [[ -x "$store/argo-rollouts-controller-$ARGO_ROLLOUTS_VERSION" && -
 
 todo=$(( ${#missing[@]} + need_etcd + need_kwok + need_helm + need_argo ))
 if (( todo > 0 )); then
-	step "building $todo binaries from the Go module proxy; from empty caches this takes about 10 minutes and 3 GB of memory on 2 cores"
+	step "building $todo binaries from the Go module proxy; from empty caches this takes about 15 minutes and 3 GB of memory on 2 cores"
 fi
 
 if (( need_etcd )); then
