@@ -375,3 +375,23 @@ func failing(verb, object string) func(string, string) error {
 		return nil
 	}
 }
+
+// sidecarPod is a pod Dapr's injector patched: labelled, with daprd holding
+// anchors, for the control plane in controlPlane.
+func sidecarPod(namespace, name, owner, controlPlane string, anchors []byte) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: map[string]string{convergence.InjectedLabel: "true"}}}
+	env := []corev1.EnvVar{{Name: convergence.ControlPlaneEnv, Value: controlPlane}}
+	if anchors != nil {
+		env = append(env, corev1.EnvVar{Name: convergence.TrustAnchorsEnv, Value: string(anchors)})
+	}
+	p.Spec.Containers = []corev1.Container{{Name: "app"}, {Name: convergence.SidecarContainer, Env: env}}
+	if owner != "" {
+		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: owner, UID: "rs", Controller: ptr.To(true)}}
+		if i := strings.LastIndex(owner, "-"); i > 0 {
+			// A Deployment's ReplicaSet, <deployment>-<hash>, as the label says.
+			p.Labels[convergence.PodTemplateHashLabel] = owner[i+1:]
+		}
+	}
+	p.Status.Phase = corev1.PodRunning
+	return p
+}

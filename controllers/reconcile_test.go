@@ -3,14 +3,12 @@ package controllers
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -19,7 +17,6 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
-	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
@@ -320,26 +317,6 @@ func TestSpecChangesARotationCannotTakeAreRefusedOnce(t *testing.T) {
 		g.Expect(got.Status.Rotation.KeyPolicy).To(Equal(rotatorv1.KeyPolicyReuse), "the rotation finishes as it started")
 	}
 	g.Expect(h.eventReasons()).To(Equal([]string{rotatorv1.KeyPolicyChangeDeferredReason, rotatorv1.IssuerRefChangeDeferredReason}))
-}
-
-// sidecarPod is a pod Dapr's injector patched: labelled, with daprd holding
-// anchors, for the control plane in controlPlane.
-func sidecarPod(namespace, name, owner, controlPlane string, anchors []byte) *corev1.Pod {
-	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: map[string]string{convergence.InjectedLabel: "true"}}}
-	env := []corev1.EnvVar{{Name: convergence.ControlPlaneEnv, Value: controlPlane}}
-	if anchors != nil {
-		env = append(env, corev1.EnvVar{Name: convergence.TrustAnchorsEnv, Value: string(anchors)})
-	}
-	p.Spec.Containers = []corev1.Container{{Name: "app"}, {Name: convergence.SidecarContainer, Env: env}}
-	if owner != "" {
-		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: owner, UID: "rs", Controller: ptr.To(true)}}
-		if i := strings.LastIndex(owner, "-"); i > 0 {
-			// A Deployment's ReplicaSet, <deployment>-<hash>, as the label says.
-			p.Labels[convergence.PodTemplateHashLabel] = owner[i+1:]
-		}
-	}
-	p.Status.Phase = corev1.PodRunning
-	return p
 }
 
 // TestConvergenceIsObservedFromThePods: the pods that run, of this control
