@@ -55,13 +55,10 @@ func (p *pass) explainSameKey(ctx context.Context, stragglers []convergence.Stra
 	if err := p.Get(ctx, client.ObjectKey{Namespace: p.obj.Namespace, Name: backupName(p.obj)}, s); err != nil {
 		return // nothing replaced yet
 	}
-	previous, err := pki.ParseCertificates(bundle.FromSecret(s.Data, keysOf(p.obj)).TrustAnchors)
-	if err != nil {
-		return
-	}
+	previous := sameKeyAs(p.obj.Status.Root, bundle.FromSecret(s.Data, keysOf(p.obj)).TrustAnchors)
 	for i, st := range stragglers {
 		for _, c := range previous {
-			if pki.PublicKeyFingerprint(c) == p.obj.Status.Root.PublicKeySHA256 && slices.Contains(st.Anchors, pki.Fingerprint(c)) {
+			if slices.Contains(st.Anchors, pki.Fingerprint(c)) {
 				stragglers[i].Reason = fmt.Sprintf("it holds the previous certificate of the same root key (%s), which keeps verifying the new issuer's certificates until %s; it converges when its pod is recreated",
 					convergence.Short(pki.Fingerprint(c)), c.NotAfter.UTC().Format(time.RFC3339))
 			}

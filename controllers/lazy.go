@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"time"
 
@@ -96,13 +97,9 @@ func (p *pass) lazyDeadline(ctx context.Context, restartBefore time.Duration) (t
 // none (a first issuance, anchors that do not parse), it is the zero time:
 // restart now, as without lazy.
 func deadlineOver(anchors []byte, root *rotatorv1.CertificateStatus, restartBefore time.Duration) time.Time {
-	previous, err := pki.ParseCertificates(anchors)
-	if err != nil || root == nil {
-		return time.Time{}
-	}
 	var expires time.Time
-	for _, c := range previous {
-		if pki.PublicKeyFingerprint(c) == root.PublicKeySHA256 && (expires.IsZero() || c.NotAfter.Before(expires)) {
+	for _, c := range sameKeyAs(root, anchors) {
+		if expires.IsZero() || c.NotAfter.Before(expires) {
 			expires = c.NotAfter
 		}
 	}
@@ -110,6 +107,23 @@ func deadlineOver(anchors []byte, root *rotatorv1.CertificateStatus, restartBefo
 		return time.Time{}
 	}
 	return expires.Add(-restartBefore)
+}
+
+// sameKeyAs returns the certificates in anchors made with root's key: each
+// verifies what root's issuer signs until it expires. None when anchors do
+// not parse or no root was published.
+func sameKeyAs(root *rotatorv1.CertificateStatus, anchors []byte) []*x509.Certificate {
+	certs, err := pki.ParseCertificates(anchors)
+	if err != nil || root == nil {
+		return nil
+	}
+	var same []*x509.Certificate
+	for _, c := range certs {
+		if pki.PublicKeyFingerprint(c) == root.PublicKeySHA256 {
+			same = append(same, c)
+		}
+	}
+	return same
 }
 
 // planLazy says in a dry-run plan from when a lazy rotation would restart
