@@ -3,8 +3,11 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -17,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -57,6 +61,10 @@ type MTLSRootRotationReconciler struct {
 	// Dapr-enabled Rollouts are applications too; the cache must hold them
 	// (CacheOptions).
 	Rollouts bool
+
+	// written holds, per object, the hash of the status this reconciler
+	// last wrote (see fresh).
+	written sync.Map
 }
 
 // Namespace-scoped access is granted in the Dapr control-plane namespace only
@@ -143,10 +151,11 @@ func (r *MTLSRootRotationReconciler) reader() client.Reader {
 // Reconcile brings one MTLSRootRotation a step closer to its declared state.
 func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
 	start := time.Now()
-	obj := &rotatorv1.MTLSRootRotation{}
-	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
+	obj, err := r.fresh(ctx, req.NamespacedName)
+	if err != nil {
 		if apierrors.IsNotFound(err) {
 			r.Metrics.forget(req.Namespace, req.Name)
+			r.written.Delete(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -163,6 +172,32 @@ func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	}
 	p.ran = true
 	return ctrl.Result{}, p.reconcile(ctx)
+}
+
+// fresh reads the object from the cache, or live when the cache has not yet
+// seen the status this reconciler last wrote: a watch event can start a pass
+// before the cache catches up with the previous pass's patch, and a pass
+// must never act on a status older than its own last write (it would, say,
+// announce a refusal twice). Only this reconciler writes the status, so a
+// cached status other than the last written is a stale one.
+func (r *MTLSRootRotationReconciler) fresh(ctx context.Context, key types.NamespacedName) (*rotatorv1.MTLSRootRotation, error) {
+	obj := &rotatorv1.MTLSRootRotation{}
+	if err := r.Get(ctx, key, obj); err != nil {
+		return nil, err
+	}
+	if written, ok := r.written.Load(key); ok && written != statusHash(&obj.Status) {
+		if err := r.reader().Get(ctx, key, obj); err != nil {
+			return nil, err
+		}
+	}
+	return obj, nil
+}
+
+// statusHash identifies a status as it is stored: its JSON, which carries
+// times to the second as the API server keeps them.
+func statusHash(s *rotatorv1.MTLSRootRotationStatus) [32]byte {
+	b, _ := json.Marshal(s)
+	return sha256.Sum256(b)
 }
 
 // reconcile runs the sub-reconcilers in order until one ends the pass.

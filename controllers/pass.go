@@ -8,6 +8,7 @@ import (
 	"github.com/fluxcd/pkg/runtime/patch"
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
@@ -40,7 +41,11 @@ func (p *pass) rot() *rotatorv1.RotationStatus { return p.obj.Status.Rotation }
 
 // patch writes the status as it is now.
 func (p *pass) patch(ctx context.Context) error {
-	return p.patcher.Patch(ctx, p.obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName))
+	if err := p.patcher.Patch(ctx, p.obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
+		return err
+	}
+	p.written.Store(client.ObjectKeyFromObject(p.obj), statusHash(&p.obj.Status))
+	return nil
 }
 
 // checkpoint persists status now, so that what follows survives a crash:
