@@ -297,6 +297,8 @@ type Requirement struct {
 // Summarize reports how the pods meet the requirement. At most limit
 // stragglers are named.
 func Summarize(pods []Pod, required Requirement, limit int) Report {
+	// Naming every straggler sorts them once; naming a few keeps only those.
+	all := limit >= len(pods)
 	r := Report{Total: len(pods)}
 	sets := map[string]*Set{}
 	var stragglers []Straggler
@@ -307,7 +309,11 @@ func Summarize(pods []Pod, required Requirement, limit int) Report {
 		}
 		sets[key].Pods++
 		if reason := Unmet(p, required); reason != "" {
-			stragglers = append(stragglers, Straggler{Pod: p, Reason: reason})
+			if all {
+				stragglers = append(stragglers, Straggler{Pod: p, Reason: reason})
+			} else {
+				stragglers = keepFirst(stragglers, Straggler{Pod: p, Reason: reason}, limit)
+			}
 			continue
 		}
 		r.Converged++
@@ -318,11 +324,27 @@ func Summarize(pods []Pod, required Requirement, limit int) Report {
 	slices.SortFunc(r.Sets, func(a, b Set) int {
 		return cmp.Or(cmp.Compare(b.Pods, a.Pods), cmp.Compare(strings.Join(a.Anchors, ","), strings.Join(b.Anchors, ",")))
 	})
-	slices.SortFunc(stragglers, func(a, b Straggler) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
-	r.Stragglers = stragglers[:min(len(stragglers), limit)]
+	if all {
+		slices.SortFunc(stragglers, compareStragglers)
+	}
+	r.Stragglers = stragglers
 	return r
+}
+
+// keepFirst inserts s into first, sorted by namespace and name, keeping only
+// the limit first: a report names a few stragglers, whatever their number,
+// without holding them all.
+func keepFirst(first []Straggler, s Straggler, limit int) []Straggler {
+	i, _ := slices.BinarySearchFunc(first, s, compareStragglers)
+	if i >= limit {
+		return first
+	}
+	first = slices.Insert(first, i, s)
+	return first[:min(len(first), limit)]
+}
+
+func compareStragglers(a, b Straggler) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
 // Unmet says why a pod does not meet the requirement, or "".

@@ -2,7 +2,9 @@ package convergence
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -250,5 +252,31 @@ func TestWorkloadIsTheOwnerARestartReaches(t *testing.T) {
 			trimmed, _ := Observe(Trim(tt.pod))
 			g.Expect(trimmed.Workload).To(Equal(tt.want), "trimmed")
 		})
+	}
+}
+
+// TestSummarizeNamesTheFirstStragglersInAnyOrder: the few stragglers named
+// are the first by namespace and name, whatever order the pods come in,
+// the same as the head of the full list.
+func TestSummarizeNamesTheFirstStragglersInAnyOrder(t *testing.T) {
+	g := NewWithT(t)
+	var pods []Pod
+	for i := range 40 {
+		anchors := []string{"AA"}
+		if i%3 == 0 {
+			anchors = []string{"BB"}
+		}
+		pods = append(pods, Pod{Namespace: fmt.Sprintf("ns-%d", i%4), Name: fmt.Sprintf("p-%02d", i), Anchors: anchors})
+	}
+	req := Requirement{Roots: []string{"BB"}}
+	all := Summarize(pods, req, len(pods)).Stragglers
+	g.Expect(all).To(HaveLen(26))
+	g.Expect(slices.IsSortedFunc(all, compareStragglers)).To(BeTrue())
+	for seed := range uint64(20) {
+		shuffled := slices.Clone(pods)
+		rand.New(rand.NewPCG(seed, 1)).Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		r := Summarize(shuffled, req, 5)
+		g.Expect(r.Stragglers).To(Equal(all[:5]), "seed %d", seed)
+		g.Expect(r.Converged).To(Equal(14))
 	}
 }
