@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -118,8 +119,9 @@ func writeFiles(dir string, files []outputFile, force bool) error {
 		}
 	}
 	// Every file is written to a new temporary file first (created
-	// exclusively, never through a link an attacker planted), then all are
-	// renamed into place: a failed write leaves the directory as it was.
+	// exclusively, never through a link an attacker planted, its mode set on
+	// the open file), then all are put into place: a failed write leaves the
+	// directory as it was.
 	tmps := make([]string, 0, len(files))
 	defer func() {
 		for _, tmp := range tmps {
@@ -132,17 +134,38 @@ func writeFiles(dir string, files []outputFile, force bool) error {
 			return fmt.Errorf("writing %s: %w", filepath.Join(dir, f.name), err)
 		}
 		tmps = append(tmps, tmp.Name())
+		merr := tmp.Chmod(f.mode)
 		_, werr := tmp.Write(f.data)
-		cerr := tmp.Close()
-		if err := errors.Join(werr, cerr, os.Chmod(tmp.Name(), f.mode)); err != nil {
+		if err := errors.Join(merr, werr, tmp.Close()); err != nil {
 			return fmt.Errorf("writing %s: %w", filepath.Join(dir, f.name), err)
 		}
 	}
+	return placeFiles(dir, tmps, files, force)
+}
+
+// placeFiles moves the written temporary files into place. Without force a
+// hard link puts each one, which fails if the name exists, even one created
+// since it was checked; the files already placed are then taken back.
+func placeFiles(dir string, tmps []string, files []outputFile, force bool) error {
+	var placed []string
 	for i, f := range files {
-		if err := os.Rename(tmps[i], filepath.Join(dir, f.name)); err != nil {
-			return fmt.Errorf("writing %s: %w", filepath.Join(dir, f.name), err)
+		dest := filepath.Join(dir, f.name)
+		var err error
+		if force {
+			err = os.Rename(tmps[i], dest)
+		} else {
+			err = os.Link(tmps[i], dest)
 		}
+		if err != nil {
+			for _, p := range placed {
+				_ = os.Remove(p)
+			}
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("%s already holds %s: not overwritten (use --force to replace)", dir, f.name)
+			}
+			return fmt.Errorf("writing %s: %w", dest, err)
+		}
+		placed = append(placed, dest)
 	}
-	tmps = nil
 	return nil
 }

@@ -134,3 +134,25 @@ func TestBadInvocationsAreUsageErrors(t *testing.T) {
 	g.Expect(IsSubcommand([]string{"--leader-elect"})).To(BeFalse(), "operator flags run the operator")
 	g.Expect(IsSubcommand([]string{"status"})).To(BeTrue())
 }
+
+// TestAFileCreatedSinceTheCheckIsNotOverwritten: without --force, a name
+// that appears between the check and the write is left as it is, and the
+// files already put in place are taken back: all or none.
+func TestAFileCreatedSinceTheCheckIsNotOverwritten(t *testing.T) {
+	g := NewWithT(t)
+	dir := t.TempDir()
+	files := []outputFile{{name: "ca.crt", data: []byte("new ca"), mode: 0o644}, {name: "issuer.key", data: []byte("new key"), mode: 0o600}}
+	var tmps []string
+	for _, f := range files {
+		tmp := filepath.Join(dir, "."+f.name+".tmp")
+		g.Expect(os.WriteFile(tmp, f.data, f.mode)).To(Succeed())
+		tmps = append(tmps, tmp)
+	}
+	// Someone else's key appears after the check.
+	g.Expect(os.WriteFile(filepath.Join(dir, "issuer.key"), []byte("theirs"), 0o600)).To(Succeed())
+
+	err := placeFiles(dir, tmps, files, false)
+	g.Expect(err).To(MatchError(ContainSubstring("already holds issuer.key: not overwritten")))
+	g.Expect(os.ReadFile(filepath.Join(dir, "issuer.key"))).To(Equal([]byte("theirs")))
+	g.Expect(filepath.Join(dir, "ca.crt")).NotTo(BeAnExistingFile(), "all or none")
+}
