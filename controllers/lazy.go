@@ -70,15 +70,13 @@ func (p *pass) deferRestarts(ctx context.Context, plan restart.WavePlan) error {
 			rot.ID, waiting)
 		return nil
 	}
+	msg := fmt.Sprintf("rotation %s published; %d of %d applications hold the new root; the other %d keep working on the previous certificate of the same root key and are restarted from %s unless their owners redeploy them first",
+		rot.ID, plan.Skipped, plan.Total, waiting, until.UTC().Format(time.RFC3339))
 	if rot.WaitingFor != lazyWait {
 		rot.WaitingFor, rot.WaitingSince = lazyWait, &now
-		p.normal(rotatorv1.RestartsDeferredReason, "Restart",
-			"rotation %s published: %d of %d applications hold the new root; the other %d keep working and are restarted from %s unless their owners redeploy them first",
-			rot.ID, plan.Skipped, plan.Total, waiting, until.UTC().Format(time.RFC3339))
+		p.normal(rotatorv1.RestartsDeferredReason, "Restart", "%s", msg)
 	}
-	return &waitError{Deferred: true, RetryAfter: min(until.Sub(now.Time)+time.Second, lazyResync), Message: fmt.Sprintf(
-		"rotation %s published; %d of %d applications hold the new root; the other %d keep working on the previous certificate of the same root key and are restarted from %s unless their owners redeploy them first",
-		rot.ID, plan.Skipped, plan.Total, waiting, until.UTC().Format(time.RFC3339))}
+	return &waitError{Deferred: true, RetryAfter: min(until.Sub(now.Time)+time.Second, lazyResync), Message: msg}
 }
 
 // lazyDeadline is the deadline of the rotation in flight, from the anchors

@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 
-	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,17 +32,10 @@ func (r *MTLSRootRotationReconciler) workloadEvents() handler.EventHandler {
 // restartIDOf is the restart annotation a workload carries: on its pod
 // template, or on an Argo Rollout itself.
 func restartIDOf(o client.Object) string {
-	switch w := o.(type) {
-	case *appsv1.Deployment:
-		return w.Spec.Template.Annotations[restart.Annotation]
-	case *appsv1.StatefulSet:
-		return w.Spec.Template.Annotations[restart.Annotation]
-	case *appsv1.DaemonSet:
-		return w.Spec.Template.Annotations[restart.Annotation]
-	case *unstructured.Unstructured:
-		return w.GetAnnotations()[restart.Annotation]
+	if u, ok := o.(*unstructured.Unstructured); ok {
+		return u.GetAnnotations()[restart.Annotation]
 	}
-	return ""
+	return templateAnnotations(o)[restart.Annotation]
 }
 
 // wakeRestarter queues the rotation in flight whose restart (or rollback)
