@@ -79,6 +79,20 @@ e2e: binaries cert-manager-controller ## Run only the e2e suites on a local clus
 bench: ## Run the benchmarks.
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
+# make bench-scale APPS=100,300,1000 FOREIGN=10000 WAVE=10 KEY_POLICY=Reuse OPERATOR_POLL=2s
+APPS ?= 100,300,1000
+FOREIGN ?= 10000
+WAVE ?= 10
+KEY_POLICY ?= Reuse
+OPERATOR_POLL ?= 2s
+BENCH_RESULTS ?= bench-results
+
+.PHONY: bench-scale
+bench-scale: binaries cert-manager-controller localcluster build ## Time a kubectl restart script against a rotation on a fresh local cluster (not in 'make test'; see README).
+	@if [[ -f $(BIN)/bench-scale/state.json ]]; then echo "a benchmark cluster is running in $(BIN)/bench-scale: '$(BIN)/localcluster --dir $(BIN)/bench-scale down' first" >&2; exit 1; fi
+	$(GO) run ./e2e/cmd/benchscale --dir $(BIN)/bench-scale --apps $(APPS) --foreign $(FOREIGN) --wave $(WAVE) \
+		--key-policy $(KEY_POLICY) --operator-poll $(OPERATOR_POLL) --results $(BENCH_RESULTS)
+
 ##@ Local cluster
 
 .PHONY: binaries

@@ -8,9 +8,9 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
+	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	"github.com/fluxcd/pkg/runtime/client"
 	"github.com/fluxcd/pkg/runtime/events"
 	"github.com/fluxcd/pkg/runtime/leaderelection"
 	"github.com/fluxcd/pkg/runtime/logger"
@@ -44,7 +44,9 @@ type options struct {
 	healthAddr         string
 	leaderElectionNS   string
 	namespaces         []string
-	clientOptions      client.Options
+	pollInterval       time.Duration
+	qps                float32
+	burst              int
 	logOptions         logger.Options
 	leaderElectionOpts leaderelection.Options
 }
@@ -59,9 +61,14 @@ func parseFlags(args []string, errOut io.Writer) (*options, error) {
 	fs.StringVar(&o.healthAddr, "health-addr", ":9440", "The address the health and readiness probes bind to.")
 	fs.StringSliceVar(&o.namespaces, "namespaces", []string{"dapr-system"},
 		"The Dapr control-plane namespaces to manage: MTLSRootRotations, Secrets and ConfigMaps are watched only there.")
+	fs.DurationVar(&o.pollInterval, "poll-interval", 2*time.Second,
+		"How often a rotation waiting on rollouts or issuance looks again; watches wake it sooner, so this is only a safety net.")
 	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "",
 		"Namespace of the leader election Lease; defaults to the namespace the operator runs in.")
-	o.clientOptions.BindFlags(fs)
+	// The flags of Flux's runtime/client, bound here: that package brings
+	// kubectl and kustomize into the binary, a third of its mapped size.
+	fs.Float32Var(&o.qps, "kube-api-qps", 50, "The most queries per second to the Kubernetes API.")
+	fs.IntVar(&o.burst, "kube-api-burst", 300, "The most queries at once to the Kubernetes API.")
 	o.logOptions.BindFlags(fs)
 	o.leaderElectionOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -94,15 +101,19 @@ func main() {
 		setupLog.Info("Go memory limit set from the container's", "bytes", limit)
 	}
 
-	if err := run(setupLog, o.metricsAddr, o.healthAddr, o.leaderElectionNS, o.namespaces, o.clientOptions, o.leaderElectionOpts); err != nil {
+	if err := run(setupLog, o); err != nil {
 		setupLog.Error(err, "unable to run the operator")
 		os.Exit(1)
 	}
 }
 
-func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, namespaces []string,
-	clientOptions client.Options, le leaderelection.Options) error {
-	restConfig := client.GetConfigOrDie(clientOptions)
+func run(log logr.Logger, o *options) error {
+	le := o.leaderElectionOpts
+	restConfig, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("loading the Kubernetes client configuration: %w", err)
+	}
+	restConfig.QPS, restConfig.Burst = o.qps, o.burst
 	if err := requireCertManager(restConfig); err != nil {
 		return err
 	}
@@ -111,7 +122,7 @@ func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, name
 		return err
 	}
 	log.Info("Argo Rollouts", "installed", rollouts)
-	cacheOptions, err := controllers.CacheOptions(namespaces, rollouts)
+	cacheOptions, err := controllers.CacheOptions(o.namespaces, rollouts)
 	if err != nil {
 		return err
 	}
@@ -119,11 +130,11 @@ func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, name
 		Scheme:                        scheme,
 		Cache:                         cacheOptions,
 		Client:                        controllers.ClientOptions(),
-		Metrics:                       metricsserver.Options{BindAddress: metricsAddr},
-		HealthProbeBindAddress:        healthAddr,
+		Metrics:                       metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress:        o.healthAddr,
 		LeaderElection:                le.Enable,
 		LeaderElectionID:              leaderelection.GenerateID(controllers.ControllerName + "-leader-election"),
-		LeaderElectionNamespace:       leaderElectionNS,
+		LeaderElectionNamespace:       o.leaderElectionNS,
 		LeaderElectionReleaseOnCancel: le.ReleaseOnCancel,
 		LeaseDuration:                 &le.LeaseDuration,
 		RenewDeadline:                 &le.RenewDeadline,
@@ -150,6 +161,7 @@ func run(log logr.Logger, metricsAddr, healthAddr, leaderElectionNS string, name
 		EventRecorder: recorder,
 		Metrics:       metrics,
 		Rollouts:      rollouts,
+		PollInterval:  o.pollInterval,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the %s controller: %w", rotatorv1.MTLSRootRotationKind, err)
 	}

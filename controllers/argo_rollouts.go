@@ -113,7 +113,7 @@ func (p *pass) listRollouts(ctx context.Context, selector labels.Selector) ([]un
 	}
 	list := &unstructured.UnstructuredList{}
 	list.SetGroupVersionKind(RolloutGVK.GroupVersion().WithKind(RolloutGVK.Kind + "List"))
-	if err := p.List(ctx, list, client.MatchingLabelsSelector{Selector: selector}); err != nil {
+	if err := p.List(ctx, list, client.MatchingLabelsSelector{Selector: selector}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("listing Argo Rollouts: %w", err)
 	}
 	return list.Items, nil
@@ -149,10 +149,12 @@ func (p *pass) restartRollout(ctx context.Context, ref restart.Ref, rotationID s
 	u := newRollout()
 	u.SetNamespace(ref.Namespace)
 	u.SetName(ref.Name)
-	patch := client.RawPatch(types.MergePatchType, rolloutRestartPatch(rotationID, p.now().Time))
+	now := p.now().Time
+	patch := client.RawPatch(types.MergePatchType, rolloutRestartPatch(rotationID, now))
 	if err := p.Patch(ctx, u, patch, client.FieldOwner(ControllerName)); err != nil {
 		return fmt.Errorf("restarting %s: %w", ref, err)
 	}
+	p.restarts.record(keyOf(p.obj), rotationID, ref, now)
 	p.log.Info("workload restarted", "kind", ref.Kind, "namespace", ref.Namespace, "name", ref.Name, "rotation", rotationID)
 	return nil
 }

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -27,19 +28,20 @@ func CacheOptions(namespaces []string, rollouts bool) (cache.Options, error) {
 	if len(namespaces) == 0 {
 		return cache.Options{}, fmt.Errorf("at least one managed namespace is required")
 	}
-	scoped := map[string]cache.Config{}
+	scoped, managed := map[string]cache.Config{}, map[string]bool{}
 	for _, ns := range namespaces {
-		scoped[ns] = cache.Config{}
+		scoped[ns], managed[ns] = cache.Config{}, true
 	}
+	trim := trimWorkloads(managed)
 	byObject := map[client.Object]cache.ByObject{
 		&rotatorv1.MTLSRootRotation{}: {Namespaces: scoped},
 		&corev1.Secret{}:              {Namespaces: scoped},
 		&corev1.ConfigMap{}:           {Namespaces: scoped},
 		&cmapi.Certificate{}:          {Namespaces: scoped},
 		&cmapi.Issuer{}:               {Namespaces: scoped},
-		&appsv1.Deployment{}:          {Transform: TrimWorkload},
-		&appsv1.StatefulSet{}:         {Transform: TrimWorkload},
-		&appsv1.DaemonSet{}:           {Transform: TrimWorkload},
+		&appsv1.Deployment{}:          {Transform: trim},
+		&appsv1.StatefulSet{}:         {Transform: trim},
+		&appsv1.DaemonSet{}:           {Transform: trim},
 		&corev1.Namespace{}:           {Transform: trimNamespace},
 		// Only pods Dapr's injector patched, each reduced to the roots it holds.
 		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{convergence.InjectedLabel: "true"}), Transform: TrimPod},
@@ -102,6 +104,40 @@ func TrimWorkload(obj any) (any, error) {
 	return obj, nil
 }
 
+// trimWorkloads is the cache's transform of workloads: TrimWorkload, and
+// outside the managed namespaces (where the control plane runs) a workload
+// whose pod template does not enable Dapr is kept as its identity alone.
+// Most of a cluster's workloads are such: no rotation selects, restarts or
+// waits on them, so their labels and status are not worth 10,000 copies.
+// A change that enables Dapr arrives as an update, and is trimmed in full.
+func trimWorkloads(managed map[string]bool) func(any) (any, error) {
+	return func(obj any) (any, error) {
+		w, ok := obj.(client.Object)
+		if !ok || managed[w.GetNamespace()] {
+			return TrimWorkload(obj)
+		}
+		switch w := obj.(type) {
+		case *appsv1.Deployment:
+			if !daprEnabled(w.Spec.Template.Annotations) {
+				return &appsv1.Deployment{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
+			}
+		case *appsv1.StatefulSet:
+			if !daprEnabled(w.Spec.Template.Annotations) {
+				return &appsv1.StatefulSet{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
+			}
+		case *appsv1.DaemonSet:
+			if !daprEnabled(w.Spec.Template.Annotations) {
+				return &appsv1.DaemonSet{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
+			}
+		}
+		return TrimWorkload(obj)
+	}
+}
+
+func identity(m metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion}
+}
+
 // TrimPod keeps of a Dapr sidecar pod only what convergence reads: no spec,
 // no PEM (convergence.Trim).
 func TrimPod(obj any) (any, error) {
@@ -116,4 +152,27 @@ func trimNamespace(obj any) (any, error) {
 		return &corev1.Namespace{TypeMeta: ns.TypeMeta, ObjectMeta: trimMeta(ns.ObjectMeta)}, nil
 	}
 	return obj, nil
+}
+
+// daprEnabledField indexes the cached workloads by whether their pod
+// template enables Dapr: a pass lists the Dapr applications alone, not a
+// copy of every workload of the cluster (measured: 12 MB per pass with
+// 10,000 foreign Deployments).
+const daprEnabledField = "mtls.rotator.dev/dapr-enabled"
+
+func indexDaprEnabled(obj client.Object) []string {
+	if daprEnabled(templateAnnotations(obj)) {
+		return []string{"true"}
+	}
+	return nil
+}
+
+// indexWorkloads registers daprEnabledField for the workload kinds.
+func indexWorkloads(ctx context.Context, indexer client.FieldIndexer) error {
+	for _, obj := range []client.Object{&appsv1.Deployment{}, &appsv1.StatefulSet{}, &appsv1.DaemonSet{}} {
+		if err := indexer.IndexField(ctx, obj, daprEnabledField, indexDaprEnabled); err != nil {
+			return fmt.Errorf("indexing %T by %s: %w", obj, daprEnabledField, err)
+		}
+	}
+	return nil
 }

@@ -80,11 +80,47 @@ func TestTrimWorkloadKeepsWhatARotationReads(t *testing.T) {
 	}
 }
 
+// TestForeignWorkloadsAreCachedAsTheirIdentity: outside the control-plane
+// namespaces, a workload that does not enable Dapr keeps only its identity;
+// a Dapr application, and any workload of the control plane, are trimmed as
+// TrimWorkload does.
+func TestForeignWorkloadsAreCachedAsTheirIdentity(t *testing.T) {
+	g := NewWithT(t)
+	trim := trimWorkloads(map[string]bool{"dapr-system": true})
+	foreign := realisticDeployment(1)
+	delete(foreign.Spec.Template.Annotations, rotatorv1.DaprEnabledAnnotation)
+	controlPlane := foreign.DeepCopy()
+	controlPlane.Namespace = "dapr-system"
+	foreign.UID = "uid-1"
+
+	out, err := trim(foreign)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(out).To(Equal(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{
+		Name: foreign.Name, Namespace: foreign.Namespace, UID: "uid-1", ResourceVersion: foreign.ResourceVersion}}))
+	for _, obj := range []any{
+		&appsv1.StatefulSet{ObjectMeta: foreign.ObjectMeta, Spec: appsv1.StatefulSetSpec{Template: foreign.Spec.Template}},
+		&appsv1.DaemonSet{ObjectMeta: foreign.ObjectMeta, Spec: appsv1.DaemonSetSpec{Template: foreign.Spec.Template}},
+	} {
+		out, err := trim(obj)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(out.(client.Object).GetLabels()).To(BeEmpty(), "%T", obj)
+	}
+
+	for _, obj := range []*appsv1.Deployment{realisticDeployment(2), controlPlane} {
+		want, _ := TrimWorkload(obj.DeepCopy())
+		got, err := trim(obj)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(got).To(Equal(want), obj.Namespace+"/"+obj.Name)
+	}
+}
+
 // BenchmarkWorkloadCacheMemory measures what 10,000 Deployments cost in the
-// cache, trimmed as the operator caches them and untrimmed.
+// cache: untrimmed, trimmed as the operator caches Dapr applications, and
+// as it caches a foreign (not Dapr-enabled) workload.
 func BenchmarkWorkloadCacheMemory(b *testing.B) {
 	const n = 10000
-	for _, mode := range []string{"full", "trimmed"} {
+	foreign := trimWorkloads(map[string]bool{"dapr-system": true})
+	for _, mode := range []string{"full", "trimmed", "foreign"} {
 		b.Run(mode, func(b *testing.B) {
 			var perObject float64
 			for b.Loop() {
@@ -94,9 +130,13 @@ func BenchmarkWorkloadCacheMemory(b *testing.B) {
 				runtime.ReadMemStats(&before)
 				for i := range objs {
 					d := realisticDeployment(i)
-					if mode == "trimmed" {
+					switch mode {
+					case "trimmed":
 						objs[i], _ = TrimWorkload(d)
-					} else {
+					case "foreign":
+						delete(d.Spec.Template.Annotations, rotatorv1.DaprEnabledAnnotation)
+						objs[i], _ = foreign(d)
+					default:
 						objs[i] = d
 					}
 				}

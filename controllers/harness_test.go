@@ -238,6 +238,9 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 	}
 	h.client = fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(objs...).
 		WithStatusSubresource(&rotatorv1.MTLSRootRotation{}, &cmapi.Certificate{}, &cmapi.Issuer{}).
+		WithIndex(&appsv1.Deployment{}, daprEnabledField, indexDaprEnabled).
+		WithIndex(&appsv1.StatefulSet{}, daprEnabledField, indexDaprEnabled).
+		WithIndex(&appsv1.DaemonSet{}, daprEnabledField, indexDaprEnabled).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 				if pod, ok := obj.(*corev1.Pod); ok && slices.Contains(opts, client.CreateOption(client.DryRunAll)) {

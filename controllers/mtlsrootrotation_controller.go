@@ -62,9 +62,11 @@ type MTLSRootRotationReconciler struct {
 	// (CacheOptions).
 	Rollouts bool
 
-	// written holds, per object, the hash of the status this reconciler
-	// last wrote (see fresh).
+	// written holds, per object, the lastWrite of its status by this
+	// reconciler (see fresh and holdProgress).
 	written sync.Map
+	// restarts are the restarts this process asked for (see restartMemo).
+	restarts restartMemo
 }
 
 // Namespace-scoped access is granted in the Dapr control-plane namespace only
@@ -85,6 +87,9 @@ type MTLSRootRotationReconciler struct {
 
 // SetupWithManager registers the reconciler with the manager.
 func (r *MTLSRootRotationReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := indexWorkloads(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named(ControllerName).
 		For(&rotatorv1.MTLSRootRotation{}, builder.WithPredicates(
@@ -156,6 +161,7 @@ func (r *MTLSRootRotationReconciler) Reconcile(ctx context.Context, req ctrl.Req
 		if apierrors.IsNotFound(err) {
 			r.Metrics.forget(req.Namespace, req.Name)
 			r.written.Delete(req.NamespacedName)
+			r.restarts.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -185,7 +191,7 @@ func (r *MTLSRootRotationReconciler) fresh(ctx context.Context, key types.Namesp
 	if err := r.Get(ctx, key, obj); err != nil {
 		return nil, err
 	}
-	if written, ok := r.written.Load(key); ok && written != statusHash(&obj.Status) {
+	if written, ok := r.written.Load(key); ok && written.(lastWrite).hash != statusHash(&obj.Status) {
 		if err := r.reader().Get(ctx, key, obj); err != nil {
 			return nil, err
 		}
@@ -221,7 +227,8 @@ func (p *pass) reconcile(ctx context.Context) error {
 
 // finalize summarises how the pass ended into the conditions, wakes the
 // object when its expiry next calls for something, and patches the status
-// once. It returns what Reconcile returns.
+// once (progress at most once per progressWriteInterval). It returns what
+// Reconcile returns.
 func (r *MTLSRootRotationReconciler) finalize(ctx context.Context, p *pass, passErr error) (ctrl.Result, error) {
 	obj := p.obj
 	o := outcomeOf(passErr)
@@ -245,6 +252,12 @@ func (r *MTLSRootRotationReconciler) finalize(ctx context.Context, p *pass, pass
 				o.result.RequeueAfter = d
 			}
 		}
+	}
+	if wait, ok := r.holdProgress(p, o); ok {
+		if o.result.RequeueAfter == 0 || wait < o.result.RequeueAfter {
+			o.result.RequeueAfter = wait
+		}
+		return o.result, o.err
 	}
 	if err := p.patch(ctx); err != nil && !apierrors.IsNotFound(err) {
 		// The status must be retried even after a terminal error, so the

@@ -21,7 +21,9 @@ type pass struct {
 	*MTLSRootRotationReconciler
 	obj     *rotatorv1.MTLSRootRotation
 	patcher *patch.SerialPatcher
-	log     logr.Logger
+	// base is the status as read or last written by this pass.
+	base *rotatorv1.MTLSRootRotationStatus
+	log  logr.Logger
 	// ran is false when the pass did nothing (suspended).
 	ran bool
 	// target is the Secret and ConfigMap Sentry reads, as last read.
@@ -33,7 +35,8 @@ type pass struct {
 }
 
 func (r *MTLSRootRotationReconciler) newPass(ctx context.Context, obj *rotatorv1.MTLSRootRotation) *pass {
-	return &pass{MTLSRootRotationReconciler: r, obj: obj, patcher: patch.NewSerialPatcher(obj, r.Client), log: ctrlLog(ctx)}
+	return &pass{MTLSRootRotationReconciler: r, obj: obj, patcher: patch.NewSerialPatcher(obj, r.Client), log: ctrlLog(ctx),
+		base: obj.Status.DeepCopy()}
 }
 
 // rot is the rotation in status: in flight, or the last one.
@@ -44,9 +47,21 @@ func (p *pass) patch(ctx context.Context) error {
 	if err := p.patcher.Patch(ctx, p.obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
 		return err
 	}
-	p.written.Store(client.ObjectKeyFromObject(p.obj), statusHash(&p.obj.Status))
+	// A write that changed nothing (the patcher sent none) is no write.
+	if h := statusHash(&p.obj.Status); !p.wrote(h) {
+		p.written.Store(keyOf(p.obj), lastWrite{hash: h, at: p.clock()})
+	}
+	p.base = p.obj.Status.DeepCopy()
 	return nil
 }
+
+// wrote reports whether a status of hash h is the last this reconciler wrote.
+func (p *pass) wrote(h [32]byte) bool {
+	last, ok := p.written.Load(keyOf(p.obj))
+	return ok && last.(lastWrite).hash == h
+}
+
+func keyOf(obj client.Object) client.ObjectKey { return client.ObjectKeyFromObject(obj) }
 
 // checkpoint persists status now, so that what follows survives a crash:
 // record before acting.

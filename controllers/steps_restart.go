@@ -85,9 +85,11 @@ func (p *pass) restartWorkload(ctx context.Context, ref restart.Ref, rotationID 
 	}
 	o.SetNamespace(ref.Namespace)
 	o.SetName(ref.Name)
-	if err := p.Patch(ctx, o, client.RawPatch(types.MergePatchType, restart.Patch(rotationID, p.now().Time)), client.FieldOwner(ControllerName)); err != nil {
+	now := p.now().Time
+	if err := p.Patch(ctx, o, client.RawPatch(types.MergePatchType, restart.Patch(rotationID, now)), client.FieldOwner(ControllerName)); err != nil {
 		return fmt.Errorf("restarting %s: %w", ref, err)
 	}
+	p.restarts.record(keyOf(p.obj), rotationID, ref, now)
 	p.log.Info("workload restarted", "kind", ref.Kind, "namespace", ref.Namespace, "name", ref.Name, "rotation", rotationID)
 	return nil
 }
@@ -168,6 +170,7 @@ func (p *pass) controlPlane(ctx context.Context) ([]restart.Observed, *restart.R
 			rolledBack = &obs.Ref
 		}
 	}
+	p.restarts.apply(keyOf(obj), restartID, observed, p.now().Time)
 	return observed, rolledBack, nil
 }
 
@@ -200,6 +203,9 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 		}
 		selector = sel
 	}
+	// Only Dapr-enabled workloads are listed (daprEnabledField), and only
+	// read: no copy of every workload of the cluster on each pass.
+	daprOnly := client.MatchingFields{daprEnabledField: "true"}
 	var apps []restart.Observed
 	add := func(o client.Object, tmpl map[string]string) {
 		if (namespaces == nil || namespaces[o.GetNamespace()]) && daprEnabled(tmpl) {
@@ -207,21 +213,21 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 		}
 	}
 	deployments := &appsv1.DeploymentList{}
-	if err := p.List(ctx, deployments, client.MatchingLabelsSelector{Selector: selector}); err != nil {
+	if err := p.List(ctx, deployments, daprOnly, client.MatchingLabelsSelector{Selector: selector}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("listing Deployments: %w", err)
 	}
 	for i := range deployments.Items {
 		add(&deployments.Items[i], deployments.Items[i].Spec.Template.Annotations)
 	}
 	statefulSets := &appsv1.StatefulSetList{}
-	if err := p.List(ctx, statefulSets, client.MatchingLabelsSelector{Selector: selector}); err != nil {
+	if err := p.List(ctx, statefulSets, daprOnly, client.MatchingLabelsSelector{Selector: selector}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("listing StatefulSets: %w", err)
 	}
 	for i := range statefulSets.Items {
 		add(&statefulSets.Items[i], statefulSets.Items[i].Spec.Template.Annotations)
 	}
 	daemonSets := &appsv1.DaemonSetList{}
-	if err := p.List(ctx, daemonSets, client.MatchingLabelsSelector{Selector: selector}); err != nil {
+	if err := p.List(ctx, daemonSets, daprOnly, client.MatchingLabelsSelector{Selector: selector}, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("listing DaemonSets: %w", err)
 	}
 	for i := range daemonSets.Items {
@@ -234,6 +240,7 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 	for i := range rollouts {
 		add(&rollouts[i], rolloutTemplateAnnotations(&rollouts[i]))
 	}
+	p.restarts.apply(keyOf(obj), restartID, apps, p.now().Time)
 	return apps, nil
 }
 

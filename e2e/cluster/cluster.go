@@ -564,6 +564,21 @@ func StartDetachedProcess(ctx context.Context, dir, name, binary string, args []
 	return waitReady(ctx, p, name, 60*time.Second, ready)
 }
 
+// DetachedPID is the process id of the live process called name (as
+// StartDetachedProcess or Start recorded it) of the detached cluster in dir.
+func DetachedPID(dir, name string) (int, error) {
+	s, err := readState(dir)
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range s.Processes {
+		if p.Name == name && p.alive() {
+			return p.PID, nil
+		}
+	}
+	return 0, fmt.Errorf("no process %s is running in %s", name, dir)
+}
+
 // FileExists is a readiness check for a process that writes a file when ready.
 func FileExists(path string) func(context.Context) error {
 	return func(context.Context) error {

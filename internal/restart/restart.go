@@ -227,3 +227,20 @@ func Waves(apps []Ref, maxConcurrent int) [][]Ref {
 	}
 	return waves
 }
+
+// AskedFor marks as restarted, and not rolled out, the workloads observed
+// without this rotation's restart that asked says were patched for it less
+// than ttl before now: the observation came from a cache that has not yet
+// seen the patch. A restart older than ttl and still unseen was undone by
+// someone else, and is asked for again.
+func AskedFor(observed []Observed, asked map[Ref]time.Time, now time.Time, ttl time.Duration) {
+	for i := range observed {
+		o := &observed[i]
+		at, ok := asked[o.Ref]
+		if !ok || o.Restarted || !o.Exists || now.Sub(at) >= ttl {
+			continue
+		}
+		o.Restarted, o.RestartedAt, o.RolledOut, o.Converged = true, at, false, false
+		o.Waiting = "its restart is not yet seen by the operator's cache"
+	}
+}

@@ -292,3 +292,31 @@ func BenchmarkNextWave10000(b *testing.B) {
 		}
 	}
 }
+
+// TestAskedForCountsRestartsTheCacheDoesNotShowYet: a restart asked for a
+// moment ago is in flight though the observation lacks it; one asked for
+// longer ago than the TTL and still unseen was undone, and is not counted.
+func TestAskedForCountsRestartsTheCacheDoesNotShowYet(t *testing.T) {
+	g := NewWithT(t)
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	observed := []Observed{
+		app("a", "fresh", false, false), app("a", "undone", false, false), app("a", "seen", true, true),
+		app("a", "never", false, false), {Ref: Ref{Kind: "Deployment", Namespace: "a", Name: "gone"}},
+	}
+	observed[3].Converged = true
+	asked := map[Ref]time.Time{
+		observed[0].Ref: now.Add(-time.Second), observed[1].Ref: now.Add(-time.Minute),
+		observed[2].Ref: now.Add(-time.Second), observed[4].Ref: now.Add(-time.Second),
+	}
+	AskedFor(observed, asked, now, 30*time.Second)
+	g.Expect(observed[0].Restarted).To(BeTrue())
+	g.Expect(observed[0].RolledOut).To(BeFalse())
+	g.Expect(observed[0].RestartedAt).To(Equal(now.Add(-time.Second)))
+	g.Expect(observed[1].Restarted).To(BeFalse(), "older than the TTL: undone by someone, asked for again")
+	g.Expect(observed[2].RolledOut).To(BeTrue(), "what the cache shows wins")
+	g.Expect(observed[3].Restarted).To(BeFalse(), "never asked for")
+	g.Expect(observed[4].Restarted).To(BeFalse(), "a workload that does not exist")
+
+	plan := NextWave(observed[:2], 2)
+	g.Expect(plan.Restart).To(ConsistOf(observed[1].Ref), "the one in flight is not restarted again")
+}

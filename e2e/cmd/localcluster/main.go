@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -104,6 +105,10 @@ func newClient(kubeconfig string) (client.Client, error) {
 func installFixture(ctx context.Context, dir string, args []string) error {
 	fs := flag.NewFlagSet("fixture", flag.ContinueOnError)
 	apps := fs.Int("apps", 10, "number of application Deployments (every second one is Dapr-enabled)")
+	daprOnly := fs.Bool("dapr-only", false, "make every application Dapr-enabled")
+	replicas := fs.Int("replicas", 2, "replicas of each application")
+	namespaces := fs.String("namespaces", "apps-a,apps-b,apps-c", "comma-separated namespaces the applications are spread over")
+	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for the fixture to roll out")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -116,23 +121,26 @@ func installFixture(ctx context.Context, dir string, args []string) error {
 	if err != nil {
 		return err
 	}
-	readyFile := filepath.Join(dir, "injector.ready")
-	fmt.Println("starting the Dapr sidecar injector stand-in")
-	_ = os.Remove(readyFile)
-	if err := cluster.StartDetachedProcess(ctx, dir, "dapr-injector", self,
-		[]string{"injector", "--kubeconfig=" + kubeconfig, "--ready-file=" + readyFile}, cluster.FileExists(readyFile)); err != nil {
-		return err
+	// A second 'fixture' (more applications) keeps the running injector.
+	if _, notRunning := cluster.DetachedPID(dir, "dapr-injector"); notRunning != nil {
+		readyFile := filepath.Join(dir, "injector.ready")
+		fmt.Println("starting the Dapr sidecar injector stand-in")
+		_ = os.Remove(readyFile)
+		if err := cluster.StartDetachedProcess(ctx, dir, "dapr-injector", self,
+			[]string{"injector", "--kubeconfig=" + kubeconfig, "--ready-file=" + readyFile}, cluster.FileExists(readyFile)); err != nil {
+			return err
+		}
 	}
 	c, err := newClient(kubeconfig)
 	if err != nil {
 		return err
 	}
-	opts := fixture.Options{Apps: *apps}
+	opts := fixture.Options{Apps: *apps, DaprOnly: *daprOnly, AppReplicas: int32(*replicas), AppNamespaces: strings.Split(*namespaces, ",")}
 	fmt.Printf("installing the Dapr control plane fixture and %d applications\n", *apps)
 	if err := fixture.Install(ctx, c, opts); err != nil {
 		return err
 	}
-	waitCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	waitCtx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	if err := fixture.WaitRolledOut(waitCtx, c, opts); err != nil {
 		return err

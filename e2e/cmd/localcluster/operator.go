@@ -33,7 +33,8 @@ const (
 
 // runOperator starts the operator in the background as its ServiceAccount:
 // the ClusterRole comes from config/rbac/role.yaml (generated from markers),
-// and the kubeconfig it gets carries only that ServiceAccount's token.
+// and the kubeconfig it gets carries only that ServiceAccount's token. The
+// arguments after the flags (after "--") are passed to the operator.
 func runOperator(ctx context.Context, dir string, args []string) error {
 	fs := flag.NewFlagSet("operator", flag.ContinueOnError)
 	binary := fs.String("binary", "bin/mtls-rotator", "the operator binary")
@@ -109,7 +110,7 @@ func runOperator(ctx context.Context, dir string, args []string) error {
 	fmt.Printf("starting the operator as ServiceAccount %s/%s (log: %s)\n", operatorNamespace, operatorServiceAccount,
 		filepath.Join(dir, "logs", "mtls-rotator.log"))
 	return cluster.StartDetachedProcess(ctx, dir, "mtls-rotator", bin,
-		[]string{"--health-addr=" + healthAddr, "--metrics-addr=" + metricsAddr, "--namespaces=dapr-system"},
+		append([]string{"--health-addr=" + healthAddr, "--metrics-addr=" + metricsAddr, "--namespaces=dapr-system"}, fs.Args()...),
 		cluster.HTTPReady("http://"+healthAddr+"/readyz"))
 }
 
