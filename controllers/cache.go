@@ -113,22 +113,16 @@ func TrimWorkload(obj any) (any, error) {
 func trimWorkloads(managed map[string]bool) func(any) (any, error) {
 	return func(obj any) (any, error) {
 		w, ok := obj.(client.Object)
-		if !ok || managed[w.GetNamespace()] {
+		if !ok || managed[w.GetNamespace()] || daprEnabled(templateAnnotations(w)) {
 			return TrimWorkload(obj)
 		}
 		switch w := obj.(type) {
 		case *appsv1.Deployment:
-			if !daprEnabled(w.Spec.Template.Annotations) {
-				return &appsv1.Deployment{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
-			}
+			return &appsv1.Deployment{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
 		case *appsv1.StatefulSet:
-			if !daprEnabled(w.Spec.Template.Annotations) {
-				return &appsv1.StatefulSet{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
-			}
+			return &appsv1.StatefulSet{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
 		case *appsv1.DaemonSet:
-			if !daprEnabled(w.Spec.Template.Annotations) {
-				return &appsv1.DaemonSet{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
-			}
+			return &appsv1.DaemonSet{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
 		}
 		return TrimWorkload(obj)
 	}

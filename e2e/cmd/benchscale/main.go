@@ -228,8 +228,8 @@ func machine() string {
 	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
 		for _, line := range strings.Split(string(data), "\n") {
 			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-				kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-				mem = fmt.Sprintf("%.0f GiB", float64(kb)/(1<<20))
+				bytes, _ := kiloBytes(rest)
+				mem = fmt.Sprintf("%.0f GiB", float64(bytes)/(1<<30))
 			}
 		}
 	}

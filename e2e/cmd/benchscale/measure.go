@@ -135,11 +135,16 @@ func procMemory(pid int, field string) (int64, error) {
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb * 1024, err
+			return kiloBytes(rest)
 		}
 	}
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+// kiloBytes reads a /proc value such as "  1234 kB" as bytes.
+func kiloBytes(s string) (int64, error) {
+	kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(s), "kB")), 10, 64)
+	return kb * 1024, err
 }
 
 // resetPeakRSS makes VmHWM start again from the current RSS (Linux

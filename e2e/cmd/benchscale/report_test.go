@@ -102,3 +102,12 @@ func TestNiceCeil(t *testing.T) {
 		NewWithT(t).Expect(niceCeil(in)).To(Equal(want), "%v", in)
 	}
 }
+
+func TestKiloBytes(t *testing.T) {
+	g := NewWithT(t)
+	b, err := kiloBytes("   65616 kB")
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(b).To(Equal(int64(65616 * 1024)))
+	_, err = kiloBytes(" many kB")
+	g.Expect(err).To(HaveOccurred())
+}
