@@ -57,24 +57,18 @@ func parseMetrics(r io.Reader) (samples, error) {
 
 // splitSample splits `name{labels} value` (labels optional).
 func splitSample(line string) (name, labels string, value float64, ok bool) {
-	fields := strings.Fields(line)
-	if len(fields) < 2 {
+	series, rest := line, ""
+	if j := strings.LastIndexByte(line, '}'); j >= 0 {
+		series, rest = line[:j+1], line[j+1:]
+	} else if i := strings.IndexByte(line, ' '); i >= 0 {
+		series, rest = line[:i], line[i:]
+	}
+	name, labels, _ = strings.Cut(strings.TrimSuffix(series, "}"), "{")
+	fields := strings.Fields(rest)
+	if len(fields) == 0 {
 		return "", "", 0, false
 	}
-	name = fields[0]
-	if i := strings.IndexByte(line, '{'); i >= 0 {
-		j := strings.LastIndexByte(line, '}')
-		if j < i {
-			return "", "", 0, false
-		}
-		name, labels = line[:i], line[i+1:j]
-		fields = strings.Fields(line[j+1:])
-		if len(fields) < 1 {
-			return "", "", 0, false
-		}
-		fields = append([]string{name}, fields...)
-	}
-	v, err := strconv.ParseFloat(fields[1], 64)
+	v, err := strconv.ParseFloat(fields[0], 64)
 	return name, labels, v, err == nil
 }
 
