@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -47,59 +48,84 @@ func (b backupStore) read(ctx context.Context) (*corev1.Secret, error) {
 // original returns the bundle installed before rotationID, keeping installed
 // as that bundle the first time it is asked for in the rotation.
 func (b backupStore) original(ctx context.Context, installed pki.Bundle, rotationID string) (pki.Bundle, error) {
-	keys := keysOf(b.obj)
-	s, err := b.read(ctx)
-	switch {
-	case err == nil && s.Annotations[RotationAnnotation] == rotationID:
-		return bundle.FromSecret(s.Data, keys), nil
-	case err != nil && !apierrors.IsNotFound(err):
-		return pki.Bundle{}, err
-	}
-	exists := err == nil
-	if !exists {
-		s = &corev1.Secret{}
-	}
-	s.Name, s.Namespace = backupName(b.obj), b.obj.Namespace
-	s.Labels = map[string]string{OwnerLabel: b.obj.Name}
-	s.Annotations = map[string]string{RotationAnnotation: rotationID, BundleHashAnnotation: bundle.Hash(installed)}
-	s.Type = corev1.SecretTypeOpaque
-	s.Data, _ = bundle.SecretData(nil, installed, keys)
-	if err := controllerutil.SetControllerReference(b.obj, s, b.Scheme()); err != nil {
-		return pki.Bundle{}, err
-	}
-	if exists {
-		err = b.Update(ctx, s)
-	} else {
-		err = b.Create(ctx, s)
-	}
+	s, exists, err := b.readOrNew(ctx)
 	if err != nil {
-		return pki.Bundle{}, fmt.Errorf("writing the backup Secret: %w", err)
+		return pki.Bundle{}, err
 	}
-	return installed, nil
+	if s.Annotations[RotationAnnotation] == rotationID {
+		return bundle.FromSecret(s.Data, keysOf(b.obj)), nil
+	}
+	b.setOriginal(s, installed, rotationID)
+	return installed, b.write(ctx, s, exists)
 }
 
-// keepReplaced records, once per publish, the Secret and ConfigMap content
-// the publish restartID is about to overwrite. A replay of the publish finds
-// it recorded and does not overwrite it with what it wrote.
-func (b backupStore) keepReplaced(ctx context.Context, t *target, restartID string) error {
-	s, err := b.read(ctx)
+// keep records, in one write, what a rollback of the publish restartID
+// needs: the bundle installed before rotationID (the first time in the
+// rotation, as original does) and the Secret and ConfigMap content the
+// publish is about to overwrite (once per publish). A replay of the publish
+// finds both recorded and writes nothing, so it never overwrites them with
+// what it wrote.
+func (b backupStore) keep(ctx context.Context, installed pki.Bundle, t *target, rotationID, restartID string) error {
+	s, exists, err := b.readOrNew(ctx)
 	if err != nil {
 		return err
 	}
-	if s.Annotations[ReplacedByAnnotation] == restartID {
+	if s.Annotations[RotationAnnotation] == rotationID && s.Annotations[ReplacedByAnnotation] == restartID {
 		return nil
+	}
+	if s.Annotations[RotationAnnotation] != rotationID {
+		b.setOriginal(s, installed, rotationID)
 	}
 	keys := keysOf(b.obj)
 	cmCA, hasCMCA := t.ConfigMap.Data[keys.CA]
 	s.Data = bundle.ReplacedData(s.Data, bundle.Replaced{
 		Bundle: bundle.FromSecret(t.Secret.Data, keys), ConfigMapCA: []byte(cmCA), HasConfigMapCA: hasCMCA,
 	}, keys)
-	if s.Annotations == nil {
-		s.Annotations = map[string]string{}
-	}
 	s.Annotations[ReplacedByAnnotation] = restartID
-	if err := b.Update(ctx, s); err != nil {
+	if err := b.write(ctx, s, exists); err != nil {
 		return fmt.Errorf("recording the bundle publish %s replaces: %w", restartID, err)
+	}
+	return nil
+}
+
+// readOrNew reads the backup Secret live, or returns a new one when there is none.
+func (b backupStore) readOrNew(ctx context.Context) (s *corev1.Secret, exists bool, err error) {
+	s, err = b.read(ctx)
+	switch {
+	case err == nil:
+		if s.Annotations == nil {
+			s.Annotations = map[string]string{}
+		}
+		return s, true, nil
+	case apierrors.IsNotFound(err):
+		return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{}}}, false, nil
+	}
+	return nil, false, err
+}
+
+// setOriginal makes s the backup of installed, the bundle installed before
+// rotationID, and of nothing else.
+func (b backupStore) setOriginal(s *corev1.Secret, installed pki.Bundle, rotationID string) {
+	s.Name, s.Namespace = backupName(b.obj), b.obj.Namespace
+	s.Labels = map[string]string{OwnerLabel: b.obj.Name}
+	s.Annotations = map[string]string{RotationAnnotation: rotationID, BundleHashAnnotation: bundle.Hash(installed)}
+	s.Type = corev1.SecretTypeOpaque
+	s.Data, _ = bundle.SecretData(nil, installed, keysOf(b.obj))
+}
+
+// write creates or updates the backup Secret s, owned by the object.
+func (b backupStore) write(ctx context.Context, s *corev1.Secret, exists bool) error {
+	if err := controllerutil.SetControllerReference(b.obj, s, b.Scheme()); err != nil {
+		return err
+	}
+	var err error
+	if exists {
+		err = b.Update(ctx, s)
+	} else {
+		err = b.Create(ctx, s)
+	}
+	if err != nil {
+		return fmt.Errorf("writing the backup Secret: %w", err)
 	}
 	return nil
 }

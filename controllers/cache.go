@@ -106,30 +106,30 @@ func TrimWorkload(obj any) (any, error) {
 
 // trimWorkloads is the cache's transform of workloads: TrimWorkload, and
 // outside the managed namespaces (where the control plane runs) a workload
-// whose pod template does not enable Dapr is kept as its identity alone.
-// Most of a cluster's workloads are such: no rotation selects, restarts or
-// waits on them, so their labels and status are not worth 10,000 copies.
+// whose pod template does not enable Dapr is kept as its identity alone, in
+// a PartialObjectMetadata (264 bytes where the smallest Deployment takes
+// 1,232). Most of a cluster's workloads are such: no rotation selects,
+// restarts or waits on them, so they are not worth 10,000 typed copies.
 // A change that enables Dapr arrives as an update, and is trimmed in full.
+//
+// The cache then holds two types for one kind. Nothing reads a foreign
+// workload from it: a pass lists workloads through daprEnabledField, which
+// indexes no foreign one; it gets by name only control-plane workloads, in
+// the managed namespaces; the event handlers take any client.Object.
 func trimWorkloads(managed map[string]bool) func(any) (any, error) {
 	return func(obj any) (any, error) {
 		w, ok := obj.(client.Object)
 		if !ok || managed[w.GetNamespace()] || daprEnabled(templateAnnotations(w)) {
 			return TrimWorkload(obj)
 		}
-		switch w := obj.(type) {
-		case *appsv1.Deployment:
-			return &appsv1.Deployment{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
-		case *appsv1.StatefulSet:
-			return &appsv1.StatefulSet{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
-		case *appsv1.DaemonSet:
-			return &appsv1.DaemonSet{TypeMeta: w.TypeMeta, ObjectMeta: identity(w.ObjectMeta)}, nil
+		switch obj.(type) {
+		case *appsv1.Deployment, *appsv1.StatefulSet, *appsv1.DaemonSet:
+			return &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{
+				Name: w.GetName(), Namespace: w.GetNamespace(), UID: w.GetUID(), ResourceVersion: w.GetResourceVersion(),
+			}}, nil
 		}
 		return TrimWorkload(obj)
 	}
-}
-
-func identity(m metav1.ObjectMeta) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion}
 }
 
 // TrimPod keeps of a Dapr sidecar pod only what convergence reads: no spec,

@@ -95,7 +95,7 @@ func TestForeignWorkloadsAreCachedAsTheirIdentity(t *testing.T) {
 
 	out, err := trim(foreign)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(out).To(Equal(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{
+	g.Expect(out).To(Equal(&metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{
 		Name: foreign.Name, Namespace: foreign.Namespace, UID: "uid-1", ResourceVersion: foreign.ResourceVersion}}))
 	for _, obj := range []any{
 		&appsv1.StatefulSet{ObjectMeta: foreign.ObjectMeta, Spec: appsv1.StatefulSetSpec{Template: foreign.Spec.Template}},

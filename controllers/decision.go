@@ -105,6 +105,9 @@ func (p *pass) begin(ctx context.Context, d rotation.Decision) error {
 		return err
 	}
 	markProgress(obj, "rotation %s started", rot.ID)
+	// The rotation of this generation is what the object does from now on;
+	// said with the start, the pass's waiting message is progress only.
+	obj.Status.ObservedGeneration = obj.Generation
 	started := fmt.Sprintf("trigger %q", obj.Spec.Trigger)
 	if s.Cause == rotatorv1.CauseRenewal {
 		started = fmt.Sprintf("automatic renewal of the %s", rotation.RenewsWhat(s.Renews))

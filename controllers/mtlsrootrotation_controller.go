@@ -37,10 +37,6 @@ import (
 // ControllerName names the controller in logs, events and field managers.
 const ControllerName = "mtls-rotator"
 
-// ownedConditions are the condition types this controller writes.
-var ownedConditions = []string{meta.ReadyCondition, meta.ReconcilingCondition, meta.StalledCondition,
-	rotatorv1.TrustBundleDriftCondition, rotatorv1.ExpiringSoonCondition}
-
 // MTLSRootRotationReconciler reconciles MTLSRootRotation objects: it issues
 // the root and issuer through cert-manager, publishes them to Dapr Sentry's
 // Secret and ConfigMap, and restarts the control plane and the applications.

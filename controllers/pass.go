@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/fluxcd/pkg/runtime/patch"
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -19,10 +19,9 @@ import (
 // read of the world, and the strategy of the rotation in flight.
 type pass struct {
 	*MTLSRootRotationReconciler
-	obj     *rotatorv1.MTLSRootRotation
-	patcher *patch.SerialPatcher
-	// base is the status as read or last written by this pass.
-	base *rotatorv1.MTLSRootRotationStatus
+	obj *rotatorv1.MTLSRootRotation
+	// sent is the object as read, or as this pass last wrote it.
+	sent *rotatorv1.MTLSRootRotation
 	log  logr.Logger
 	// ran is false when the pass did nothing (suspended).
 	ran bool
@@ -35,23 +34,38 @@ type pass struct {
 }
 
 func (r *MTLSRootRotationReconciler) newPass(ctx context.Context, obj *rotatorv1.MTLSRootRotation) *pass {
-	return &pass{MTLSRootRotationReconciler: r, obj: obj, patcher: patch.NewSerialPatcher(obj, r.Client), log: ctrlLog(ctx),
-		base: obj.Status.DeepCopy()}
+	return &pass{MTLSRootRotationReconciler: r, obj: obj, sent: obj.DeepCopy(), log: ctrlLog(ctx)}
 }
 
 // rot is the rotation in status: in flight, or the last one.
 func (p *pass) rot() *rotatorv1.RotationStatus { return p.obj.Status.Rotation }
 
-// patch writes the status as it is now.
+// patch writes the status as it is now, in one merge patch, and nothing
+// when it is as last written.
+//
+// Not Flux's patch helper: that sends the conditions and the rest of the
+// status as two patches, so that controllers sharing one object's
+// conditions keep each other's. This status has one writer, this
+// reconciler, and the second request doubled its writes (measured: 33
+// status patches for a rotation of 100 applications, 17 in one patch).
+// Every condition is this reconciler's, so the merge patch replacing the
+// list loses nobody's.
 func (p *pass) patch(ctx context.Context) error {
-	if err := p.patcher.Patch(ctx, p.obj, patch.WithOwnedConditions{Conditions: ownedConditions}, patch.WithFieldOwner(ControllerName)); err != nil {
-		return err
+	if !equality.Semantic.DeepEqual(p.sent.Status, p.obj.Status) {
+		// A copy is sent, the object last sent with this status: only the
+		// status differs in the patch, and the response decoded into p.obj
+		// would replace the status a step holds pointers into.
+		sent := p.sent.DeepCopy()
+		p.obj.Status.DeepCopyInto(&sent.Status)
+		if err := p.Status().Patch(ctx, sent, client.MergeFrom(p.sent), client.FieldOwner(ControllerName)); err != nil {
+			return err
+		}
+		p.sent = sent
 	}
-	// A write that changed nothing (the patcher sent none) is no write.
+	// A write that changed nothing (none was sent) is no write.
 	if h := statusHash(&p.obj.Status); !p.wrote(h) {
 		p.written.Store(keyOf(p.obj), lastWrite{hash: h, at: p.clock()})
 	}
-	p.base = p.obj.Status.DeepCopy()
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -28,8 +29,7 @@ func restartingApplications(t *testing.T, maxConcurrent int32, apps ...client.Ob
 // TestProgressIsWrittenAtMostOncePerInterval: while applications roll out,
 // each workload event wakes a pass whose progress differs; the status is
 // written at most once per progressWriteInterval, the held progress lands
-// when the interval is over, and a change of step is written at once. (A
-// write is one or two patches: the status, and its conditions.)
+// when the interval is over, and a change of step is written at once.
 func TestProgressIsWrittenAtMostOncePerInterval(t *testing.T) {
 	g := NewWithT(t)
 	h, now := restartingApplications(t, 3, daprApp("team", "a", "r-1"), restartedAgo(stuckApp("team", "b", "r-1"), 10*time.Second),
@@ -53,7 +53,7 @@ func TestProgressIsWrittenAtMostOncePerInterval(t *testing.T) {
 	}
 
 	got, _ := pass(0)
-	g.Expect(statusWrites()).To(BeNumerically(">=", 1), "the first pass writes: %v", h.writes)
+	g.Expect(statusWrites()).To(Equal(1), "the first pass writes, in one patch, conditions included: %v", h.writes)
 	g.Expect(got.Status.Applications.Progress).To(Equal("1/3"))
 
 	rollOut("b")
@@ -73,6 +73,53 @@ func TestProgressIsWrittenAtMostOncePerInterval(t *testing.T) {
 	got, _ = pass(progressWriteInterval + 200*time.Millisecond)
 	g.Expect(statusWrites()).NotTo(BeZero(), "the end of the step is written at once")
 	g.Expect(got.Status.Rotation.Step).NotTo(Equal(rotatorv1.StepRestartingApplications))
+}
+
+// TestProgressWaitsForTheNextTenthOfTheApplications: past the interval,
+// progress within the same tenth of the applications waits up to
+// progressWriteIntervalMax; the next tenth is written at once.
+func TestProgressWaitsForTheNextTenthOfTheApplications(t *testing.T) {
+	g := NewWithT(t)
+	apps := []client.Object{daprApp("team", "done-0", "r-1"), daprApp("team", "done-1", "r-1")}
+	for _, name := range []string{"s-0", "s-1", "s-2"} {
+		apps = append(apps, restartedAgo(stuckApp("team", name, "r-1"), 10*time.Second))
+	}
+	for i := range 15 { // restarted in turn, never rolled out
+		apps = append(apps, stuckApp("team", fmt.Sprintf("todo-%d", i), ""))
+	}
+	h, now := restartingApplications(t, 3, apps...)
+	pass := func(at time.Duration) (progress string, written bool) {
+		t.Helper()
+		*now, h.writes = t0.Add(at), nil
+		got, _, err := h.reconcileOnce()
+		g.Expect(err).NotTo(HaveOccurred())
+		return got.Status.Applications.Progress, slices.Contains(h.writes, "status-patch MTLSRootRotation/mesh")
+	}
+	rollOut := func(name string) {
+		t.Helper()
+		d := &appsv1.Deployment{}
+		g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: name}, d)).To(Succeed())
+		d.Status.AvailableReplicas, d.Status.UnavailableReplicas = 1, 0
+		g.Expect(h.client.Status().Update(t.Context(), d)).To(Succeed())
+	}
+
+	progress, written := pass(0)
+	g.Expect(written).To(BeTrue())
+	g.Expect(progress).To(Equal("2/20"))
+
+	rollOut("s-0")
+	_, written = pass(progressWriteInterval + 100*time.Millisecond)
+	g.Expect(written).To(BeFalse(), "3/20 is in the same tenth as 2/20: %v", h.writes)
+	_, written = pass(progressWriteIntervalMax - 100*time.Millisecond)
+	g.Expect(written).To(BeFalse(), "and waits up to progressWriteIntervalMax")
+	progress, written = pass(progressWriteIntervalMax + 100*time.Millisecond)
+	g.Expect(written).To(BeTrue(), "then it is written")
+	g.Expect(progress).To(Equal("3/20"))
+
+	rollOut("s-1")
+	progress, written = pass(progressWriteIntervalMax + progressWriteInterval + 200*time.Millisecond)
+	g.Expect(written).To(BeTrue(), "4/20 is the next tenth: written once the interval is over")
+	g.Expect(progress).To(Equal("4/20"))
 }
 
 // TestProgressOnly names what may wait and what may not.

@@ -111,7 +111,9 @@ func TestReconcile(t *testing.T) {
 		wantEvents: []string{"RotationStarted"},
 		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
 			g.Expect(obj.Status.Rotation.Step).To(Equal(rotatorv1.StepIssuing))
-			g.Expect(obj.Status.Rotation.Message).To(ContainSubstring("waiting for Certificate mesh-root"))
+			g.Expect(obj.Status.Rotation.Message).To(ContainSubstring("started"),
+				"the wait for the Certificate that follows at once is progress, held (progressWriteInterval)")
+			g.Expect(obj.Status.ObservedGeneration).To(Equal(obj.Generation), "written with the start")
 			g.Expect(h.writes[0]).To(Equal("status-patch MTLSRootRotation/mesh"), "the start is recorded before the cert-manager objects are made")
 			g.Expect(h.writes).To(ContainElements("create Issuer/mesh-selfsigned", "create Certificate/mesh-root", "create Issuer/mesh-root-ca", "create Certificate/mesh-issuer"))
 		},
@@ -440,4 +442,24 @@ func (r *countingReader) Get(ctx context.Context, key client.ObjectKey, obj clie
 		r.rotations++
 	}
 	return r.Reader.Get(ctx, key, obj, opts...)
+}
+
+// TestAPassGoesOnFromTheStepItRecorded: a pass that verifies, records
+// Publishing, publishes and restarts the first control-plane workload runs
+// each of those steps once, in order, after its record is written (the
+// write must not leave the pass holding a status it no longer writes).
+func TestAPassGoesOnFromTheStepItRecorded(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	obj := rotationObj(atStep(rotatorv1.StepVerifying, rotatorv1.KeyPolicyReuse, ""))
+	h := newHarness(t, append(trustBundle(bundleFrom(t, k.oldIssuer, k.old)),
+		issued(t, "mesh-root", k.renewed, k.renewed), issued(t, "mesh-issuer", k.renewIssuer, k.renewed),
+		deployment("dapr-sentry", ""), deployment("dapr-sidecar-injector", ""), obj)...)
+	h.writes = nil
+	got, _, err := h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(got.Status.Rotation.Step).To(Equal(rotatorv1.StepRestartingControlPlane))
+	g.Expect(got.Status.Rotation.WaitingFor).To(Equal("Deployment dapr-system/dapr-sentry"))
+	g.Expect(h.writes).To(ContainElements("status-patch MTLSRootRotation/mesh", "apply Secret/dapr-trust-bundle", "patch Deployment/dapr-sentry"))
+	g.Expect(h.writes).NotTo(ContainElement("patch Deployment/dapr-sidecar-injector"))
 }

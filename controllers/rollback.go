@@ -124,13 +124,14 @@ func (p *pass) restorable(ctx context.Context, stuck restart.Ref) (bundle.Replac
 }
 
 // restartedFor reports whether the workload's pod template carries the
-// restart id.
+// restart id. It is read live: an application that no longer enables Dapr
+// is cached as its identity alone (trimWorkloads), and a rollback is rare.
 func (p *pass) restartedFor(ctx context.Context, ref restart.Ref, id string) (bool, error) {
 	o, err := workloadObject(ref.Kind)
 	if err != nil {
 		return false, err
 	}
-	if err := p.Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, o); err != nil {
+	if err := p.reader().Get(ctx, types.NamespacedName{Namespace: ref.Namespace, Name: ref.Name}, o); err != nil {
 		return false, client.IgnoreNotFound(err)
 	}
 	return restart.RestartedFor(templateAnnotations(o), id), nil

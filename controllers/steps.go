@@ -118,11 +118,7 @@ func (p *pass) stepPublishing(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	backups := p.backups()
-	if _, err := backups.original(ctx, p.installed(), rot.ID); err != nil {
-		return err
-	}
-	if err := backups.keepReplaced(ctx, p.target, rotation.RestartID(rot)); err != nil {
+	if err := p.backups().keep(ctx, p.installed(), p.target, rot.ID, rotation.RestartID(rot)); err != nil {
 		return err
 	}
 	if err := p.writeBundle(ctx, pub.Bundle, pub.Bundle.TrustAnchors, rot.ID); err != nil {

@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,6 +142,10 @@ func TestStepPublishing(t *testing.T) {
 			g.Expect(bundle.FromSecret(backup.Data, keysOf(p.obj))).To(Equal(tt.installed), "the bundle installed before the rotation is kept")
 			g.Expect(bundle.ReplacedFrom(backup.Data, keysOf(p.obj)).Bundle).To(Equal(tt.installed), "so is what this publish replaced")
 
+			if tt.wantPhase == "" {
+				g.Expect(slices.DeleteFunc(slices.Clone(h.writes), func(w string) bool { return !strings.HasSuffix(w, " Secret/mesh-backup") })).
+					To(HaveLen(1), "the installed and the replaced bundle are kept in one write")
+			}
 			// A replay publishes the same bundle and writes neither again.
 			h.writes = nil
 			g.Expect(p.stepPublishing(t.Context())).To(Succeed())

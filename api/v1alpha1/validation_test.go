@@ -188,6 +188,28 @@ func TestInvalidSpecsAreRefusedWithAMessage(t *testing.T) {
 		{"lazy with restarts off", "{applications: {restart: false, lazy: {}}}", "applications.lazy defers restarts that applications.restart false turns off"},
 		{"lazy margin zero", "{applications: {lazy: {restartBefore: 0s}}}", "applications.lazy.restartBefore must be positive"},
 		{"external issuer without a name", "{issuer: {issuerRef: {name: ''}}}", "should be at least 1 chars long"},
+		{"zero applications rollout timeout", "{applications: {rolloutTimeout: 0s}}", "applications.rolloutTimeout must be positive"},
+		{"negative applications rollout timeout", "{applications: {rolloutTimeout: -1m}}", "applications.rolloutTimeout must be positive"},
+		{"maxConcurrent over 1000", "{applications: {maxConcurrent: 1001}}", "should be less than or equal to 1000"},
+		{"invalid issuer certificate key", "{target: {keys: {issuerCert: 'issuer crt'}}}", "keys.issuerCert must consist of alphanumerics"},
+		{"invalid issuer key key", "{target: {keys: {issuerKey: 'issuer/key'}}}", "keys.issuerKey must consist of alphanumerics"},
+		{"issuer certificate and key in one key", "{target: {keys: {issuerCert: tls.pem, issuerKey: tls.pem}}}", "target.keys must be three different key names"},
+		{"invalid ConfigMap name", "{target: {configMapName: Dapr.Bundle}}", "target.configMapName must be a valid Kubernetes object name"},
+		{"ConfigMap name over 253 characters", "{target: {configMapName: '" + strings.Repeat("a", 254) + "'}}", "Too long"},
+		{"Secret name over 253 characters", "{target: {secretName: '" + strings.Repeat("a", 254) + "'}}", "Too long"},
+		{"trigger over 253 characters", "{trigger: '" + strings.Repeat("t", 254) + "'}", "Too long"},
+		{"empty trust domain", "{trustDomain: ''}", "should be at least 1 chars long"},
+		{"common name over 64 characters", "{root: {subject: {commonName: '" + strings.Repeat("c", 65) + "'}}}", "Too long"},
+		{"organization over 64 characters", "{root: {subject: {organizations: ['" + strings.Repeat("o", 65) + "']}}}", "Too long"},
+		{"nine organizational units", "{root: {subject: {organizationalUnits: [a, b, c, d, e, f, g, h, i]}}}", "Too many"},
+		{"nine countries", "{root: {subject: {countries: [a, b, c, d, e, f, g, h, i]}}}", "Too many"},
+		{"RSA over 8192 bits", "{root: {privateKey: {algorithm: RSA, size: 16384}}}", "should be less than or equal to 8192"},
+		{"33 control-plane workloads", "{controlPlane: {workloads: [" + workloads(33) + "]}}", "Too many"},
+		{"control-plane workload name over 253 characters", "{controlPlane: {workloads: [{kind: Deployment, name: '" + strings.Repeat("w", 254) + "'}]}}", "Too long"},
+		{"brought key's key over 253 characters", "{root: {privateKeySecretRef: {name: k, key: '" + strings.Repeat("k", 254) + "'}}}", "Too long"},
+		{"external issuer group over 253 characters", "{issuer: {issuerRef: {name: org-ca, group: '" + strings.Repeat("g", 254) + "'}}}", "Too long"},
+		{"negative renewal", "{renewBefore: -1h}", "renewBefore must be at least 1m"},
+		{"negative lazy margin", "{applications: {lazy: {restartBefore: -1h}}}", "applications.lazy.restartBefore must be positive"},
 	}
 	for _, tt := range invalid {
 		t.Run(tt.name, func(t *testing.T) {
@@ -230,6 +252,15 @@ func TestExplainDocumentsEveryField(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// workloads lists n distinct control-plane workloads in YAML flow style.
+func workloads(n int) string {
+	w := make([]string, n)
+	for i := range w {
+		w[i] = fmt.Sprintf("{kind: Deployment, name: w%d}", i)
+	}
+	return strings.Join(w, ", ")
+}
 
 // TestNamesFitALabelValue: the object's name is the owner label's value on
 // what the operator makes, so a name of 64 characters is refused, and one
