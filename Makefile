@@ -79,6 +79,17 @@ e2e: binaries cert-manager-controller ## Run only the e2e suites on a local clus
 bench: ## Run the benchmarks.
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
+# make fuzz FUZZTIME=1m
+FUZZTIME ?= 30s
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME each (not in 'make test'); a failing input lands in the package's testdata/fuzz.
+	@grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sort | while IFS=: read -r file fn; do \
+		target=$${fn#func }; dir=$$(dirname "$$file"); \
+		echo "== $$target in $$dir for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) "$$dir" || exit 1; \
+	done
+
 # make bench-scale APPS=100,300,1000 FOREIGN=10000 WAVE=10 KEY_POLICY=Reuse OPERATOR_POLL=2s
 APPS ?= 100,300,1000
 FOREIGN ?= 10000

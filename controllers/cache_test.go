@@ -114,6 +114,35 @@ func TestForeignWorkloadsAreCachedAsTheirIdentity(t *testing.T) {
 	}
 }
 
+// TestCacheTransformsAreIdempotent: client-go transforms an object twice
+// when the API server streams the initial list (WatchList), so every
+// transform of the cache must leave what it made as it is.
+func TestCacheTransformsAreIdempotent(t *testing.T) {
+	foreign := realisticDeployment(1)
+	delete(foreign.Spec.Template.Annotations, rotatorv1.DaprEnabledAnnotation)
+	k := newPKI(t)
+	trim := trimWorkloads(map[string]bool{"dapr-system": true})
+	for name, tt := range map[string]struct {
+		transform func(any) (any, error)
+		obj       client.Object
+	}{
+		"Dapr application":   {trim, realisticDeployment(2)},
+		"foreign Deployment": {trim, foreign},
+		"sidecar pod":        {TrimPod, sidecarPod("team", "a-1", "a", "dapr-system", k.old.CertPEM())},
+		"namespace":          {trimNamespace, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team", Labels: map[string]string{"env": "prod"}}}},
+		"Argo Rollout":       {TrimRollout, argoRollout("team", "r", "r-1", true)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			once, err := tt.transform(tt.obj)
+			g.Expect(err).NotTo(HaveOccurred())
+			twice, err := tt.transform(once.(client.Object).DeepCopyObject())
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(twice).To(Equal(once))
+		})
+	}
+}
+
 // BenchmarkWorkloadCacheMemory measures what 10,000 Deployments cost in the
 // cache: untrimmed, trimmed as the operator caches Dapr applications, and
 // as it caches a foreign (not Dapr-enabled) workload.

@@ -26,6 +26,16 @@ func restartingApplications(t *testing.T, maxConcurrent int32, apps ...client.Ob
 	return h, &now
 }
 
+// rollOut marks the app name of namespace team rolled out.
+func rollOut(t *testing.T, h *harness, name string) {
+	t.Helper()
+	g := NewWithT(t)
+	d := &appsv1.Deployment{}
+	g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: name}, d)).To(Succeed())
+	d.Status.AvailableReplicas, d.Status.UnavailableReplicas = 1, 0
+	g.Expect(h.client.Status().Update(t.Context(), d)).To(Succeed())
+}
+
 // TestProgressIsWrittenAtMostOncePerInterval: while applications roll out,
 // each workload event wakes a pass whose progress differs; the status is
 // written at most once per progressWriteInterval, the held progress lands
@@ -44,19 +54,12 @@ func TestProgressIsWrittenAtMostOncePerInterval(t *testing.T) {
 		g.Expect(err).NotTo(HaveOccurred())
 		return got, res.RequeueAfter
 	}
-	rollOut := func(name string) {
-		t.Helper()
-		d := &appsv1.Deployment{}
-		g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: name}, d)).To(Succeed())
-		d.Status.AvailableReplicas, d.Status.UnavailableReplicas = 1, 0
-		g.Expect(h.client.Status().Update(t.Context(), d)).To(Succeed())
-	}
 
 	got, _ := pass(0)
 	g.Expect(statusWrites()).To(Equal(1), "the first pass writes, in one patch, conditions included: %v", h.writes)
 	g.Expect(got.Status.Applications.Progress).To(Equal("1/3"))
 
-	rollOut("b")
+	rollOut(t, h, "b")
 	got, after := pass(300 * time.Millisecond)
 	g.Expect(statusWrites()).To(BeZero(), "progress 0.3s after the last write waits: %v", h.writes)
 	got, _ = pass(progressWriteInterval - 100*time.Millisecond)
@@ -69,7 +72,7 @@ func TestProgressIsWrittenAtMostOncePerInterval(t *testing.T) {
 	g.Expect(statusWrites()).NotTo(BeZero(), "the held progress is written once the interval is over")
 	g.Expect(got.Status.Applications.Progress).To(Equal("2/3"))
 
-	rollOut("c")
+	rollOut(t, h, "c")
 	got, _ = pass(progressWriteInterval + 200*time.Millisecond)
 	g.Expect(statusWrites()).NotTo(BeZero(), "the end of the step is written at once")
 	g.Expect(got.Status.Rotation.Step).NotTo(Equal(rotatorv1.StepRestartingApplications))
@@ -95,19 +98,12 @@ func TestProgressWaitsForTheNextTenthOfTheApplications(t *testing.T) {
 		g.Expect(err).NotTo(HaveOccurred())
 		return got.Status.Applications.Progress, slices.Contains(h.writes, "status-patch MTLSRootRotation/mesh")
 	}
-	rollOut := func(name string) {
-		t.Helper()
-		d := &appsv1.Deployment{}
-		g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: name}, d)).To(Succeed())
-		d.Status.AvailableReplicas, d.Status.UnavailableReplicas = 1, 0
-		g.Expect(h.client.Status().Update(t.Context(), d)).To(Succeed())
-	}
 
 	progress, written := pass(0)
 	g.Expect(written).To(BeTrue())
 	g.Expect(progress).To(Equal("2/20"))
 
-	rollOut("s-0")
+	rollOut(t, h, "s-0")
 	_, written = pass(progressWriteInterval + 100*time.Millisecond)
 	g.Expect(written).To(BeFalse(), "3/20 is in the same tenth as 2/20: %v", h.writes)
 	_, written = pass(progressWriteIntervalMax - 100*time.Millisecond)
@@ -116,7 +112,7 @@ func TestProgressWaitsForTheNextTenthOfTheApplications(t *testing.T) {
 	g.Expect(written).To(BeTrue(), "then it is written")
 	g.Expect(progress).To(Equal("3/20"))
 
-	rollOut("s-1")
+	rollOut(t, h, "s-1")
 	progress, written = pass(progressWriteIntervalMax + progressWriteInterval + 200*time.Millisecond)
 	g.Expect(written).To(BeTrue(), "4/20 is the next tenth: written once the interval is over")
 	g.Expect(progress).To(Equal("4/20"))

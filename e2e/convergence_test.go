@@ -176,6 +176,28 @@ func rotateOverABareDaprPod(t *testing.T, name string, apps rotatorv1.Applicatio
 	return key, bare
 }
 
+// TestPodsRunningWhenTheOperatorStartsAreObserved: the pods that run when
+// the operator starts reach its cache with the initial list, which the API
+// server streams (client-go's WatchList then transforms each twice): every
+// one is still observed with the roots it trusts.
+func TestPodsRunningWhenTheOperatorStartsAreObserved(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	first := startOperator(t)
+	key := newRotation(t, "dapr", rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
+	waitRotationCompleted(t, key, "first")
+	first.stop()
+
+	startOperator(t)
+	n := 0
+	g.Eventually(func(g Gomega) {
+		n++
+		c := convergenceOf(t, g, key, fmt.Sprintf("after-restart-%d", n))
+		g.Expect(c.Pods).To(Equal(liveSidecarPods(t, g)))
+		g.Expect(c.Converged).To(Equal(c.Pods), "not converged: %+v", c.NotConverged)
+	}).WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed())
+}
+
 // TestSwitchWaitsForEveryPodThatRuns: a new-key rotation publishes the new
 // issuer only once every Dapr pod that runs trusts the new root. A bare pod,
 // which no phase restarts, holds the Switch (Stalled PodsNotConverged, naming

@@ -76,7 +76,17 @@ func Anchors(pod *corev1.Pod) (fingerprints []string, problem string) {
 // controller, phase, start time, and the fingerprints of its anchors in an
 // annotation. Pods holding the same anchors share one annotation map, and
 // every trimmed pod the same label map: neither may be changed.
+//
+// A pod already trimmed is returned as it is. The informer's transform must
+// be idempotent: when the API server streams the initial list (client-go's
+// WatchList), the pods that exist when the operator starts are transformed
+// twice, and a second trim would read anchors from a pod that has no
+// containers any more: measured, every such pod looked as if it trusted no
+// root, and a Switch gate waited on pods that trusted the new one.
 func Trim(pod *corev1.Pod) *corev1.Pod {
+	if trimmed(pod) {
+		return pod
+	}
 	t := &corev1.Pod{TypeMeta: pod.TypeMeta}
 	t.Name, t.Namespace, t.UID, t.ResourceVersion = pod.Name, pod.Namespace, pod.UID, pod.ResourceVersion
 	t.CreationTimestamp, t.DeletionTimestamp = pod.CreationTimestamp, pod.DeletionTimestamp
@@ -91,6 +101,15 @@ func Trim(pod *corev1.Pod) *corev1.Pod {
 	}
 	t.Status.Phase, t.Status.StartTime = pod.Status.Phase, pod.Status.StartTime
 	return t
+}
+
+// trimmed reports whether Trim made pod: it has no containers (the API
+// server refuses a pod without one) and says what its anchors are, or why
+// they cannot be read.
+func trimmed(pod *corev1.Pod) bool {
+	_, anchors := pod.Annotations[AnchorsAnnotation]
+	_, problem := pod.Annotations[ProblemAnnotation]
+	return len(pod.Spec.Containers) == 0 && (anchors || problem)
 }
 
 // injectedLabels are the labels of every trimmed pod: what the cache selects

@@ -102,6 +102,21 @@ func TestTrimKeepsWhatConvergenceNeedsAndNoPEM(t *testing.T) {
 	g.Expect(&[]byte(a)[0]).NotTo(BeNil())
 }
 
+// TestTrimIsIdempotent: the informer may transform a pod twice (the initial
+// list streamed by the API server); the second trim changes nothing.
+func TestTrimIsIdempotent(t *testing.T) {
+	g := NewWithT(t)
+	root := pkitest.NewRoot(t, pkitest.Options{})
+	for _, full := range []*corev1.Pod{daprPod("a", root.CertPEM(), "app-7d4"), daprPod("b", []byte("not PEM"), "app-7d4")} {
+		once := Trim(full)
+		twice := Trim(once.DeepCopy())
+		g.Expect(twice).To(Equal(once), full.Name)
+		want, _ := Observe(full)
+		got, _ := Observe(twice)
+		g.Expect(got).To(Equal(want), full.Name)
+	}
+}
+
 func TestObserveSkipsPodsThatDoNotRunAnyMore(t *testing.T) {
 	g := NewWithT(t)
 	root := pkitest.NewRoot(t, pkitest.Options{})
