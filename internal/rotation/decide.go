@@ -124,14 +124,26 @@ func decideSettled(spec *rotatorv1.MTLSRootRotationSpec, status *rotatorv1.MTLSR
 			"; it is not overwritten: change spec.trigger to rotate onto a bundle of this operator (with keyPolicy Rotate if Sentry generated a new CA)"}, true
 	case state.Due == expiry.None:
 		return Decision{Action: Idle, Message: fmt.Sprintf("rotation %s completed at %s", last.ID, last.FinishedAt.Format(time.RFC3339))}, true
-	case last.Cause == rotatorv1.CauseRenewal && !state.RenewAt.After(last.FinishedAt.Time):
-		// The last renewal did not move the due moment past its own end:
-		// another would do the same, restarting the control plane in a loop.
+	case last.Cause == rotatorv1.CauseRenewal && renewalIneffective(status.Rotation, last, state.RenewAt):
 		return Decision{Action: Stall, Reason: rotatorv1.RenewalIneffectiveReason, Message: fmt.Sprintf(
 			"automatic renewal %s completed at %s, but %s, within spec.renewBefore %s: the signer caps its validity or the renewal takes longer than the margin; lower spec.renewBefore or lengthen the certificate, or change spec.trigger",
 			last.ID, last.FinishedAt.Format(time.RFC3339), DescribeDue(status, state.Due), spec.GetRenewBefore())}, true
 	}
 	return Decision{}, false
+}
+
+// renewalIneffective reports whether the last renewal left its certificate
+// due again within the time the renewal took (plus the second both moments
+// are recorded to): another would do the same, so the operator would spend
+// its time restarting the control plane in a loop. The rotation in status
+// gives the start when it is the renewal; otherwise the renewal counts as
+// instant.
+func renewalIneffective(rot *rotatorv1.RotationStatus, last *rotatorv1.CompletedRotation, renewAt time.Time) bool {
+	var took time.Duration
+	if rot != nil && rot.ID == last.ID {
+		took = max(last.FinishedAt.Sub(rot.StartedAt.Time), 0)
+	}
+	return renewAt.Sub(last.FinishedAt.Time) <= took+time.Second
 }
 
 // NeedsDriftCheck reports whether Decide will look at Observed.Drift: only

@@ -85,6 +85,16 @@ func lastDone(id, trigger string, cause rotatorv1.RotationCause, at time.Time) s
 	}
 }
 
+// renewalTook records the completed renewal id in status.rotation, started
+// took before it finished.
+func renewalTook(id string, finished time.Time, took time.Duration) statusSetter {
+	return func(s *rotatorv1.MTLSRootRotationStatus) {
+		r := Start(id, "a", "h", rotatorv1.KeyPolicyReuse, metav1.NewTime(finished.Add(-took)))
+		r.Cause, r.Step = rotatorv1.CauseRenewal, rotatorv1.StepCompleted
+		s.Rotation = r
+	}
+}
+
 // published says the root and issuer in status expire at those moments.
 func published(root, issuer time.Time) statusSetter {
 	return func(s *rotatorv1.MTLSRootRotationStatus) {
@@ -151,6 +161,31 @@ func TestDecide(t *testing.T) {
 		want: Decision{Action: Stall, Settled: true, Reason: rotatorv1.RenewalIneffectiveReason,
 			Message: "automatic renewal r-renew completed at " + t0.Add(-time.Minute).Format(time.RFC3339) + ", but issuer certificate expires at " + soon.Format(time.RFC3339) +
 				", within spec.renewBefore 1h0m0s: the signer caps its validity or the renewal takes longer than the margin; lower spec.renewBefore or lengthen the certificate, or change spec.trigger"},
+	}, {
+		// The moments are recorded to the second: a renewal that ends in
+		// the second before the next due moment did not move it.
+		name:   "a renewal that ended a second before its certificate fell due again stalls",
+		spec:   specOf(renewBefore(time.Hour)),
+		status: statusOf(lastDone("r-renew", "a", rotatorv1.CauseRenewal, t0.Add(-time.Second)), published(far, t0.Add(time.Hour))),
+		want: Decision{Action: Stall, Settled: true, Reason: rotatorv1.RenewalIneffectiveReason,
+			Message: "automatic renewal r-renew completed at " + t0.Add(-time.Second).Format(time.RFC3339) + ", but issuer certificate expires at " + t0.Add(time.Hour).Format(time.RFC3339) +
+				", within spec.renewBefore 1h0m0s: the signer caps its validity or the renewal takes longer than the margin; lower spec.renewBefore or lengthen the certificate, or change spec.trigger"},
+	}, {
+		name: "a renewal that left less margin than it took stalls",
+		spec: specOf(renewBefore(time.Hour)),
+		status: statusOf(renewalTook("r-renew", t0.Add(-5*time.Second), 10*time.Second),
+			lastDone("r-renew", "a", rotatorv1.CauseRenewal, t0.Add(-5*time.Second)), published(far, t0.Add(time.Hour))),
+		want: Decision{Action: Stall, Settled: true, Reason: rotatorv1.RenewalIneffectiveReason,
+			Message: "automatic renewal r-renew completed at " + t0.Add(-5*time.Second).Format(time.RFC3339) + ", but issuer certificate expires at " + t0.Add(time.Hour).Format(time.RFC3339) +
+				", within spec.renewBefore 1h0m0s: the signer caps its validity or the renewal takes longer than the margin; lower spec.renewBefore or lengthen the certificate, or change spec.trigger"},
+	}, {
+		name: "a renewal that left more margin than it took renews again when due",
+		spec: specOf(renewBefore(time.Hour)),
+		status: statusOf(renewalTook("r-renew", t0.Add(-time.Minute), 10*time.Second),
+			lastDone("r-renew", "a", rotatorv1.CauseRenewal, t0.Add(-time.Minute)), published(far, t0.Add(time.Hour))),
+		want: Decision{Action: Begin, Settled: true,
+			Start:   &StartSpec{Cause: rotatorv1.CauseRenewal, Renews: expiry.Issuer, KeyPolicy: rotatorv1.KeyPolicyReuse, PreviousID: "r-renew"},
+			Message: "issuer certificate expires at " + t0.Add(time.Hour).Format(time.RFC3339) + ", within spec.renewBefore 1h0m0s: renewing the issuer with the same key"},
 	}, {
 		name:   "a renewal that moved the due moment renews again when due",
 		spec:   specOf(renewBefore(time.Hour)),
