@@ -19,7 +19,7 @@ import (
 func (p *pass) reconcileRotation(ctx context.Context) error {
 	obj := p.obj
 	var seen rotation.Observed
-	if rotation.NeedsDriftCheck(&obj.Spec, &obj.Status) {
+	if rotation.NeedsDriftCheck(&obj.Spec, &obj.Status, p.now().Time) {
 		drift, err := p.drift(ctx)
 		if err != nil {
 			return err
@@ -34,6 +34,9 @@ func (p *pass) reconcileRotation(ctx context.Context) error {
 		recordCompleted(obj, obj.Status.Rotation)
 	}
 	switch {
+	case d.Action == rotation.Hold && !d.RetryAt.IsZero():
+		// The failure stays on display until the renewal is tried again.
+		return stall(d.Reason, "%s", d.Message).retry(d.RetryAt.Sub(p.now().Time) + time.Second)
 	case d.Action == rotation.Hold:
 		// The failure stays on display until a new trigger asks for another attempt.
 		return stall(d.Reason, "%s", d.Message)
@@ -68,12 +71,13 @@ func (p *pass) replace() {
 		"rotation %s had published nothing; replaced by a rotation for trigger %q with keyPolicy %s, issuing from %s",
 		rot.ID, obj.Spec.Trigger, obj.Spec.Root.GetKeyPolicy(), describeIssuerRef(obj.Spec.Issuer.IssuerRef))
 	p.Metrics.rotationEnded(obj, rot, ResultReplaced, p.now().Time)
+	p.strategyFor(rot).replaced()
 	obj.Status.Rotation = nil
 }
 
 // settle keeps the settled state in shape between rotations: what the last
-// rotation's strategy leaves to clean up, the brought key, and the
-// cert-manager objects.
+// rotation's strategy leaves to clean up, the brought key, the cert-manager
+// objects, and no root key beyond the installed generation.
 func (p *pass) settle(ctx context.Context) error {
 	if rot := p.rot(); rot != nil && rot.Step == rotatorv1.StepCompleted {
 		if err := p.strategyFor(rot).complete(ctx); err != nil {
@@ -83,7 +87,10 @@ func (p *pass) settle(ctx context.Context) error {
 	if err := p.importRootKey(ctx); err != nil {
 		return err
 	}
-	return p.ensureIssuance(ctx)
+	if err := p.ensureIssuance(ctx); err != nil {
+		return err
+	}
+	return p.dropUnusedRootKeys(ctx)
 }
 
 // begin starts the rotation the decision asks for, and records it before

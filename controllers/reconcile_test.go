@@ -7,9 +7,12 @@ import (
 	"testing"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -462,4 +465,75 @@ func TestAPassGoesOnFromTheStepItRecorded(t *testing.T) {
 	g.Expect(got.Status.Rotation.WaitingFor).To(Equal("Deployment dapr-system/dapr-sentry"))
 	g.Expect(h.writes).To(ContainElements("status-patch MTLSRootRotation/mesh", "apply Secret/dapr-trust-bundle", "patch Deployment/dapr-sentry"))
 	g.Expect(h.writes).NotTo(ContainElement("patch Deployment/dapr-sidecar-injector"))
+}
+
+// TestReplacedRotateRotationGivesItsKeyBack: a Rotate rotation reverted
+// before it published leaves the object on the installed key generation:
+// the root Certificate and the CA Issuer point at it again, and the key the
+// rotation began (which no anchor carries) is deleted.
+func TestReplacedRotateRotationGivesItsKeyBack(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	installed := bundleFrom(t, k.renewIssuer, k.renewed)
+	obj := rotationObj(settled("a"), withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Trigger = "b" }),
+		atStep(rotatorv1.StepVerifying, rotatorv1.KeyPolicyRotate, rotatorv1.PhaseOverlap),
+		withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Trigger, s.Root.KeyPolicy = "a", rotatorv1.KeyPolicyReuse }),
+		func(obj *rotatorv1.MTLSRootRotation) { obj.Status.PublishedBundleHash = bundle.Hash(installed) })
+	labelled := func(s *corev1.Secret) *corev1.Secret { s.Labels = map[string]string{OwnerLabel: "mesh"}; return s }
+	h := newHarness(t, append(trustBundle(installed), labelled(issued(t, "mesh-root", k.renewed, k.renewed)),
+		labelled(issued(t, "mesh-root-g2", k.fresh, k.fresh)), labelled(issued(t, "mesh-issuer", k.freshIssuer, k.fresh)), obj)...)
+
+	got, _, err := h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(conditions.IsReady(got)).To(BeTrue())
+	g.Expect(h.eventReasons()).To(Equal([]string{"RotationReplaced"}))
+	g.Expect(got.Status.RootKeyGeneration).To(Equal(int32(1)), "back on the installed generation")
+	g.Expect(h.get(&cmapi.Certificate{}, "mesh-root").(*cmapi.Certificate).Spec.SecretName).To(Equal("mesh-root"))
+	g.Expect(h.get(&cmapi.Issuer{}, "mesh-root-ca").(*cmapi.Issuer).Spec.CA.SecretName).To(Equal("mesh-root"))
+	g.Expect(h.writes).To(ContainElement("delete Secret/mesh-root-g2"))
+	g.Expect(apierrors.IsNotFound(h.client.Get(t.Context(), client.ObjectKey{Namespace: ns, Name: "mesh-root-g2"}, &corev1.Secret{}))).To(BeTrue())
+	h.get(&corev1.Secret{}, "mesh-root") // the installed key stays
+
+	// Settled again: nothing more is deleted.
+	h.writes = nil
+	_, _, err = h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(h.writes).NotTo(ContainElement(HavePrefix("delete")))
+}
+
+// TestRolledBackRenewalIsTriedAgain: a rolled-back automatic renewal holds,
+// Stalled, and is woken halfway to the expiry of the issuer it restored,
+// without anyone changing spec.trigger.
+func TestRolledBackRenewalIsTriedAgain(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	installed := bundleFrom(t, k.renewIssuer, k.renewed)
+	obj := rotationObj(settled("a"), atStep(rotatorv1.StepRolledBack, rotatorv1.KeyPolicyReuse, ""),
+		withRotation(func(r *rotatorv1.RotationStatus) {
+			r.Cause, r.Message = rotatorv1.CauseRenewal, "sentry did not roll out"
+		}),
+		withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.RenewBefore = &metav1.Duration{Duration: 3 * time.Hour} }),
+		func(obj *rotatorv1.MTLSRootRotation) {
+			obj.Status.PublishedBundleHash = bundle.Hash(installed)
+			obj.Status.Root = &rotatorv1.CertificateStatus{NotAfter: metav1.NewTime(t0.Add(365 * 24 * time.Hour))}
+			obj.Status.Issuer = &rotatorv1.CertificateStatus{NotAfter: metav1.NewTime(t0.Add(2 * time.Hour))}
+		})
+	h := newHarness(t, append(trustBundle(installed), obj)...)
+
+	got, res, err := h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	// Rolled back a minute before t0 (atStep): halfway to t0+2h is t0+59m30s.
+	retryAt := t0.Add(59*time.Minute + 30*time.Second)
+	g.Expect(conditions.GetReason(got, meta.StalledCondition)).To(Equal(rotatorv1.RolledBackReason))
+	g.Expect(conditions.GetMessage(got, meta.StalledCondition)).To(Equal("sentry did not roll out; the renewal is tried again at " + retryAt.Format(time.RFC3339)))
+	g.Expect(res.RequeueAfter).To(Equal(retryAt.Sub(t0)+time.Second), "woken to try again")
+	g.Expect(got.Status.Rotation.Step).To(Equal(rotatorv1.StepRolledBack))
+
+	h.r.Now = func() time.Time { return retryAt }
+	got, _, err = h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(got.Status.Rotation.Cause).To(Equal(rotatorv1.CauseRenewal))
+	g.Expect(got.Status.Rotation.Step).To(Equal(rotatorv1.StepIssuing), "a new renewal, at the time it was announced")
+	g.Expect(got.Status.Rotation.ID).NotTo(Equal("r-1"))
+	g.Expect(h.eventReasons()).To(ContainElement("RenewalDue"))
 }

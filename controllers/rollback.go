@@ -116,11 +116,35 @@ func (p *pass) restorable(ctx context.Context, stuck restart.Ref) (bundle.Replac
 	if err != nil {
 		return bundle.Replaced{}, nil, notRestored("the bundle rotation %s replaced would not pass Dapr Sentry's checks (%v), so it is not restored", rot.ID, err)
 	}
-	if pki.Expired(now, parsed.Chain...) {
-		return bundle.Replaced{}, nil, notRestored("the bundle rotation %s replaced holds an issuer that expired at %s, so restoring it would not help: the new bundle stays",
-			rot.ID, parsed.Issuer().NotAfter.UTC().Format(time.RFC3339))
+	if cutOff := pki.CutOff(parsed, now); cutOff != nil {
+		return bundle.Replaced{}, nil, notRestored("the bundle rotation %s replaced holds %s %s that expired at %s, so restoring it would not help: the new bundle stays",
+			rot.ID, article(cutOff.What), cutOff.What, cutOff.NotAfter.UTC().Format(time.RFC3339))
+	}
+	// Restored, it must outlive another attempt: one retried halfway to its
+	// expiry (rotation.RenewalRetryAt) needs as long as this one took.
+	if expires := expiryOf(parsed); expires.Sub(now) < 2*now.Sub(rot.StartedAt.Time) {
+		return bundle.Replaced{}, nil, notRestored("the bundle rotation %s replaced expires at %s, sooner than another attempt as long as this one (started at %s) could end, so restoring it would not help: the new bundle stays",
+			rot.ID, expires.UTC().Format(time.RFC3339), rot.StartedAt.UTC().Format(time.RFC3339))
 	}
 	return replaced, parsed, nil
+}
+
+// expiryOf is when a bundle stops working, as status shows it: the first
+// expiry of its issuer and its newest root (rotation.RenewalRetryAt).
+func expiryOf(b *pki.ParsedBundle) time.Time {
+	expires, root := b.Issuer().NotAfter, b.Anchors[len(b.Anchors)-1].NotAfter
+	if root.Before(expires) {
+		return root
+	}
+	return expires
+}
+
+// article is the indefinite article of "issuer" or "root".
+func article(what string) string {
+	if what == "issuer" {
+		return "an"
+	}
+	return "a"
 }
 
 // restartedFor reports whether the workload's pod template carries the

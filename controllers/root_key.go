@@ -129,6 +129,34 @@ func (p *pass) adoptRootKeyGeneration(ctx context.Context) error {
 	return nil
 }
 
+// dropUnusedRootKeys deletes the root key Secrets of generations after the
+// installed one: keys that new-key rotations began and gave up (replaced
+// before publishing, or rolled back in Overlap), which no issuer is signed
+// by. Only a settled object calls it, once the cert-manager objects point at
+// the installed generation, so that cert-manager does not issue them again.
+func (p *pass) dropUnusedRootKeys(ctx context.Context) error {
+	obj := p.obj
+	secrets := &corev1.SecretList{}
+	if err := p.List(ctx, secrets, client.InNamespace(obj.Namespace), client.MatchingLabels{OwnerLabel: obj.Name}); err != nil {
+		return fmt.Errorf("looking for root key Secrets: %w", err)
+	}
+	names := make([]string, 0, len(secrets.Items))
+	for i := range secrets.Items {
+		names = append(names, secrets.Items[i].Name)
+	}
+	for _, gen := range rootKeyGenerations(obj.Name, names) {
+		if gen <= max(obj.Status.RootKeyGeneration, 1) {
+			break // newest first
+		}
+		unused := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: obj.Namespace, Name: rootSecretNameFor(obj, gen)}}
+		if err := p.Delete(ctx, unused); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("deleting the unused root key Secret %s: %w", unused.Name, err)
+		}
+		p.log.Info("unused root key deleted", "secret", unused.Name)
+	}
+	return nil
+}
+
 // rootKeyGenerations returns the root key generations among the Secret names
 // of the object named name, newest first.
 func rootKeyGenerations(name string, secretNames []string) []int32 {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -125,10 +127,30 @@ func (p *pass) stepPublishing(ctx context.Context) error {
 		return err
 	}
 	setPublished(obj, bundle.Hash(pub.Bundle), pub.Parsed)
+	if pub.CutOff != nil {
+		p.warnCutOff(*pub.CutOff)
+	}
 	p.normal("TrustBundlePublished", "Publish",
 		"rotation %s: published root %s and issuer %s (trust anchors: %d) to Secret and ConfigMap %s/%s%s",
 		rot.ID, shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, obj.Namespace, p.target.Secret.Name, phaseSuffix(rot))
 	return nil
+}
+
+// warnCutOff says that the bundle just replaced had already cut the mesh off:
+// its issuer or root had expired, so the rotation repaired it at once, with
+// no overlap, and everything restarts onto the new bundle.
+func (p *pass) warnCutOff(e pki.Expiry) {
+	reason, why := "InstalledIssuerExpired", "no workload can renew its certificate"
+	if e.What == "root" {
+		reason, why = "InstalledRootExpired", "no workload certificate verifies under it"
+	}
+	how := "the renewed root and issuer"
+	if rot := p.rot(); rot.Phase != "" {
+		how = fmt.Sprintf("the new root and issuer directly (%s phase)", rot.Phase)
+	}
+	p.event(corev1.EventTypeWarning, reason, "Publish",
+		"rotation %s: the installed %s expired at %s, so %s and the mesh was already cut off; published %s with no trust overlap",
+		p.rot().ID, e.What, e.NotAfter.UTC().Format(time.RFC3339), why, how)
 }
 
 // writeBundle writes b to the Secret and the ConfigMap's anchors to

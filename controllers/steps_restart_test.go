@@ -287,6 +287,10 @@ func TestRollbackRefusesWhatWouldNotHelp(t *testing.T) {
 	k := newPKI(t)
 	after := bundleFrom(t, k.renewIssuer, k.renewed)
 	expired := pkitest.NewIssuer(t, k.old, pkitest.Options{NotBefore: t0.Add(-3 * time.Hour), Validity: time.Hour})
+	expiredRoot := pkitest.NewRoot(t, pkitest.Options{NotBefore: t0.Add(-3 * time.Hour), Validity: time.Hour})
+	outliving := pkitest.NewIssuer(t, expiredRoot, pkitest.Options{NotBefore: t0.Add(-150 * time.Minute)})
+	// The rotation started an hour ago (atStep): another attempt needs as long.
+	soon := pkitest.NewIssuer(t, k.old, pkitest.Options{NotBefore: t0.Add(-2 * time.Hour), Validity: 3*time.Hour + 59*time.Minute})
 	unrecorded := backupOf(t, bundleFrom(t, k.oldIssuer, k.old))
 	unrecorded.Annotations[ReplacedByAnnotation] = "r-0"
 	tests := []struct {
@@ -297,6 +301,9 @@ func TestRollbackRefusesWhatWouldNotHelp(t *testing.T) {
 		{"no record of the publish", unrecorded, "there is no record of the bundle rotation r-1 replaced"},
 		{"an empty bundle before a first issuance", backupOf(t, pki.Bundle{}), "there is nothing to roll back to"},
 		{"a replaced issuer that has expired", backupOf(t, bundleFrom(t, expired, k.old)), "holds an issuer that expired at"},
+		{"a replaced root that has expired before its issuer", backupOf(t, bundleFrom(t, outliving, expiredRoot)), "holds a root that expired at " + expiredRoot.Cert.NotAfter.UTC().Format(time.RFC3339)},
+		{"a replaced issuer that would expire before another attempt could end", backupOf(t, bundleFrom(t, soon, k.old)),
+			"sooner than another attempt as long as this one (started at " + t0.Add(-time.Hour).UTC().Format(time.RFC3339) + ") could end"},
 		{"a replaced bundle Sentry would refuse", backupOf(t, pki.Bundle{TrustAnchors: []byte("x"), IssuerChain: k.oldIssuer.CertPEM(), IssuerKey: k.oldIssuer.KeyPEM(t)}),
 			"would not pass Dapr Sentry's checks"},
 	}

@@ -31,6 +31,9 @@ type strategy interface {
 	complete(ctx context.Context) error
 	// rolledBack adjusts the status once the rotation rolled back.
 	rolledBack()
+	// replaced adjusts the status once the rotation, having published
+	// nothing, gave way to another.
+	replaced()
 	// plan says, for a dry run, what the rotation would issue and in which
 	// phases it would publish over installed.
 	plan(ctx context.Context, installed pki.Bundle, plan *rotatorv1.RotationPlan) error

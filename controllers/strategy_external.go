@@ -78,6 +78,8 @@ func (s *externalIssuer) complete(ctx context.Context) error {
 
 func (s *externalIssuer) rolledBack() {}
 
+func (s *externalIssuer) replaced() {}
+
 func (s *externalIssuer) plan(ctx context.Context, installed pki.Bundle, plan *rotatorv1.RotationPlan) error {
 	plan.Certificates = append(plan.Certificates, fmt.Sprintf("issue issuer Certificate %s signed by %s %s, whose CA becomes the trust anchor",
 		namesFor(s.obj).Issuer, s.ref.GetKind(), s.ref.Name))

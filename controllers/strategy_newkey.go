@@ -92,6 +92,15 @@ func (s *newKey) rolledBack() {
 	}
 }
 
+// replaced returns to the installed key generation: the rotation published
+// nothing, so no anchor carries the key it began. The cert-manager objects
+// settle back onto the installed key, and settling deletes the unused one.
+func (s *newKey) replaced() {
+	if s.obj.Status.RootKeyGeneration > 1 {
+		s.obj.Status.RootKeyGeneration--
+	}
+}
+
 func (s *newKey) plan(ctx context.Context, installed pki.Bundle, plan *rotatorv1.RotationPlan) error {
 	n, obj := namesFor(s.obj), s.obj
 	next := rootSecretNameFor(obj, max(obj.Status.RootKeyGeneration, 1)+1)
@@ -164,11 +173,6 @@ func (p *pass) phaseBundle(ctx context.Context) (pki.Publish, error) {
 	}
 	if rotatorv1.RotationPhase(pub.Phase) != rot.Phase {
 		rotation.SkipToLastPhase(rot)
-		if pub.ExpiredIssuer != nil {
-			p.event(corev1.EventTypeWarning, "InstalledIssuerExpired", "Publish",
-				"rotation %s: the installed issuer expired at %s, so no workload can renew its certificate and there is no working trust to overlap with; publishing the new root and issuer directly (%s phase) and restarting everything",
-				rot.ID, pub.ExpiredIssuer.NotAfter.UTC().Format(time.RFC3339), rot.Phase)
-		}
 	}
 	return pub, nil
 }

@@ -71,6 +71,8 @@ func (s *sameKey) complete(context.Context) error { return nil }
 
 func (s *sameKey) rolledBack() {}
 
+func (s *sameKey) replaced() {}
+
 func (s *sameKey) plan(ctx context.Context, installed pki.Bundle, plan *rotatorv1.RotationPlan) error {
 	n, obj := namesFor(s.obj), s.obj
 	rootExists, err := s.exists(ctx, n.Root)

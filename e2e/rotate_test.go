@@ -14,6 +14,7 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
 
 // restartMesh restarts sentry and every Dapr application, as a fresh install
@@ -154,6 +155,47 @@ func TestRotateOverAnExpiredIssuerPublishesDirectly(t *testing.T) {
 	g.Expect(done.Status.Applications.Restarted).To(Equal(done.Status.Applications.Total))
 	warnings := eventsFor(t, key)["InstalledIssuerExpired"]
 	g.Expect(warnings).To(HaveLen(1))
-	g.Expect(warnings[0].Message).To(ContainSubstring("publishing the new root and issuer directly (Prune phase)"))
+	g.Expect(warnings[0].Message).To(ContainSubstring("the mesh was already cut off; published the new root and issuer directly (Prune phase)"))
 	g.Expect(kstatusOf(t, done)).To(Equal(status.CurrentStatus))
+}
+
+// TestRotateOverAnExpiredRootPublishesDirectly: a hand-made install whose
+// root was made before its issuer, and expired first (with the issuer still
+// alive, or expired since), has cut the mesh off just as an expired issuer
+// does: it is repaired by one publish of the end state, with a warning that
+// says which certificate had expired.
+func TestRotateOverAnExpiredRootPublishesDirectly(t *testing.T) {
+	madeAt := time.Now().Add(-3 * time.Hour)
+	rootOpts := pkitest.Options{NotBefore: madeAt, Validity: time.Hour}
+	for _, tt := range []struct {
+		name       string
+		issuerOpts pkitest.Options
+		wantReason string
+	}{
+		{name: "issuer alive", issuerOpts: pkitest.Options{NotBefore: madeAt.Add(30 * time.Minute)}, wantReason: "InstalledRootExpired"},
+		{name: "issuer expired 30 s after the root", issuerOpts: pkitest.Options{NotBefore: madeAt.Add(30 * time.Minute), Validity: 30*time.Minute + 30*time.Second},
+			wantReason: "InstalledIssuerExpired"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			freshBundle(t)
+			root, _ := sentryBundle(t, rootOpts, tt.issuerOpts)
+			startOperator(t)
+			key := newRotation(t, "expired-root", rotatorv1.MTLSRootRotationSpec{Trigger: "a", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate}})
+
+			done := waitRotationCompleted(t, key, "a")
+			g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhasePrune}), "one publish, of the end state")
+			s, _ := readBundle(t)
+			published, err := pki.Bundle{TrustAnchors: s.Data["ca.crt"], IssuerChain: s.Data["issuer.crt"], IssuerKey: s.Data["issuer.key"]}.Validate(time.Now())
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(published.Anchors).To(HaveLen(1))
+			g.Expect(pki.SamePublicKey(published.Anchors[0], root.Cert)).To(BeFalse(), "a new root key")
+			g.Expect(done.Status.Applications.Restarted).To(Equal(done.Status.Applications.Total))
+			warnings := eventsFor(t, key)[tt.wantReason]
+			g.Expect(warnings).To(HaveLen(1))
+			g.Expect(warnings[0].Type).To(Equal(corev1.EventTypeWarning))
+			g.Expect(warnings[0].Message).To(ContainSubstring("the mesh was already cut off; published the new root and issuer directly (Prune phase)"))
+			g.Expect(kstatusOf(t, done)).To(Equal(status.CurrentStatus))
+		})
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -70,20 +71,73 @@ type Publish struct {
 	// Phase is the phase it belongs to: the one asked for, or the last one
 	// when there is nothing to overlap with (a trust-overlap rotation only).
 	Phase Phase
-	// ExpiredIssuer is the installed issuer that had expired when the
-	// rotation went straight to its last phase for that reason.
-	ExpiredIssuer *x509.Certificate
+	// CutOff is the installed certificate whose expiry had already cut the
+	// mesh off when this publish replaced it (a trust-overlap rotation goes
+	// straight to its last phase for that reason); nil otherwise.
+	CutOff *Expiry
+}
+
+// Expiry names an installed certificate that has expired.
+type Expiry struct {
+	// What is "issuer" or "root".
+	What     string
+	NotAfter time.Time
 }
 
 // ValidateInstalled checks an installed bundle as Sentry would, at a moment
-// its issuer was valid: an expired issuer is a reason to rotate, not a reason
-// to distrust the bundle.
+// its issuer and a root it chains to were both valid: an expired issuer or
+// root is a reason to rotate, not a reason to distrust the bundle.
 func ValidateInstalled(b Bundle, now time.Time) (*ParsedBundle, error) {
 	chain, err := ParseCertificates(b.IssuerChain)
 	if err != nil {
 		return nil, fmt.Errorf("issuer certificate: %w", err)
 	}
-	return b.Validate(ValidAt(now, chain...))
+	parsed, err := b.Validate(ValidAt(now, chain...))
+	if err == nil {
+		return parsed, nil
+	}
+	// The issuer may outlive the roots it chains to (a root made before its
+	// issuer, an issuer renewed alone): try the moment before each expired
+	// anchor expired, the latest first.
+	anchors, aerr := ParseCertificates(b.TrustAnchors)
+	if aerr != nil {
+		return nil, err
+	}
+	slices.SortFunc(anchors, func(a, b *x509.Certificate) int { return b.NotAfter.Compare(a.NotAfter) })
+	for _, a := range anchors {
+		if !now.After(a.NotAfter) {
+			continue
+		}
+		if parsed, aerr := b.Validate(ValidAt(now, append(slices.Clip(chain), a)...)); aerr == nil {
+			return parsed, nil
+		}
+	}
+	return nil, err
+}
+
+// CutOff returns the installed certificate whose expiry has already cut the
+// mesh off, or nil: an expired issuer (no workload can renew its
+// certificate), or, while the issuer lives, the last of the expired roots it
+// chains to (no workload certificate verifies any more).
+func CutOff(b *ParsedBundle, now time.Time) *Expiry {
+	for _, c := range b.Chain {
+		if now.After(c.NotAfter) {
+			return &Expiry{What: "issuer", NotAfter: c.NotAfter}
+		}
+	}
+	if VerifyChain(b.Chain, b.Anchors, now) == nil {
+		return nil
+	}
+	var last *x509.Certificate
+	for _, a := range b.Anchors {
+		if now.After(a.NotAfter) && (last == nil || a.NotAfter.After(last.NotAfter)) {
+			last = a
+		}
+	}
+	if last == nil {
+		return nil
+	}
+	return &Expiry{What: "root", NotAfter: last.NotAfter}
 }
 
 // ComposeReuse proves that issued, made with the same root key as the
@@ -107,7 +161,11 @@ func ComposeReuse(installed, issued Bundle, root *x509.Certificate, now time.Tim
 		}
 		return Publish{}, failAt(Unproven, err)
 	}
-	return Publish{Bundle: issued, Parsed: parsed}, nil
+	pub := Publish{Bundle: issued, Parsed: parsed}
+	if before != nil {
+		pub.CutOff = CutOff(before, now)
+	}
+	return pub, nil
 }
 
 // PhaseInput is what a phase of a trust-overlap rotation is composed from.
@@ -126,14 +184,16 @@ type PhaseInput struct {
 
 // FirstPhase is the phase a trust-overlap rotation starts publishing at over
 // original: the last one when there is nothing to overlap with (nothing
-// installed, or an issuer that has expired and so left the mesh cut off
-// already), the first otherwise. expired is the expired issuer, if that is why.
-func FirstPhase(original Bundle, now time.Time) (phase Phase, expired *x509.Certificate) {
+// installed, or an issuer or root that has expired and so left the mesh cut
+// off already), the first otherwise. cutOff is the expired one, if that is why.
+func FirstPhase(original Bundle, now time.Time) (phase Phase, cutOff *Expiry) {
 	if original.IsEmpty() {
 		return Prune, nil
 	}
-	if orig, err := ValidateInstalled(original, now); err == nil && Expired(now, orig.Chain...) {
-		return Prune, orig.Issuer()
+	if orig, err := ValidateInstalled(original, now); err == nil {
+		if cutOff := CutOff(orig, now); cutOff != nil {
+			return Prune, cutOff
+		}
 	}
 	return Overlap, nil
 }
@@ -147,7 +207,7 @@ func FirstPhase(original Bundle, now time.Time) (phase Phase, expired *x509.Cert
 func ComposePhase(in PhaseInput, now time.Time) (Publish, error) {
 	out := Publish{Phase: in.Phase}
 	if in.Phase == Overlap {
-		out.Phase, out.ExpiredIssuer = FirstPhase(in.Original, now)
+		out.Phase, out.CutOff = FirstPhase(in.Original, now)
 	}
 	issued, err := in.Issued.Validate(now)
 	if err != nil {
@@ -161,9 +221,10 @@ func ComposePhase(in PhaseInput, now time.Time) (Publish, error) {
 	if err != nil {
 		return Publish{}, failAt(OriginalInvalid, err)
 	}
-	if out.Phase == Prune && Expired(now, orig.Chain...) {
-		// No workload certificate chains to a valid issuer any more: the
-		// mesh is already cut off, and an overlap would only delay its repair.
+	if out.Phase == Prune && CutOff(orig, now) != nil {
+		// No workload certificate chains to a valid issuer and root any
+		// more: the mesh is already cut off, and an overlap would only delay
+		// its repair.
 		out.Bundle, out.Parsed = in.Issued, issued
 		return out, nil
 	}

@@ -29,6 +29,10 @@ func TestComposePhase(t *testing.T) {
 	oldRoot := pkitest.NewRoot(t, pkitest.Options{CommonName: "old", NotBefore: now.Add(-24 * time.Hour)})
 	oldIssuer := pkitest.NewIssuer(t, oldRoot, pkitest.Options{CommonName: "old-issuer"})
 	expiredIssuer := pkitest.NewIssuer(t, oldRoot, pkitest.Options{CommonName: "expired-issuer", NotBefore: now.Add(-3 * time.Hour), Validity: time.Hour})
+	// Hand-made installs: a root made before its issuer expires first.
+	expiredRoot := pkitest.NewRoot(t, pkitest.Options{CommonName: "expired-root", NotBefore: now.Add(-3 * time.Hour), Validity: time.Hour})
+	outliving := pkitest.NewIssuer(t, expiredRoot, pkitest.Options{CommonName: "outliving-issuer", NotBefore: now.Add(-150 * time.Minute), Validity: 10 * time.Hour})
+	alsoExpired := pkitest.NewIssuer(t, expiredRoot, pkitest.Options{CommonName: "also-expired", NotBefore: now.Add(-150 * time.Minute), Validity: 2 * time.Hour})
 	newRoot := pkitest.NewRoot(t, pkitest.Options{CommonName: "new"})
 	newIssuer := pkitest.NewIssuer(t, newRoot, pkitest.Options{CommonName: "new-issuer"})
 
@@ -45,7 +49,7 @@ func TestComposePhase(t *testing.T) {
 		wantPhase   pki.Phase
 		wantAnchors []string
 		wantIssuer  string
-		wantExpired bool
+		wantCutOff  string
 		wantStage   pki.Stage
 	}{
 		{name: "overlap adds the new root to the installed anchors and keeps the installed issuer",
@@ -62,7 +66,13 @@ func TestComposePhase(t *testing.T) {
 			wantPhase: pki.Prune, wantAnchors: []string{"new"}, wantIssuer: "new-issuer"},
 		{name: "an expired installed issuer goes straight to prune and says so",
 			in:        pki.PhaseInput{Phase: pki.Overlap, Original: bundleOf(t, []*pkitest.CA{oldRoot}, expiredIssuer), Live: bundleOf(t, []*pkitest.CA{oldRoot}, expiredIssuer), Issued: issued},
-			wantPhase: pki.Prune, wantAnchors: []string{"new"}, wantIssuer: "new-issuer", wantExpired: true},
+			wantPhase: pki.Prune, wantAnchors: []string{"new"}, wantIssuer: "new-issuer", wantCutOff: "issuer"},
+		{name: "an expired installed root under a live issuer goes straight to prune and says so",
+			in:        pki.PhaseInput{Phase: pki.Overlap, Original: bundleOf(t, []*pkitest.CA{expiredRoot}, outliving), Live: bundleOf(t, []*pkitest.CA{expiredRoot}, outliving), Issued: issued},
+			wantPhase: pki.Prune, wantAnchors: []string{"new"}, wantIssuer: "new-issuer", wantCutOff: "root"},
+		{name: "a root that expired before its issuer, both expired, goes straight to prune",
+			in:        pki.PhaseInput{Phase: pki.Overlap, Original: bundleOf(t, []*pkitest.CA{expiredRoot}, alsoExpired), Live: bundleOf(t, []*pkitest.CA{expiredRoot}, alsoExpired), Issued: issued},
+			wantPhase: pki.Prune, wantAnchors: []string{"new"}, wantIssuer: "new-issuer", wantCutOff: "issuer"},
 		{name: "an issued bundle Sentry would refuse is refused first",
 			in:        pki.PhaseInput{Phase: pki.Overlap, Original: original, Live: original, Issued: mismatched},
 			wantStage: pki.IssuedInvalid},
@@ -101,7 +111,12 @@ func TestComposePhase(t *testing.T) {
 			g.Expect(pub.Phase).To(Equal(tt.wantPhase))
 			g.Expect(subjects(t, pub.Bundle)).To(Equal(tt.wantAnchors))
 			g.Expect(pub.Parsed.Issuer().Subject.CommonName).To(Equal(tt.wantIssuer))
-			g.Expect(pub.ExpiredIssuer != nil).To(Equal(tt.wantExpired))
+			if tt.wantCutOff == "" {
+				g.Expect(pub.CutOff).To(BeNil())
+			} else {
+				g.Expect(pub.CutOff).NotTo(BeNil())
+				g.Expect(pub.CutOff.What).To(Equal(tt.wantCutOff))
+			}
 			first, _ := pki.FirstPhase(tt.in.Original, now)
 			if tt.in.Phase == pki.Overlap {
 				g.Expect(first).To(Equal(pub.Phase), "the plan's first phase is the one published")
@@ -121,18 +136,24 @@ func TestComposeReuse(t *testing.T) {
 	other := pkitest.NewRoot(t, pkitest.Options{})
 	otherIssuer := pkitest.NewIssuer(t, other, pkitest.Options{})
 
+	expiredRoot := pkitest.RenewRoot(t, root, pkitest.Options{NotBefore: now.Add(-3 * time.Hour), Validity: time.Hour})
+	outliving := pkitest.NewIssuer(t, expiredRoot, pkitest.Options{NotBefore: now.Add(-150 * time.Minute)})
+
 	installed := bundleOf(t, []*pkitest.CA{root}, issuer)
 	next := bundleOf(t, []*pkitest.CA{renewed}, renewedIssuer)
 	tests := []struct {
-		name      string
-		installed pki.Bundle
-		issued    pki.Bundle
-		root      *x509.Certificate
-		wantStage pki.Stage
+		name       string
+		installed  pki.Bundle
+		issued     pki.Bundle
+		root       *x509.Certificate
+		wantStage  pki.Stage
+		wantCutOff *pki.Expiry
 	}{
 		{name: "a first issuance onto an empty bundle", issued: next, root: renewed.Cert},
 		{name: "a renewed root with the same key replaces the installed one", installed: installed, issued: next, root: renewed.Cert},
 		{name: "a replay after the publish proves against itself", installed: next, issued: next, root: renewed.Cert},
+		{name: "an installed root that expired before its issuer is renewed, and the cut-off said", installed: bundleOf(t, []*pkitest.CA{expiredRoot}, outliving),
+			issued: next, root: renewed.Cert, wantCutOff: &pki.Expiry{What: "root", NotAfter: expiredRoot.Cert.NotAfter}},
 		{name: "installed anchors of another key are refused", installed: bundleOf(t, []*pkitest.CA{other}, otherIssuer), issued: next, root: renewed.Cert,
 			wantStage: pki.RootKeyUnknown},
 		{name: "an installed bundle Sentry would refuse is refused", installed: pki.Bundle{TrustAnchors: []byte("x"), IssuerChain: issuer.CertPEM(), IssuerKey: issuer.KeyPEM(t)},
@@ -154,6 +175,7 @@ func TestComposeReuse(t *testing.T) {
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(pub.Bundle).To(Equal(tt.issued))
 			g.Expect(pub.Parsed.Anchors[0].Equal(tt.root)).To(BeTrue())
+			g.Expect(pub.CutOff).To(Equal(tt.wantCutOff))
 		})
 	}
 }
@@ -173,7 +195,11 @@ func TestFirstPhase(t *testing.T) {
 	g.Expect(expired).To(BeNil())
 	phase, expired = pki.FirstPhase(bundleOf(t, []*pkitest.CA{root}, expiredIssuer), now)
 	g.Expect(phase).To(Equal(pki.Prune))
-	g.Expect(expired.Equal(expiredIssuer.Cert)).To(BeTrue())
+	g.Expect(expired).To(Equal(&pki.Expiry{What: "issuer", NotAfter: expiredIssuer.Cert.NotAfter}))
+	expiredRoot := pkitest.NewRoot(t, pkitest.Options{NotBefore: now.Add(-3 * time.Hour), Validity: time.Hour})
+	phase, expired = pki.FirstPhase(bundleOf(t, []*pkitest.CA{expiredRoot}, pkitest.NewIssuer(t, expiredRoot, pkitest.Options{NotBefore: now.Add(-150 * time.Minute)})), now)
+	g.Expect(phase).To(Equal(pki.Prune))
+	g.Expect(expired).To(Equal(&pki.Expiry{What: "root", NotAfter: expiredRoot.Cert.NotAfter}))
 	phase, _ = pki.FirstPhase(pki.Bundle{TrustAnchors: []byte("x"), IssuerChain: []byte("y"), IssuerKey: []byte("z")}, now)
 	g.Expect(phase).To(Equal(pki.Overlap), "an invalid bundle is refused by the phase itself, with its reason")
 }

@@ -29,7 +29,8 @@ const (
 	// falls due: the object is Ready.
 	Idle Action = "Idle"
 	// Hold: a rolled-back rotation keeps its failure on display until
-	// spec.trigger changes.
+	// spec.trigger changes, or, for an automatic renewal, until it is
+	// tried again (Decision.RetryAt).
 	Hold Action = "Hold"
 	// Stall: nothing can be done until the cluster or the spec changes
 	// (Decision.Reason says why).
@@ -71,6 +72,8 @@ type Decision struct {
 	// flight, to announce once; DeferIssuerRef likewise for spec.issuer.issuerRef.
 	DeferKeyPolicy rotatorv1.KeyPolicy
 	DeferIssuerRef bool
+	// RetryAt is, with Action Hold, when a rolled-back renewal is tried again.
+	RetryAt time.Time
 }
 
 // Decide decides what a pass does before the step machine runs, from the
@@ -86,8 +89,11 @@ func Decide(spec *rotatorv1.MTLSRootRotationSpec, status *rotatorv1.MTLSRootRota
 		(status.LastCompletedRotation == nil || status.LastCompletedRotation.ID != rot.ID) {
 		d.RecordCompleted = true
 	}
-	if rot != nil && rot.Step == rotatorv1.StepRolledBack && rot.Trigger == spec.Trigger {
-		d.Action, d.Reason, d.Message = Hold, rotatorv1.RolledBackReason, rot.Message
+	if holds, retryAt := holding(spec, status, now); holds {
+		d.Action, d.Reason, d.Message, d.RetryAt = Hold, rotatorv1.RolledBackReason, rot.Message, retryAt
+		if !retryAt.IsZero() {
+			d.Message += fmt.Sprintf("; the renewal is tried again at %s", retryAt.UTC().Format(time.RFC3339))
+		}
 		return d
 	}
 	if InFlight(rot) {
@@ -149,18 +155,49 @@ func renewalIneffective(rot *rotatorv1.RotationStatus, last *rotatorv1.Completed
 // NeedsDriftCheck reports whether Decide will look at Observed.Drift: only
 // when the last rotation completed for the current trigger, so a pass reads
 // the bundle live only then.
-func NeedsDriftCheck(spec *rotatorv1.MTLSRootRotationSpec, status *rotatorv1.MTLSRootRotationStatus) bool {
+func NeedsDriftCheck(spec *rotatorv1.MTLSRootRotationSpec, status *rotatorv1.MTLSRootRotationStatus, now time.Time) bool {
 	rot := status.Rotation
 	if Replaceable(spec, rot) {
 		rot = nil
 	}
-	if InFlight(rot) || (rot != nil && rot.Step == rotatorv1.StepRolledBack && rot.Trigger == spec.Trigger) {
+	if holds, _ := holding(spec, status, now); InFlight(rot) || holds {
 		return false
 	}
 	recordLost := rot != nil && rot.Step == rotatorv1.StepCompleted &&
 		(status.LastCompletedRotation == nil || status.LastCompletedRotation.ID != rot.ID)
 	last := lastCompleted(status, rot, recordLost)
 	return last != nil && last.Trigger == spec.Trigger
+}
+
+// holding reports whether the rotation in status rolled back for the current
+// trigger and holds: a rotation started by a trigger until spec.trigger
+// changes, an automatic renewal until retryAt (RenewalRetryAt).
+func holding(spec *rotatorv1.MTLSRootRotationSpec, status *rotatorv1.MTLSRootRotationStatus, now time.Time) (holds bool, retryAt time.Time) {
+	rot := status.Rotation
+	if rot == nil || rot.Step != rotatorv1.StepRolledBack || rot.Trigger != spec.Trigger {
+		return false, time.Time{}
+	}
+	retryAt, retries := RenewalRetryAt(status)
+	return !retries || now.Before(retryAt), retryAt
+}
+
+// RenewalRetryAt returns when a rolled-back automatic renewal is tried
+// again: halfway from the rollback to the expiry of the bundle it restored
+// (status.root and status.issuer describe it), so each attempt leaves half
+// of the remaining life for the next, and the restored issuer is renewed
+// before it expires without anyone changing spec.trigger. ok is false for a
+// rotation that is not a rolled-back renewal.
+func RenewalRetryAt(status *rotatorv1.MTLSRootRotationStatus) (at time.Time, ok bool) {
+	rot := status.Rotation
+	if rot == nil || rot.Step != rotatorv1.StepRolledBack || rot.Cause != rotatorv1.CauseRenewal || status.Issuer == nil || len(rot.Steps) == 0 {
+		return time.Time{}, false
+	}
+	rolledBack := rot.Steps[len(rot.Steps)-1].StartedAt.Time
+	expires := status.Issuer.NotAfter.Time
+	if status.Root != nil && status.Root.NotAfter.Time.Before(expires) {
+		expires = status.Root.NotAfter.Time
+	}
+	return rolledBack.Add(max(expires.Sub(rolledBack), 0) / 2), true
 }
 
 // Replaceable reports whether rot is in flight, has published nothing, and

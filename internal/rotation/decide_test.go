@@ -71,6 +71,11 @@ func withIssuerRef(name string) func(*rotatorv1.RotationStatus) {
 func withMessage(m string) func(*rotatorv1.RotationStatus) {
 	return func(r *rotatorv1.RotationStatus) { r.Message = m }
 }
+func rolledBackAt(at time.Time) func(*rotatorv1.RotationStatus) {
+	return func(r *rotatorv1.RotationStatus) {
+		r.Steps = append(r.Steps, rotatorv1.StepStatus{Name: rotatorv1.StepRolledBack, StartedAt: metav1.NewTime(at), FinishedAt: &metav1.Time{Time: at}})
+	}
+}
 func deferredPolicy(p rotatorv1.KeyPolicy) func(*rotatorv1.RotationStatus) {
 	return func(r *rotatorv1.RotationStatus) { r.DeferredKeyPolicy = p }
 }
@@ -259,6 +264,22 @@ func TestDecide(t *testing.T) {
 		status: statusOf(append(settled, inFlight("r-2", "b", rotatorv1.StepRolledBack, withMessage("rolled back because")))...),
 		want:   Decision{Action: Hold, Reason: rotatorv1.RolledBackReason, Message: "rolled back because"},
 	}, {
+		// The restored issuer expires at t0+2h; the rollback was at t0-1h.
+		name: "a rolled-back renewal holds until halfway from the rollback to the restored issuer's expiry",
+		spec: specOf(renewBefore(3 * time.Hour)),
+		status: statusOf(lastDone("r-last", "a", rotatorv1.CauseTrigger, t0.Add(-24*time.Hour)), published(far, t0.Add(2*time.Hour)),
+			inFlight("r-2", "a", rotatorv1.StepRolledBack, withCause(rotatorv1.CauseRenewal), withMessage("rolled back because"), rolledBackAt(t0.Add(-time.Hour)))),
+		want: Decision{Action: Hold, Reason: rotatorv1.RolledBackReason, RetryAt: t0.Add(30 * time.Minute),
+			Message: "rolled back because; the renewal is tried again at " + t0.Add(30*time.Minute).UTC().Format(time.RFC3339)},
+	}, {
+		name: "a rolled-back renewal is tried again once halfway, chained to it",
+		spec: specOf(renewBefore(3 * time.Hour)),
+		status: statusOf(lastDone("r-last", "a", rotatorv1.CauseTrigger, t0.Add(-24*time.Hour)), published(far, t0.Add(2*time.Hour)),
+			inFlight("r-2", "a", rotatorv1.StepRolledBack, withCause(rotatorv1.CauseRenewal), rolledBackAt(t0.Add(-3*time.Hour)))),
+		want: Decision{Action: Begin, Settled: true,
+			Start:   &StartSpec{Cause: rotatorv1.CauseRenewal, Renews: expiry.Issuer, KeyPolicy: rotatorv1.KeyPolicyReuse, PreviousID: "r-last/r-2"},
+			Message: "issuer certificate expires at " + t0.Add(2*time.Hour).Format(time.RFC3339) + ", within spec.renewBefore 3h0m0s: renewing the issuer with the same key"},
+	}, {
 		name:   "a new trigger after a rollback starts again, chained to both",
 		spec:   specOf(trigger("c")),
 		status: statusOf(append(settled, inFlight("r-2", "b", rotatorv1.StepRolledBack))...),
@@ -292,7 +313,7 @@ func TestDecide(t *testing.T) {
 			g.Expect(got).To(Equal(tt.want))
 			g.Expect(tt.status).To(Equal(before), "Decide changes nothing")
 			// The drift is read only when the decision looks at it.
-			g.Expect(NeedsDriftCheck(tt.spec, tt.status)).To(Equal(got.Settled))
+			g.Expect(NeedsDriftCheck(tt.spec, tt.status, t0)).To(Equal(got.Settled))
 			if !got.Settled {
 				g.Expect(Decide(tt.spec, tt.status, Observed{Drift: "anything"}, t0)).To(Equal(got))
 			}

@@ -1,0 +1,98 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+)
+
+// refuseNewSecrets makes the API server refuse every new Secret in
+// namespace until the returned function (also run at cleanup) lifts it:
+// cert-manager then cannot store a new key, and the rotation that asked for
+// one waits at Issuing.
+func refuseNewSecrets(t *testing.T, namespace string) (lift func()) {
+	t.Helper()
+	quota := &corev1.ResourceQuota{
+		ObjectMeta: metav1.ObjectMeta{Name: "no-new-secrets", Namespace: namespace},
+		Spec:       corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{"count/secrets": resource.MustParse("0")}},
+	}
+	NewWithT(t).Expect(k8sClient.Create(t.Context(), quota)).To(Succeed())
+	lift = func() {
+		if err := k8sClient.Delete(context.Background(), quota); err != nil && !apierrors.IsNotFound(err) {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(lift)
+	return lift
+}
+
+// TestRevertedRotateRotationLeavesTheKeyAsItWas: after a Reuse rotation, a
+// commit sets keyPolicy Rotate with a new trigger, and is reverted before
+// anything is published. The object settles on the key it had: its root
+// Certificate and CA Issuer point at it again, no other key is issued, and
+// the next Reuse rotation keeps the same key.
+func TestRevertedRotateRotationLeavesTheKeyAsItWas(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "revert", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
+	first := waitRotationCompleted(t, key, "a")
+
+	lift := refuseNewSecrets(t, key.Namespace)
+	obj := getRotation(t, key)
+	obj.Spec.Trigger, obj.Spec.Root.KeyPolicy = "b", rotatorv1.KeyPolicyRotate
+	updateRotation(t, obj)
+	g.Eventually(func(g Gomega) {
+		now := getRotation(t, key)
+		g.Expect(now.Status.Rotation.Trigger).To(Equal("b"))
+		g.Expect(now.Status.Rotation.Step).To(Equal(rotatorv1.StepIssuing))
+		g.Expect(now.Status.RootKeyGeneration).To(Equal(int32(2)))
+		g.Expect(certificateSecret(t, key.Namespace, "revert-root")).To(Equal("revert-root-g2"))
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+
+	obj = getRotation(t, key)
+	obj.Spec.Trigger, obj.Spec.Root.KeyPolicy = "a", rotatorv1.KeyPolicyReuse
+	updateRotation(t, obj)
+	g.Eventually(func(g Gomega) {
+		now := getRotation(t, key)
+		g.Expect(now.Status.ObservedGeneration).To(Equal(now.Generation))
+		g.Expect(conditions.IsReady(now)).To(BeTrue())
+		g.Expect(now.Status.RootKeyGeneration).To(Equal(max(first.Status.RootKeyGeneration, 1)))
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+	g.Expect(certificateSecret(t, key.Namespace, "revert-root")).To(Equal("revert-root"))
+	ca := &cmapi.Issuer{}
+	g.Expect(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "revert-root-ca"}, ca)).To(Succeed())
+	g.Expect(ca.Spec.CA.SecretName).To(Equal("revert-root"))
+
+	lift()
+	g.Consistently(func() bool {
+		return apierrors.IsNotFound(k8sClient.Get(t.Context(), types.NamespacedName{Namespace: key.Namespace, Name: "revert-root-g2"}, &corev1.Secret{}))
+	}).WithTimeout(5*time.Second).WithPolling(250*time.Millisecond).Should(BeTrue(), "no key is issued for the reverted rotation")
+
+	obj = getRotation(t, key)
+	obj.Spec.Trigger = "c"
+	updateRotation(t, obj)
+	third := waitRotationCompleted(t, key, "c")
+	g.Expect(third.Status.Root.PublicKeySHA256).To(Equal(first.Status.Root.PublicKeySHA256), "the same root key")
+}
+
+// certificateSecret is the Secret a cert-manager Certificate issues into.
+func certificateSecret(t *testing.T, namespace, name string) string {
+	t.Helper()
+	crt := &cmapi.Certificate{}
+	if err := k8sClient.Get(t.Context(), types.NamespacedName{Namespace: namespace, Name: name}, crt); err != nil {
+		t.Fatal(err)
+	}
+	return crt.Spec.SecretName
+}
