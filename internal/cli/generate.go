@@ -2,6 +2,8 @@ package cli
 
 import (
 	"crypto"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,10 +16,11 @@ import (
 
 // generateOptions are the flags of certs generate.
 type generateOptions struct {
-	out, trustDomain, rootKeyFile, algorithm, namespace string
-	rootDuration, issuerDuration                        time.Duration
-	size                                                int
-	force                                               bool
+	out, trustDomain, rootKeyFile, rootCertFile string
+	algorithm, namespace                        string
+	rootDuration, issuerDuration                time.Duration
+	size                                        int
+	force                                       bool
 }
 
 // parseGenerate reads and checks the flags of certs generate.
@@ -27,6 +30,7 @@ func parseGenerate(args []string, stderr io.Writer) (generateOptions, error) {
 	fs.StringVar(&o.out, "out", "", "directory to write ca.crt, issuer.crt and issuer.key (and ca.key for a new root) into (required)")
 	fs.StringVar(&o.trustDomain, "trust-domain", rotatorv1.DefaultTrustDomain, "SPIFFE trust domain: the certificates' common name")
 	fs.StringVar(&o.rootKeyFile, "root-key", "", "PEM file of an existing root private key (SEC1 EC, PKCS#1 RSA or PKCS#8) to renew the root with; a new key otherwise")
+	fs.StringVar(&o.rootCertFile, "root-cert", "", "with --root-key: PEM file of the trust anchors in use (the ca.crt that key made; default: ca.crt in --out); the renewed root keeps the subject of the one the key made, and is proven against them")
 	fs.DurationVar(&o.rootDuration, "root-duration", rotatorv1.DefaultCertificateDuration, "validity of the root")
 	fs.DurationVar(&o.issuerDuration, "issuer-duration", rotatorv1.DefaultCertificateDuration, "validity of the issuer")
 	fs.StringVar(&o.algorithm, "key-algorithm", string(rotatorv1.ECDSA), "algorithm of new keys: ECDSA, RSA or Ed25519")
@@ -43,6 +47,8 @@ func parseGenerate(args []string, stderr io.Writer) (generateOptions, error) {
 		return o, fmt.Errorf("%w: certs generate: durations must be at least 1h", errUsage)
 	case o.issuerDuration > o.rootDuration:
 		return o, fmt.Errorf("%w: certs generate: --issuer-duration must not exceed --root-duration", errUsage)
+	case o.rootCertFile != "" && o.rootKeyFile == "":
+		return o, fmt.Errorf("%w: certs generate: --root-cert goes with --root-key", errUsage)
 	}
 	if o.size == 0 {
 		o.size = map[string]int{"ECDSA": rotatorv1.DefaultECDSAKeySize, "RSA": rotatorv1.DefaultRSAKeySize}[o.algorithm]
@@ -62,9 +68,23 @@ func generate(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	root, issuer, b, err := issueBundle(o, rootKey)
+	var inUse []*x509.Certificate
+	var subject []byte
+	if o.rootKeyFile != "" {
+		var made *x509.Certificate
+		if inUse, made, err = anchorsInUse(o, rootKey); err != nil {
+			return err
+		}
+		subject = made.RawSubject
+	}
+	root, issuer, b, err := issueBundle(o, rootKey, subject)
 	if err != nil {
 		return err
+	}
+	if inUse != nil {
+		if err := proveAgainst(inUse, b); err != nil {
+			return err
+		}
 	}
 	files = append(files,
 		outputFile{name: "ca.crt", data: b.TrustAnchors, mode: 0o644},
@@ -102,14 +122,58 @@ func rootKeyFor(o generateOptions) (crypto.Signer, []outputFile, error) {
 	return key, []outputFile{{name: "ca.key", data: keyPEM, mode: 0o600}}, nil
 }
 
-// issueBundle signs the root with rootKey and an issuer under it, and checks
-// the bundle as Sentry would.
-func issueBundle(o generateOptions, rootKey crypto.Signer) (root, issuer *pki.CA, b pki.Bundle, err error) {
+// anchorsInUse reads the trust anchors a brought root key made (--root-cert,
+// or ca.crt in --out) and returns them with the one that carries the key:
+// the renewed root takes its subject, or the sidecars that hold it would
+// reject every certificate of the new issuer.
+func anchorsInUse(o generateOptions, key crypto.Signer) (anchors []*x509.Certificate, made *x509.Certificate, err error) {
+	file := o.rootCertFile
+	if file == "" {
+		file = filepath.Join(o.out, "ca.crt")
+	}
+	data, err := os.ReadFile(file)
+	if o.rootCertFile == "" && errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("%w: certs generate: --root-key needs --root-cert, the ca.crt in use (--out holds none): the renewed root must keep its subject, or the sidecars reject the new issuer", errUsage)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the trust anchors in use: %w", err)
+	}
+	if anchors, err = pki.ParseCertificates(data); err != nil {
+		return nil, nil, fmt.Errorf("the trust anchors in use (%s): %w", file, err)
+	}
+	for _, a := range anchors {
+		if pki.KeyMatches(key, a) {
+			return anchors, a, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("no trust anchor in %s was made with the root key in %s: a same-key renewal cannot keep the sidecars that hold them working; generate a new root without --root-key and move onto it with an overlap",
+		file, o.rootKeyFile)
+}
+
+// proveAgainst proves that sidecars holding the anchors in use accept the
+// certificates the new issuer signs, as the operator proves a same-key
+// publish.
+func proveAgainst(inUse []*x509.Certificate, b pki.Bundle) error {
+	now := time.Now()
+	parsed, err := b.Validate(now)
+	if err == nil {
+		err = pki.ProveTransition(pki.Mesh{TrustSets: [][]*x509.Certificate{inUse}}, parsed, now)
+	}
+	if err != nil {
+		return fmt.Errorf("the renewed bundle would break handshakes with the anchors in use: %w", err)
+	}
+	return nil
+}
+
+// issueBundle signs the root with rootKey (under subject, the DER subject of
+// the root it renews, when set) and an issuer under it, and checks the bundle
+// as Sentry would.
+func issueBundle(o generateOptions, rootKey crypto.Signer, subject []byte) (root, issuer *pki.CA, b pki.Bundle, err error) {
 	issuerKey, err := pki.GenerateKey(o.algorithm, o.size)
 	if err != nil {
 		return nil, nil, b, fmt.Errorf("%w: certs generate: %v", errUsage, err)
 	}
-	if root, err = pki.NewRoot(pki.CASpec{CommonName: o.trustDomain, Validity: o.rootDuration}, rootKey); err != nil {
+	if root, err = pki.NewRoot(pki.CASpec{CommonName: o.trustDomain, RawSubject: subject, Validity: o.rootDuration}, rootKey); err != nil {
 		return nil, nil, b, err
 	}
 	if issuer, err = pki.NewIntermediate(pki.CASpec{CommonName: o.trustDomain, Validity: o.issuerDuration}, issuerKey, root); err != nil {

@@ -2,6 +2,9 @@ package cli
 
 import (
 	"bytes"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,7 +64,7 @@ func TestGenerateWritesWhatSentryAccepts(t *testing.T) {
 
 	// Same-key renewal offline: the root key given, a new root with its public key.
 	renewed := filepath.Join(t.TempDir(), "renewed")
-	code, out, errOut = runCLI("certs", "generate", "--out", renewed, "--root-key", filepath.Join(dir, "ca.key"), "--trust-domain", "prod.example.org")
+	code, out, errOut = runCLI("certs", "generate", "--out", renewed, "--root-key", filepath.Join(dir, "ca.key"), "--root-cert", filepath.Join(dir, "ca.crt"))
 	g.Expect(code).To(Equal(0), errOut)
 	again := readBundle(g, renewed)
 	g.Expect(pki.SamePublicKey(again.Anchors[0], parsed.Anchors[0])).To(BeTrue())
@@ -70,10 +73,45 @@ func TestGenerateWritesWhatSentryAccepts(t *testing.T) {
 	g.Expect(filepath.Join(renewed, "ca.key")).NotTo(BeAnExistingFile(), "a brought key is not copied")
 	g.Expect(out).NotTo(ContainSubstring("keep it offline"))
 
+	// In place (ca.crt in --out is the root in use), under another trust
+	// domain: the root keeps its subject, so the anchors in use accept the
+	// new issuer.
+	code, _, errOut = runCLI("certs", "generate", "--out", dir, "--force", "--root-key", filepath.Join(dir, "ca.key"), "--trust-domain", "other.example.org")
+	g.Expect(code).To(Equal(0), errOut)
+	inPlace := readBundle(g, dir)
+	g.Expect(inPlace.Anchors[0].RawSubject).To(Equal(parsed.Anchors[0].RawSubject))
+	g.Expect(pki.VerifyChain(inPlace.Chain, parsed.Anchors, time.Now())).To(Succeed(), "the new issuer verifies under the anchors in use")
+
 	rsa := filepath.Join(t.TempDir(), "rsa")
 	code, _, errOut = runCLI("certs", "generate", "--out", rsa, "--key-algorithm", "RSA", "--root-duration", "2h", "--issuer-duration", "1h")
 	g.Expect(code).To(Equal(0), errOut)
 	g.Expect(readBundle(g, rsa).Issuer().PublicKeyAlgorithm.String()).To(Equal("RSA"))
+}
+
+// TestRenewalKeepsASubjectOfMoreThanACommonName: a root made elsewhere, whose
+// subject carries an organization too, is renewed under the same subject,
+// byte for byte.
+func TestRenewalKeepsASubjectOfMoreThanACommonName(t *testing.T) {
+	g := NewWithT(t)
+	dir := t.TempDir()
+	key, err := pki.GenerateKey("ECDSA", 256)
+	g.Expect(err).NotTo(HaveOccurred())
+	subject, err := asn1.Marshal(pkix.Name{CommonName: "cluster.local", Organization: []string{"Example Corp"}}.ToRDNSequence())
+	g.Expect(err).NotTo(HaveOccurred())
+	root, err := pki.NewRoot(pki.CASpec{RawSubject: subject, Validity: 24 * time.Hour}, key)
+	g.Expect(err).NotTo(HaveOccurred())
+	keyPEM, err := pki.EncodePrivateKey(key)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(os.WriteFile(filepath.Join(dir, "root.key"), keyPEM, 0o600)).To(Succeed())
+	g.Expect(os.WriteFile(filepath.Join(dir, "root.crt"), pki.EncodeCertificates(root.Cert), 0o644)).To(Succeed())
+
+	out := filepath.Join(dir, "out")
+	code, _, errOut := runCLI("certs", "generate", "--out", out, "--root-key", filepath.Join(dir, "root.key"), "--root-cert", filepath.Join(dir, "root.crt"))
+	g.Expect(code).To(Equal(0), errOut)
+	renewed := readBundle(g, out)
+	g.Expect(renewed.Anchors[0].Subject.Organization).To(Equal([]string{"Example Corp"}))
+	g.Expect(renewed.Anchors[0].RawSubject).To(Equal(root.Cert.RawSubject))
+	g.Expect(pki.VerifyChain(renewed.Chain, []*x509.Certificate{root.Cert}, time.Now())).To(Succeed())
 }
 
 func TestGenerateNeverOverwritesWithoutForce(t *testing.T) {
@@ -97,6 +135,17 @@ func TestBadInvocationsAreUsageErrors(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("not a key"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A root key, and the anchor of another key.
+	made := t.TempDir()
+	if code, _, errOut := runCLI("certs", "generate", "--out", made); code != 0 {
+		t.Fatal(errOut)
+	}
+	good := filepath.Join(made, "ca.key")
+	others := t.TempDir()
+	if code, _, errOut := runCLI("certs", "generate", "--out", others); code != 0 {
+		t.Fatal(errOut)
+	}
+	other := filepath.Join(others, "ca.crt")
 	tests := []struct {
 		args []string
 		code int
@@ -112,6 +161,9 @@ func TestBadInvocationsAreUsageErrors(t *testing.T) {
 		{[]string{"certs", "generate", "--out", dir, "--key-algorithm", "DSA"}, 2, "unknown key algorithm"},
 		{[]string{"certs", "generate", "--out", dir, "--key-algorithm", "ECDSA", "--key-size", "1024"}, 2, "256, 384 or 521"},
 		{[]string{"certs", "generate", "--out", dir, "--root-key", bad}, 1, "holds no usable private key"},
+		{[]string{"certs", "generate", "--out", dir, "--root-key", good}, 2, "--root-key needs --root-cert, the ca.crt in use"},
+		{[]string{"certs", "generate", "--out", dir, "--root-cert", other}, 2, "--root-cert goes with --root-key"},
+		{[]string{"certs", "generate", "--out", dir, "--root-key", good, "--root-cert", other}, 1, "no trust anchor in " + other + " was made with the root key in " + good},
 		{[]string{"certs", "export"}, 2, "--out is required"},
 		{[]string{"status", "--all"}, 2, "flag provided but not defined: -all"},
 	}

@@ -47,6 +47,9 @@ type CA struct {
 // CA basic constraints, and cert-sign, CRL-sign and digital-signature usages.
 type CASpec struct {
 	CommonName string
+	// RawSubject, when set, is the DER subject to use instead of the
+	// common name: a renewed root keeps its predecessor's, byte for byte.
+	RawSubject []byte
 	Validity   time.Duration
 	NotBefore  time.Time
 }
@@ -76,6 +79,7 @@ func sign(spec CASpec, key crypto.Signer, parent *CA) (*CA, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: spec.CommonName},
+		RawSubject:            spec.RawSubject,
 		NotBefore:             notBefore,
 		NotAfter:              notBefore.Add(spec.Validity + time.Minute),
 		IsCA:                  true,
