@@ -170,14 +170,22 @@ func (p *pass) writeBundle(ctx context.Context, b pki.Bundle, configMapCA []byte
 			return fmt.Errorf("writing Secret %s/%s: %w", t.Secret.Namespace, t.Secret.Name, err)
 		}
 	}
-	if current, ok := t.ConfigMap.Data[keys.CA]; !ok || current != string(configMapCA) || t.ConfigMap.Annotations[BundleHashAnnotation] != hash {
-		ac := corev1ac.ConfigMap(t.ConfigMap.Name, t.ConfigMap.Namespace).
-			WithResourceVersion(t.ConfigMap.ResourceVersion).
-			WithAnnotations(annotations).
-			WithData(map[string]string{keys.CA: string(configMapCA)})
-		if err := p.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {
-			return fmt.Errorf("writing ConfigMap %s/%s: %w", t.ConfigMap.Namespace, t.ConfigMap.Name, err)
-		}
+	return p.writeConfigMap(ctx, configMapCA, hash, rotationID)
+}
+
+// writeConfigMap writes the anchors of the bundle whose hash is given to the
+// ConfigMap, as writeBundle does.
+func (p *pass) writeConfigMap(ctx context.Context, anchors []byte, hash, rotationID string) error {
+	cm, key := p.target.ConfigMap, keysOf(p.obj).CA
+	if current, ok := cm.Data[key]; ok && current == string(anchors) && cm.Annotations[BundleHashAnnotation] == hash {
+		return nil
+	}
+	ac := corev1ac.ConfigMap(cm.Name, cm.Namespace).
+		WithResourceVersion(cm.ResourceVersion).
+		WithAnnotations(map[string]string{BundleHashAnnotation: hash, RotationAnnotation: rotationID}).
+		WithData(map[string]string{key: string(anchors)})
+	if err := p.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {
+		return fmt.Errorf("writing ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err)
 	}
 	return nil
 }

@@ -124,6 +124,9 @@ func (p *pass) stepControlPlane(ctx context.Context) error {
 		return stall(rotatorv1.WorkloadNotFoundReason,
 			"control-plane workload %s does not exist; no application was restarted (mark it optional in spec.controlPlane.workloads if this Dapr version has none)", a.Workload.Ref).retry(30 * time.Second)
 	case restart.Restart:
+		if err := p.guardPublished(ctx, a.Workload.Ref.String()); err != nil {
+			return err
+		}
 		if err := p.restartWorkload(ctx, a.Workload.Ref, rotation.RestartID(rot)); err != nil {
 			return err
 		}
@@ -324,6 +327,9 @@ func (p *pass) advanceWindow(ctx context.Context, plan restart.WavePlan) error {
 			return err
 		}
 		if err := p.checkInjector(ctx); err != nil {
+			return err
+		}
+		if err := p.guardPublished(ctx, "the first application"); err != nil {
 			return err
 		}
 	}

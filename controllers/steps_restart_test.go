@@ -280,6 +280,61 @@ func stuckApp(namespace, name, restartID string) *appsv1.Deployment {
 	return d
 }
 
+// TestRestartsGoOnlyOntoThePublishedBundle: before a control-plane workload
+// or the first application restarts, the Secret and the ConfigMap are read
+// again: a Secret changed since the publish stalls the rotation with nothing
+// restarted; a ConfigMap that differs from it is written again first.
+func TestRestartsGoOnlyOntoThePublishedBundle(t *testing.T) {
+	k := newPKI(t)
+	before, after := bundleFrom(t, k.oldIssuer, k.old), bundleFrom(t, k.renewIssuer, k.renewed)
+	published := func(obj *rotatorv1.MTLSRootRotation) { obj.Status.PublishedBundleHash = bundle.Hash(after) }
+	// installed is the Secret holding secret and the ConfigMap holding anchors.
+	installed := func(secret pki.Bundle, anchors []byte) []client.Object {
+		objs := trustBundle(secret)
+		objs[1].(*corev1.ConfigMap).Data["ca.crt"] = string(anchors)
+		return objs
+	}
+	tests := []struct {
+		name       string
+		step       rotatorv1.RotationStep
+		installed  []client.Object
+		want       string
+		wantWrites []string
+		wantEvents []string
+	}{
+		{name: "a Secret changed since the publish: Sentry is not restarted", step: rotatorv1.StepRestartingControlPlane,
+			installed: installed(before, before.TrustAnchors), want: "stall:" + rotatorv1.TrustBundleDriftReason},
+		{name: "a ConfigMap left behind is written again before Sentry restarts", step: rotatorv1.StepRestartingControlPlane,
+			installed: installed(after, before.TrustAnchors), want: "wait",
+			wantWrites: []string{"apply ConfigMap/dapr-trust-bundle", "patch Deployment/dapr-sentry"}, wantEvents: []string{"ConfigMapRepaired"}},
+		{name: "a Secret changed since the publish: no application is restarted", step: rotatorv1.StepRestartingApplications,
+			installed: installed(before, before.TrustAnchors), want: "stall:" + rotatorv1.TrustBundleDriftReason},
+		{name: "the published bundle as it was: the restarts go on", step: rotatorv1.StepRestartingControlPlane,
+			installed: installed(after, after.TrustAnchors), want: "wait", wantWrites: []string{"patch Deployment/dapr-sentry"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			obj := rotationObj(atStep(tt.step, rotatorv1.KeyPolicyReuse, ""), published)
+			h := newHarness(t, append(tt.installed, deployment("dapr-sentry", ""), deployment("dapr-sidecar-injector", ""), daprApp("team", "a", ""), obj)...)
+			p := h.pass("mesh")
+			var err error
+			if tt.step == rotatorv1.StepRestartingControlPlane {
+				err = p.stepControlPlane(t.Context())
+			} else {
+				err = p.stepApplications(t.Context())
+			}
+			g.Expect(kindOf(err)).To(Equal(tt.want), "%v", err)
+			g.Expect(h.writes).To(Equal(tt.wantWrites))
+			g.Expect(h.eventReasons()).To(Equal(tt.wantEvents))
+			if tt.wantEvents != nil {
+				cm := h.get(&corev1.ConfigMap{}, "dapr-trust-bundle").(*corev1.ConfigMap)
+				g.Expect(cm.Data["ca.crt"]).To(Equal(string(after.TrustAnchors)))
+			}
+		})
+	}
+}
+
 // TestRollbackRefusesWhatWouldNotHelp: a bundle that cannot be restored is
 // not; the rotation stalls at the control plane, saying why, and keeps the
 // new bundle.

@@ -141,6 +141,36 @@ func (p *pass) drift(ctx context.Context) (string, error) {
 	return strings.Join(parts, "; "), nil
 }
 
+// guardPublished re-reads the Secret and the ConfigMap before a workload
+// restarts onto them mid-rotation. Sentry restarted onto a Secret other than
+// the one published, or beside a ConfigMap whose anchors differ from it,
+// loads a foreign bundle or generates a new CA: a Secret changed by anyone
+// else stalls the rotation, nothing restarted, until it holds the published
+// bundle again; a ConfigMap left behind (the second of the two writes of a
+// publish did not land, or was undone) is written again at once.
+func (p *pass) guardPublished(ctx context.Context, before string) error {
+	if err := p.refreshTarget(ctx); err != nil {
+		return err
+	}
+	obj, t, keys, rot := p.obj, p.target, keysOf(p.obj), p.rot()
+	live := bundle.FromSecret(t.Secret.Data, keys)
+	if published := obj.Status.PublishedBundleHash; published != "" && bundle.Hash(live) != published {
+		return stall(rotatorv1.TrustBundleDriftReason,
+			"Secret %s/%s changed since rotation %s published it; %s is not restarted onto it, nor anything after it, until it holds the published bundle again",
+			obj.Namespace, t.Secret.Name, rot.ID, before).retry(p.pollInterval())
+	}
+	if bundle.Consistent(t.Secret.Data, t.ConfigMap.Data, keys) {
+		return nil
+	}
+	if err := p.writeConfigMap(ctx, live.TrustAnchors, bundle.Hash(live), rot.ID); err != nil {
+		return err
+	}
+	p.event(corev1.EventTypeWarning, "ConfigMapRepaired", "Publish",
+		"rotation %s: ConfigMap %s/%s %s differed from the Secret's before %s restarted; the published anchors were written to it again",
+		rot.ID, obj.Namespace, t.ConfigMap.Name, keys.CA, before)
+	return nil
+}
+
 func keysOf(obj *rotatorv1.MTLSRootRotation) bundle.Keys {
 	k := obj.Spec.Target.Keys
 	return bundle.Keys{CA: k.GetCA(), IssuerCert: k.GetIssuerCert(), IssuerKey: k.GetIssuerKey()}

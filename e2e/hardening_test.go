@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"maps"
 	"testing"
 	"time"
 
@@ -15,6 +16,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
 // refuseNewSecrets makes the API server refuse every new Secret in
@@ -95,4 +99,51 @@ func certificateSecret(t *testing.T, namespace, name string) string {
 		t.Fatal(err)
 	}
 	return crt.Spec.SecretName
+}
+
+// TestRestartsGoOnlyOntoThePublishedBundle: mid-rotation, while the sidecar
+// injector's rollout is held, someone changes the ConfigMap and the Secret.
+// No further control-plane workload restarts onto a Secret other than the
+// one published (TrustBundleDrift) until it holds it again; the ConfigMap is
+// then written again before the next restart, and the rotation completes
+// with Secret and ConfigMap alike.
+func TestRestartsGoOnlyOntoThePublishedBundle(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	holdUnready(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
+	startOperator(t)
+	key := newRotation(t, "guard", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
+	g.Eventually(func(g Gomega) {
+		r := getRotation(t, key).Status.Rotation
+		g.Expect(r).NotTo(BeNil())
+		g.Expect(r.Step).To(Equal(rotatorv1.StepRestartingControlPlane))
+		g.Expect(r.WaitingFor).To(ContainSubstring(fixture.SidecarInjector))
+	}).WithTimeout(time.Minute).Should(Succeed())
+	id := rotation.RestartID(getRotation(t, key).Status.Rotation)
+
+	s, cm := readBundle(t)
+	published := maps.Clone(s.Data)
+	cm.Data["ca.crt"] = "changed by hand"
+	g.Expect(k8sClient.Update(t.Context(), cm)).To(Succeed())
+	s.Data["issuer.key"] = []byte("changed by hand")
+	g.Expect(k8sClient.Update(t.Context(), s)).To(Succeed())
+	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
+
+	stalled := waitStalled(t, key, rotatorv1.TrustBundleDriftReason)
+	g.Expect(conditions.GetMessage(stalled, "Stalled")).To(ContainSubstring("is not restarted onto it"))
+	operator := fixture.Workload{Kind: "Deployment", Name: fixture.Operator}
+	g.Consistently(func(g Gomega) {
+		annotations, _, err := readControlPlane(t.Context(), operator)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(restart.RestartedFor(annotations, id)).To(BeFalse())
+	}).WithTimeout(3*time.Second).WithPolling(250*time.Millisecond).Should(Succeed(), "nothing restarts onto a changed Secret")
+
+	s, _ = readBundle(t)
+	s.Data = published
+	g.Expect(k8sClient.Update(t.Context(), s)).To(Succeed())
+	done := waitRotationCompleted(t, key, "a")
+	g.Expect(done.Status.Applications.Restarted).To(Equal(done.Status.Applications.Total))
+	s, cm = readBundle(t)
+	g.Expect(cm.Data["ca.crt"]).To(Equal(string(s.Data["ca.crt"])), "the ConfigMap was written again")
+	g.Expect(eventsFor(t, key)["ConfigMapRepaired"]).To(HaveLen(1))
 }
