@@ -47,6 +47,7 @@ manifests: $(CONTROLLER_GEN) ## Generate the CRD and the RBAC role from markers.
 	cp config/crd/bases/mtls.rotator.dev_mtlsrotations.yaml charts/mtls-rotator/files/crds/
 	cp config/rbac/role.yaml charts/mtls-rotator/files/role.yaml
 	cp config/prometheus/rule.yaml charts/mtls-rotator/files/prometheus-rule.yaml
+	cp config/admission/policy.yaml charts/mtls-rotator/files/admission-policy.yaml
 
 .PHONY: fmt
 fmt: ## go fmt.

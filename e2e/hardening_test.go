@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"testing"
 	"time"
@@ -9,11 +10,13 @@ import (
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
@@ -146,4 +149,63 @@ func TestRestartsGoOnlyOntoThePublishedBundle(t *testing.T) {
 	s, cm = readBundle(t)
 	g.Expect(cm.Data["ca.crt"]).To(Equal(string(s.Data["ca.crt"])), "the ConfigMap was written again")
 	g.Expect(eventsFor(t, key)["ConfigMapRepaired"]).To(HaveLen(1))
+}
+
+// TestOperatorMayOnlyRestartWorkloads: under the admission policy of
+// config/admission (installed with the operator's RBAC for the whole suite),
+// the operator's ServiceAccount restarts a workload the way a rotation does,
+// and every other change it attempts to a workload is refused, whatever its
+// namespace.
+func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
+	g := NewWithT(t)
+	c, err := client.New(operatorConfig(t), client.Options{Scheme: k8sClient.Scheme()})
+	g.Expect(err).NotTo(HaveOccurred())
+	ns := createNamespace(t, "policy")
+	deployment := appDeployment(ns, "app", true)
+	g.Expect(k8sClient.Create(t.Context(), deployment)).To(Succeed())
+	template := fixture.DaprPodTemplate("db")
+	statefulSet := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "db"},
+		Spec: appsv1.StatefulSetSpec{Template: template, Selector: &metav1.LabelSelector{MatchLabels: template.Labels}}}
+	g.Expect(k8sClient.Create(t.Context(), statefulSet)).To(Succeed())
+	patch := func(obj client.Object, p string) error {
+		return c.Patch(t.Context(), obj, client.RawPatch(types.MergePatchType, []byte(p)))
+	}
+	// The API server loads a new policy within a moment: each probe is a
+	// change (a no-op patch passes any policy).
+	probe := 0
+	g.Eventually(func() error {
+		probe++
+		return patch(deployment, fmt.Sprintf(`{"metadata":{"labels":{"probe":"%d"}}}`, probe))
+	}).WithTimeout(10*time.Second).WithPolling(200*time.Millisecond).Should(MatchError(ContainSubstring("mtls-rotator-restarts-only")))
+
+	g.Expect(patch(deployment, string(restart.Patch("r-policy", time.Now())))).To(Succeed(), "a restart, as a rotation makes it")
+	g.Expect(patch(statefulSet, string(restart.Patch("r-policy", time.Now())))).To(Succeed())
+	refused := []struct {
+		name  string
+		obj   client.Object
+		patch string
+	}{
+		{"another container image", deployment, `{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"evil:latest"}]}}}}`},
+		{"a service account", deployment, `{"spec":{"template":{"spec":{"serviceAccountName":"admin"}}}}`},
+		{"a pod template label", deployment, `{"spec":{"template":{"metadata":{"labels":{"extra":"x"}}}}}`},
+		{"another pod template annotation", deployment, `{"spec":{"template":{"metadata":{"annotations":{"dapr.io/enabled":"false"}}}}}`},
+		{"a pod template annotation removed", deployment, `{"spec":{"template":{"metadata":{"annotations":{"dapr.io/app-id":null}}}}}`},
+		{"replicas", deployment, `{"spec":{"replicas":7}}`},
+		{"the update strategy", deployment, `{"spec":{"strategy":{"rollingUpdate":{"maxUnavailable":"100%"}}}}`},
+		{"a workload annotation", deployment, `{"metadata":{"annotations":{"extra":"x"}}}`},
+		{"a finalizer", deployment, `{"metadata":{"finalizers":["example.com/hold"]}}`},
+		{"a StatefulSet's volumes", statefulSet, `{"spec":{"template":{"spec":{"volumes":[{"name":"x","emptyDir":{}}]}}}}`},
+		{"a StatefulSet's replicas", statefulSet, `{"spec":{"replicas":3}}`},
+	}
+	for _, tt := range refused {
+		err := patch(tt.obj, tt.patch)
+		g.Expect(err).To(HaveOccurred(), tt.name)
+		g.Expect(err.Error()).To(ContainSubstring("mtls-rotator-restarts-only"), tt.name)
+		g.Expect(err.Error()).To(ContainSubstring("the mtls-rotator operator may"), tt.name)
+	}
+	got := &appsv1.Deployment{}
+	g.Expect(k8sClient.Get(t.Context(), client.ObjectKeyFromObject(deployment), got)).To(Succeed())
+	g.Expect(got.Spec.Template.Annotations).To(HaveKeyWithValue(restart.Annotation, "r-policy"))
+	g.Expect(got.Spec.Template.Spec.Containers[0].Image).NotTo(Equal("evil:latest"))
+	g.Expect(*got.Spec.Replicas).To(Equal(int32(1)))
 }

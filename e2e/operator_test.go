@@ -56,6 +56,10 @@ func operatorConfig(t *testing.T) *rest.Config {
 		g.Expect(err).NotTo(HaveOccurred())
 		_, err = testCluster.Kubectl(ctx, "apply", "-f", filepath.Join(root, "config", "rbac", "role.yaml"))
 		g.Expect(err).NotTo(HaveOccurred())
+		// Every operator of the suite runs under the admission policy that
+		// lets it change nothing of a workload but its restart annotations.
+		_, err = testCluster.Kubectl(ctx, "apply", "-k", filepath.Join(root, "config", "admission"))
+		g.Expect(err).NotTo(HaveOccurred())
 		for _, obj := range []client.Object{
 			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: operatorNamespace}},
 			&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: operatorServiceAccount, Namespace: operatorNamespace}},

@@ -130,6 +130,8 @@ func TestKustomizeDefaultIsAccepted(t *testing.T) {
 	g.Expect(find(objs, "Service", "mtls-rotator-system", "mtls-rotator-metrics")).NotTo(BeNil())
 	g.Expect(find(objs, "Namespace", "", "mtls-rotator-system").GetLabels()).
 		To(HaveKeyWithValue("pod-security.kubernetes.io/enforce", "restricted"))
+	g.Expect(find(objs, "ValidatingAdmissionPolicy", "", "mtls-rotator-restarts-only")).NotTo(BeNil())
+	g.Expect(find(objs, "ValidatingAdmissionPolicyBinding", "", "mtls-rotator-restarts-only")).NotTo(BeNil())
 
 	restrictedNamespace(t, objs, "mtls-rotator-system")
 	out, err := dryRun(t, rendered)
@@ -188,6 +190,17 @@ func TestHelmChartIsAccepted(t *testing.T) {
 	g.Expect(rulesOf(t, find(objs, "ClusterRole", "", "rotator-mtls-rotator-manager"))).To(Equal(generatedRules(t, "ClusterRole")))
 	g.Expect(rulesOf(t, find(objs, "Role", "dapr-system", "rotator-mtls-rotator-manager"))).To(Equal(generatedRules(t, "Role")))
 	g.Expect(find(objs, "ServiceMonitor", "mtls-rotator-system", "")).To(BeNil(), "off by default")
+	// The admission policy of config/admission, for the release's ServiceAccount.
+	policy := find(objs, "ValidatingAdmissionPolicy", "", "rotator-mtls-rotator-restarts-only")
+	g.Expect(policy).NotTo(BeNil())
+	g.Expect(policy.Object["spec"]).To(HaveKeyWithValue("matchConditions", ConsistOf(HaveKeyWithValue("expression",
+		"request.userInfo.username == 'system:serviceaccount:mtls-rotator-system:mtls-rotator'"))))
+	kustomized := documents(t, string(repoFile(t, "config", "admission", "policy.yaml")))
+	for _, field := range []string{"validations", "variables", "matchConstraints", "failurePolicy"} {
+		g.Expect(policy.Object["spec"].(map[string]any)[field]).To(Equal(kustomized[0].Object["spec"].(map[string]any)[field]), field)
+	}
+	g.Expect(find(objs, "ValidatingAdmissionPolicyBinding", "", "rotator-mtls-rotator-restarts-only").Object["spec"]).
+		To(HaveKeyWithValue("policyName", "rotator-mtls-rotator-restarts-only"))
 
 	restrictedNamespace(t, objs, "mtls-rotator-system")
 	out, err := dryRun(t, defaults)
