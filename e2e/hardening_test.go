@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -161,12 +162,21 @@ func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
 	c, err := client.New(operatorConfig(t), client.Options{Scheme: k8sClient.Scheme()})
 	g.Expect(err).NotTo(HaveOccurred())
 	ns := createNamespace(t, "policy")
-	deployment := appDeployment(ns, "app", true)
-	g.Expect(k8sClient.Create(t.Context(), deployment)).To(Succeed())
-	template := fixture.DaprPodTemplate("db")
+	// Workloads that run no pod (no Dapr pod without anchors for other
+	// tests to find): no replicas, and a DaemonSet on no node.
+	template := fixture.DaprPodTemplate("policy")
+	template.Annotations = map[string]string{"example.com/keep": "yes"}
+	template.Spec.NodeSelector = map[string]string{"example.com/no-node": "true"}
+	selector := &metav1.LabelSelector{MatchLabels: template.Labels}
+	deployment := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "app"},
+		Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](0), Template: template, Selector: selector}}
 	statefulSet := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "db"},
-		Spec: appsv1.StatefulSetSpec{Template: template, Selector: &metav1.LabelSelector{MatchLabels: template.Labels}}}
-	g.Expect(k8sClient.Create(t.Context(), statefulSet)).To(Succeed())
+		Spec: appsv1.StatefulSetSpec{Replicas: ptr.To[int32](0), Template: template, Selector: selector}}
+	daemonSet := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "agent"},
+		Spec: appsv1.DaemonSetSpec{Template: template, Selector: selector}}
+	for _, o := range []client.Object{deployment, statefulSet, daemonSet} {
+		g.Expect(k8sClient.Create(t.Context(), o)).To(Succeed())
+	}
 	patch := func(obj client.Object, p string) error {
 		return c.Patch(t.Context(), obj, client.RawPatch(types.MergePatchType, []byte(p)))
 	}
@@ -176,10 +186,11 @@ func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
 	g.Eventually(func() error {
 		probe++
 		return patch(deployment, fmt.Sprintf(`{"metadata":{"labels":{"probe":"%d"}}}`, probe))
-	}).WithTimeout(10*time.Second).WithPolling(200*time.Millisecond).Should(MatchError(ContainSubstring("mtls-rotator-restarts-only")))
+	}).WithTimeout(10 * time.Second).WithPolling(200 * time.Millisecond).Should(MatchError(ContainSubstring("mtls-rotator-restarts-only")))
 
 	g.Expect(patch(deployment, string(restart.Patch("r-policy", time.Now())))).To(Succeed(), "a restart, as a rotation makes it")
 	g.Expect(patch(statefulSet, string(restart.Patch("r-policy", time.Now())))).To(Succeed())
+	g.Expect(patch(daemonSet, string(restart.Patch("r-policy", time.Now())))).To(Succeed(), "the API server's own template-generation annotation is no change of the operator's")
 	refused := []struct {
 		name  string
 		obj   client.Object
@@ -189,13 +200,14 @@ func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
 		{"a service account", deployment, `{"spec":{"template":{"spec":{"serviceAccountName":"admin"}}}}`},
 		{"a pod template label", deployment, `{"spec":{"template":{"metadata":{"labels":{"extra":"x"}}}}}`},
 		{"another pod template annotation", deployment, `{"spec":{"template":{"metadata":{"annotations":{"dapr.io/enabled":"false"}}}}}`},
-		{"a pod template annotation removed", deployment, `{"spec":{"template":{"metadata":{"annotations":{"dapr.io/app-id":null}}}}}`},
+		{"a pod template annotation removed", deployment, `{"spec":{"template":{"metadata":{"annotations":{"example.com/keep":null}}}}}`},
 		{"replicas", deployment, `{"spec":{"replicas":7}}`},
 		{"the update strategy", deployment, `{"spec":{"strategy":{"rollingUpdate":{"maxUnavailable":"100%"}}}}`},
 		{"a workload annotation", deployment, `{"metadata":{"annotations":{"extra":"x"}}}`},
 		{"a finalizer", deployment, `{"metadata":{"finalizers":["example.com/hold"]}}`},
 		{"a StatefulSet's volumes", statefulSet, `{"spec":{"template":{"spec":{"volumes":[{"name":"x","emptyDir":{}}]}}}}`},
 		{"a StatefulSet's replicas", statefulSet, `{"spec":{"replicas":3}}`},
+		{"a DaemonSet's host network", daemonSet, `{"spec":{"template":{"spec":{"hostNetwork":true}}}}`},
 	}
 	for _, tt := range refused {
 		err := patch(tt.obj, tt.patch)
@@ -207,5 +219,5 @@ func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
 	g.Expect(k8sClient.Get(t.Context(), client.ObjectKeyFromObject(deployment), got)).To(Succeed())
 	g.Expect(got.Spec.Template.Annotations).To(HaveKeyWithValue(restart.Annotation, "r-policy"))
 	g.Expect(got.Spec.Template.Spec.Containers[0].Image).NotTo(Equal("evil:latest"))
-	g.Expect(*got.Spec.Replicas).To(Equal(int32(1)))
+	g.Expect(*got.Spec.Replicas).To(BeZero())
 }

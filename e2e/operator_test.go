@@ -139,6 +139,8 @@ type operatorOptions struct {
 	metricsAddr string
 	// pollInterval replaces the tests' 200ms poll.
 	pollInterval time.Duration
+	// faults, when set, fails some of the operator's writes.
+	faults *faultyWrites
 }
 
 func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
@@ -190,8 +192,12 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 			t.Cleanup(func() { ctrlmetrics.Registry.Unregister(c) })
 		}
 	}
+	c := mgr.GetClient()
+	if opts.faults != nil {
+		c = opts.faults.wrap(c)
+	}
 	g.Expect((&controllers.MTLSRootRotationReconciler{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), EventRecorder: recorder, PollInterval: cmp.Or(opts.pollInterval, 200*time.Millisecond),
+		Client: c, APIReader: mgr.GetAPIReader(), EventRecorder: recorder, PollInterval: cmp.Or(opts.pollInterval, 200*time.Millisecond),
 		Metrics: metrics, Rollouts: rollouts,
 	}).SetupWithManager(mgr)).To(Succeed())
 
