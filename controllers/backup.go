@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,10 +21,13 @@ import (
 // id, with its phase) whose overwritten bundle the Secret's replaced.* keys hold.
 const ReplacedByAnnotation = "mtls.rotator.dev/replaced-by"
 
-// backupStore is the backup Secret <name>-backup, owned by the object. It
-// holds the bundle installed before the rotation, written once per rotation,
-// and the Secret and ConfigMap content the last publish replaced (replaced.*
-// keys), for a rollback. It is always read live: a replay must not overwrite
+// backupStore is the backup Secret <name>-backup. It holds the bundle
+// installed before the rotation, written once per rotation, and the Secret
+// and ConfigMap content the last publish replaced (replaced.* keys), for a
+// rollback. While a rotation runs it is owned by nothing, so that deleting
+// the object mid-rotation leaves the record (the garbage collector would
+// take an owned one); a settled object owns it again (own), so that deleting
+// it removes the backup and the private keys it holds. It is always read live: a replay must not overwrite
 // what it holds with what the rotation wrote.
 type backupStore struct {
 	client.Client
@@ -113,11 +117,10 @@ func (b backupStore) setOriginal(s *corev1.Secret, installed pki.Bundle, rotatio
 	s.Data, _ = bundle.SecretData(nil, installed, keysOf(b.obj))
 }
 
-// write creates or updates the backup Secret s, owned by the object.
+// write creates or updates the backup Secret s, owned by nothing: every
+// write is part of a rotation.
 func (b backupStore) write(ctx context.Context, s *corev1.Secret, exists bool) error {
-	if err := controllerutil.SetControllerReference(b.obj, s, b.Scheme()); err != nil {
-		return err
-	}
+	s.OwnerReferences = slices.DeleteFunc(s.OwnerReferences, func(r metav1.OwnerReference) bool { return r.UID == b.obj.UID })
 	var err error
 	if exists {
 		err = b.Update(ctx, s)
@@ -126,6 +129,27 @@ func (b backupStore) write(ctx context.Context, s *corev1.Secret, exists bool) e
 	}
 	if err != nil {
 		return fmt.Errorf("writing the backup Secret: %w", err)
+	}
+	return nil
+}
+
+// own makes the settled object the backup's controller again, in a patch of
+// its owner references alone; nothing when it already is or there is no
+// backup.
+func (b backupStore) own(ctx context.Context) error {
+	s := &corev1.Secret{}
+	if err := b.Get(ctx, client.ObjectKey{Namespace: b.obj.Namespace, Name: backupName(b.obj)}, s); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if metav1.IsControlledBy(s, b.obj) {
+		return nil
+	}
+	before := s.DeepCopy()
+	if err := controllerutil.SetControllerReference(b.obj, s, b.Scheme()); err != nil {
+		return err
+	}
+	if err := b.Patch(ctx, s, client.MergeFrom(before)); err != nil {
+		return fmt.Errorf("owning the backup Secret: %w", err)
 	}
 	return nil
 }

@@ -77,7 +77,7 @@ func (p *pass) replace() {
 
 // settle keeps the settled state in shape between rotations: what the last
 // rotation's strategy leaves to clean up, the brought key, the cert-manager
-// objects, and no root key beyond the installed generation.
+// objects, no root key beyond the installed generation, and the backup owned.
 func (p *pass) settle(ctx context.Context) error {
 	if rot := p.rot(); rot != nil && rot.Step == rotatorv1.StepCompleted {
 		if err := p.strategyFor(rot).complete(ctx); err != nil {
@@ -90,7 +90,10 @@ func (p *pass) settle(ctx context.Context) error {
 	if err := p.ensureIssuance(ctx); err != nil {
 		return err
 	}
-	return p.dropUnusedRootKeys(ctx)
+	if err := p.dropUnusedRootKeys(ctx); err != nil {
+		return err
+	}
+	return p.backups().own(ctx)
 }
 
 // begin starts the rotation the decision asks for, and records it before

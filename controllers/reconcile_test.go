@@ -537,3 +537,26 @@ func TestRolledBackRenewalIsTriedAgain(t *testing.T) {
 	g.Expect(got.Status.Rotation.ID).NotTo(Equal("r-1"))
 	g.Expect(h.eventReasons()).To(ContainElement("RenewalDue"))
 }
+
+// TestBackupIsOwnedOnceSettled: the backup, written unowned during a
+// rotation (so that deleting the object mid-rotation keeps it), is owned
+// again by the settled object, in one patch.
+func TestBackupIsOwnedOnceSettled(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	installed := bundleFrom(t, k.renewIssuer, k.renewed)
+	obj := rotationObj(settled("a"), func(obj *rotatorv1.MTLSRootRotation) { obj.Status.PublishedBundleHash = bundle.Hash(installed) })
+	backup := backupOf(t, bundleFrom(t, k.oldIssuer, k.old))
+	g.Expect(backup.OwnerReferences).To(BeEmpty())
+	h := newHarness(t, append(trustBundle(installed), backup, obj)...)
+
+	got, _, err := h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(h.writes).To(ContainElement("patch Secret/mesh-backup"))
+	g.Expect(metav1.IsControlledBy(h.get(&corev1.Secret{}, "mesh-backup"), got)).To(BeTrue())
+
+	h.writes = nil
+	_, _, err = h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(h.writes).NotTo(ContainElement(ContainSubstring("mesh-backup")), "owned already: no write")
+}

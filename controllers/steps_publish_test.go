@@ -141,6 +141,7 @@ func TestStepPublishing(t *testing.T) {
 			backup := h.get(&corev1.Secret{}, "mesh-backup").(*corev1.Secret)
 			g.Expect(bundle.FromSecret(backup.Data, keysOf(p.obj))).To(Equal(tt.installed), "the bundle installed before the rotation is kept")
 			g.Expect(bundle.ReplacedFrom(backup.Data, keysOf(p.obj)).Bundle).To(Equal(tt.installed), "so is what this publish replaced")
+			g.Expect(backup.OwnerReferences).To(BeEmpty(), "owned by nothing while the rotation runs")
 
 			if tt.wantPhase == "" {
 				g.Expect(slices.DeleteFunc(slices.Clone(h.writes), func(w string) bool { return !strings.HasSuffix(w, " Secret/mesh-backup") })).

@@ -221,3 +221,48 @@ func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
 	g.Expect(got.Spec.Template.Spec.Containers[0].Image).NotTo(Equal("evil:latest"))
 	g.Expect(*got.Spec.Replicas).To(BeZero())
 }
+
+// TestDeletionMidRotationKeepsTheBackup: an object deleted while its rotation
+// is under way (published, restarting the control plane) leaves the backup
+// of the bundle it replaced, which a restore by hand needs: the backup has no
+// owner then. A settled object owns its backup, so deleting it removes the
+// backup (the garbage collector's latency here is measured and logged).
+func TestDeletionMidRotationKeepsTheBackup(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	holdUnready(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
+	startOperator(t)
+	key := newRotation(t, "deleted", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
+	backupKey := types.NamespacedName{Namespace: key.Namespace, Name: "deleted-backup"}
+	g.Eventually(func(g Gomega) {
+		r := getRotation(t, key).Status.Rotation
+		g.Expect(r).NotTo(BeNil())
+		g.Expect(r.Step).To(Equal(rotatorv1.StepRestartingControlPlane))
+	}).WithTimeout(time.Minute).Should(Succeed())
+	backup := &corev1.Secret{}
+	g.Expect(k8sClient.Get(t.Context(), backupKey, backup)).To(Succeed())
+	g.Expect(backup.OwnerReferences).To(BeEmpty(), "owned by nothing while the rotation runs")
+	t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), backup) })
+
+	g.Expect(k8sClient.Delete(t.Context(), &rotatorv1.MTLSRootRotation{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}})).To(Succeed())
+	g.Consistently(func() error { return k8sClient.Get(t.Context(), backupKey, &corev1.Secret{}) }).
+		WithTimeout(5*time.Second).WithPolling(250*time.Millisecond).Should(Succeed(), "the garbage collector leaves the backup")
+
+	// Settled, the next object owns its backup: deleting it removes it.
+	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
+	g.Expect(k8sClient.Delete(t.Context(), backup)).To(Succeed())
+	freshBundle(t) // the deleted object's half-rotated bundle is not ours to renew
+	key = newRotation(t, "settled", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
+	done := waitRotationCompleted(t, key, "a")
+	settledBackup := types.NamespacedName{Namespace: key.Namespace, Name: "settled-backup"}
+	g.Eventually(func(g Gomega) {
+		s := &corev1.Secret{}
+		g.Expect(k8sClient.Get(t.Context(), settledBackup, s)).To(Succeed())
+		g.Expect(metav1.IsControlledBy(s, done)).To(BeTrue())
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+	g.Expect(k8sClient.Delete(t.Context(), done)).To(Succeed())
+	deleted := time.Now()
+	g.Eventually(func() bool { return apierrors.IsNotFound(k8sClient.Get(t.Context(), settledBackup, &corev1.Secret{})) }).
+		WithTimeout(30*time.Second).Should(BeTrue(), "the garbage collector removes a settled object's backup")
+	t.Logf("the garbage collector removed the backup %s after its owner was deleted", time.Since(deleted).Round(100*time.Millisecond))
+}
