@@ -105,6 +105,20 @@ func certificateSecret(t *testing.T, namespace, name string) string {
 	return crt.Spec.SecretName
 }
 
+// waitForHeldInjector waits until the rotation of key, published, waits for
+// the sidecar injector to roll out (the test holds it), and returns it.
+func waitForHeldInjector(t *testing.T, key types.NamespacedName) *rotatorv1.RotationStatus {
+	t.Helper()
+	var r *rotatorv1.RotationStatus
+	NewWithT(t).Eventually(func(g Gomega) {
+		r = getRotation(t, key).Status.Rotation
+		g.Expect(r).NotTo(BeNil())
+		g.Expect(r.Step).To(Equal(rotatorv1.StepRestartingControlPlane))
+		g.Expect(r.WaitingFor).To(ContainSubstring(fixture.SidecarInjector))
+	}).WithTimeout(time.Minute).Should(Succeed())
+	return r
+}
+
 // TestRestartsGoOnlyOntoThePublishedBundle: mid-rotation, while the sidecar
 // injector's rollout is held, someone changes the ConfigMap and the Secret.
 // No further control-plane workload restarts onto a Secret other than the
@@ -117,13 +131,7 @@ func TestRestartsGoOnlyOntoThePublishedBundle(t *testing.T) {
 	holdUnready(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
 	startOperator(t)
 	key := newRotation(t, "guard", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
-	g.Eventually(func(g Gomega) {
-		r := getRotation(t, key).Status.Rotation
-		g.Expect(r).NotTo(BeNil())
-		g.Expect(r.Step).To(Equal(rotatorv1.StepRestartingControlPlane))
-		g.Expect(r.WaitingFor).To(ContainSubstring(fixture.SidecarInjector))
-	}).WithTimeout(time.Minute).Should(Succeed())
-	id := rotation.RestartID(getRotation(t, key).Status.Rotation)
+	id := rotation.RestartID(waitForHeldInjector(t, key))
 
 	s, cm := readBundle(t)
 	published := maps.Clone(s.Data)
@@ -234,11 +242,7 @@ func TestDeletionMidRotationKeepsTheBackup(t *testing.T) {
 	startOperator(t)
 	key := newRotation(t, "deleted", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
 	backupKey := types.NamespacedName{Namespace: key.Namespace, Name: "deleted-backup"}
-	g.Eventually(func(g Gomega) {
-		r := getRotation(t, key).Status.Rotation
-		g.Expect(r).NotTo(BeNil())
-		g.Expect(r.Step).To(Equal(rotatorv1.StepRestartingControlPlane))
-	}).WithTimeout(time.Minute).Should(Succeed())
+	waitForHeldInjector(t, key)
 	backup := &corev1.Secret{}
 	g.Expect(k8sClient.Get(t.Context(), backupKey, backup)).To(Succeed())
 	g.Expect(backup.OwnerReferences).To(BeEmpty(), "owned by nothing while the rotation runs")

@@ -139,22 +139,29 @@ func TestRotateReplacesAManagedRootKey(t *testing.T) {
 // an overlap would only delay the repair, so the new root and issuer are
 // published at once and everything restarts.
 func TestRotateOverAnExpiredIssuerPublishesDirectly(t *testing.T) {
-	g := NewWithT(t)
 	freshBundle(t)
 	root, _ := installExpiredSentryBundle(t)
 	startOperator(t)
 	key := newRotation(t, "expired", rotatorv1.MTLSRootRotationSpec{Trigger: "a", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate}})
 
+	assertRepairedAtOnce(t, key, root, "InstalledIssuerExpired")
+}
+
+// assertRepairedAtOnce checks that the Rotate rotation of key repaired a
+// mesh already cut off in one publish of its end state: a new root key
+// alone, every application restarted, and one Warning of reason.
+func assertRepairedAtOnce(t *testing.T, key types.NamespacedName, installed *pkitest.CA, reason string) {
+	t.Helper()
+	g := NewWithT(t)
 	done := waitRotationCompleted(t, key, "a")
 	g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhasePrune}), "one publish, of the end state")
-	s, _ := readBundle(t)
-	published, err := pki.Bundle{TrustAnchors: s.Data["ca.crt"], IssuerChain: s.Data["issuer.crt"], IssuerKey: s.Data["issuer.key"]}.Validate(time.Now())
-	g.Expect(err).NotTo(HaveOccurred())
+	published := sameBundleInSecretAndConfigMap(t)
 	g.Expect(published.Anchors).To(HaveLen(1))
-	g.Expect(pki.SamePublicKey(published.Anchors[0], root.Cert)).To(BeFalse(), "a new root key")
+	g.Expect(pki.SamePublicKey(published.Anchors[0], installed.Cert)).To(BeFalse(), "a new root key")
 	g.Expect(done.Status.Applications.Restarted).To(Equal(done.Status.Applications.Total))
-	warnings := eventsFor(t, key)["InstalledIssuerExpired"]
+	warnings := eventsFor(t, key)[reason]
 	g.Expect(warnings).To(HaveLen(1))
+	g.Expect(warnings[0].Type).To(Equal(corev1.EventTypeWarning))
 	g.Expect(warnings[0].Message).To(ContainSubstring("the mesh was already cut off; published the new root and issuer directly (Prune phase)"))
 	g.Expect(kstatusOf(t, done)).To(Equal(status.CurrentStatus))
 }
@@ -177,25 +184,11 @@ func TestRotateOverAnExpiredRootPublishesDirectly(t *testing.T) {
 			wantReason: "InstalledIssuerExpired"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			g := NewWithT(t)
 			freshBundle(t)
 			root, _ := sentryBundle(t, rootOpts, tt.issuerOpts)
 			startOperator(t)
 			key := newRotation(t, "expired-root", rotatorv1.MTLSRootRotationSpec{Trigger: "a", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate}})
-
-			done := waitRotationCompleted(t, key, "a")
-			g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhasePrune}), "one publish, of the end state")
-			s, _ := readBundle(t)
-			published, err := pki.Bundle{TrustAnchors: s.Data["ca.crt"], IssuerChain: s.Data["issuer.crt"], IssuerKey: s.Data["issuer.key"]}.Validate(time.Now())
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(published.Anchors).To(HaveLen(1))
-			g.Expect(pki.SamePublicKey(published.Anchors[0], root.Cert)).To(BeFalse(), "a new root key")
-			g.Expect(done.Status.Applications.Restarted).To(Equal(done.Status.Applications.Total))
-			warnings := eventsFor(t, key)[tt.wantReason]
-			g.Expect(warnings).To(HaveLen(1))
-			g.Expect(warnings[0].Type).To(Equal(corev1.EventTypeWarning))
-			g.Expect(warnings[0].Message).To(ContainSubstring("the mesh was already cut off; published the new root and issuer directly (Prune phase)"))
-			g.Expect(kstatusOf(t, done)).To(Equal(status.CurrentStatus))
+			assertRepairedAtOnce(t, key, root, tt.wantReason)
 		})
 	}
 }
