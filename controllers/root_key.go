@@ -101,17 +101,10 @@ func (p *pass) adoptRootKeyGeneration(ctx context.Context) error {
 	if obj.Status.RootKeyGeneration != 0 || obj.Status.Rotation != nil {
 		return nil
 	}
-	secrets := &corev1.SecretList{}
-	if err := p.List(ctx, secrets, client.InNamespace(obj.Namespace), client.MatchingLabels{OwnerLabel: obj.Name}); err != nil {
-		return fmt.Errorf("looking for root key Secrets: %w", err)
+	generations, byName, err := p.rootKeySecrets(ctx)
+	if err != nil {
+		return err
 	}
-	byName := map[string]*corev1.Secret{}
-	names := make([]string, 0, len(secrets.Items))
-	for i := range secrets.Items {
-		byName[secrets.Items[i].Name] = &secrets.Items[i]
-		names = append(names, secrets.Items[i].Name)
-	}
-	generations := rootKeyGenerations(obj.Name, names)
 	if len(generations) == 0 {
 		return nil
 	}
@@ -136,15 +129,11 @@ func (p *pass) adoptRootKeyGeneration(ctx context.Context) error {
 // the installed generation, so that cert-manager does not issue them again.
 func (p *pass) dropUnusedRootKeys(ctx context.Context) error {
 	obj := p.obj
-	secrets := &corev1.SecretList{}
-	if err := p.List(ctx, secrets, client.InNamespace(obj.Namespace), client.MatchingLabels{OwnerLabel: obj.Name}); err != nil {
-		return fmt.Errorf("looking for root key Secrets: %w", err)
+	generations, _, err := p.rootKeySecrets(ctx)
+	if err != nil {
+		return err
 	}
-	names := make([]string, 0, len(secrets.Items))
-	for i := range secrets.Items {
-		names = append(names, secrets.Items[i].Name)
-	}
-	for _, gen := range rootKeyGenerations(obj.Name, names) {
+	for _, gen := range generations {
 		if gen <= max(obj.Status.RootKeyGeneration, 1) {
 			break // newest first
 		}
@@ -155,6 +144,24 @@ func (p *pass) dropUnusedRootKeys(ctx context.Context) error {
 		p.log.Info("unused root key deleted", "secret", unused.Name)
 	}
 	return nil
+}
+
+// rootKeySecrets lists the Secrets labelled for the object (from the cache),
+// and returns the root key generations among them, newest first, with the
+// Secrets by name.
+func (p *pass) rootKeySecrets(ctx context.Context) ([]int32, map[string]*corev1.Secret, error) {
+	obj := p.obj
+	secrets := &corev1.SecretList{}
+	if err := p.List(ctx, secrets, client.InNamespace(obj.Namespace), client.MatchingLabels{OwnerLabel: obj.Name}); err != nil {
+		return nil, nil, fmt.Errorf("looking for root key Secrets: %w", err)
+	}
+	byName := make(map[string]*corev1.Secret, len(secrets.Items))
+	names := make([]string, 0, len(secrets.Items))
+	for i := range secrets.Items {
+		byName[secrets.Items[i].Name] = &secrets.Items[i]
+		names = append(names, secrets.Items[i].Name)
+	}
+	return rootKeyGenerations(obj.Name, names), byName, nil
 }
 
 // rootKeyGenerations returns the root key generations among the Secret names

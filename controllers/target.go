@@ -12,6 +12,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
@@ -125,8 +126,8 @@ func (p *pass) drift(ctx context.Context) (string, error) {
 		last = rot.ID
 	}
 	var parts []string
-	live := bundle.FromSecret(t.Secret.Data, keys)
-	if obj.Status.PublishedBundleHash != "" && bundle.Hash(live) != obj.Status.PublishedBundleHash {
+	live, secretChanged, configMapDiffers := p.divergence()
+	if secretChanged {
 		what := "its content"
 		if issued, _, err := p.issuedBundle(ctx); err == nil && bundle.Hash(issued) == obj.Status.PublishedBundleHash {
 			what = bundle.Describe(issued, live, keys)
@@ -134,7 +135,7 @@ func (p *pass) drift(ctx context.Context) (string, error) {
 		parts = append(parts, fmt.Sprintf("Secret %s/%s changed since rotation %s published it: %s",
 			obj.Namespace, t.Secret.Name, last, what))
 	}
-	if !bundle.Consistent(t.Secret.Data, t.ConfigMap.Data, keys) {
+	if configMapDiffers {
 		parts = append(parts, fmt.Sprintf("ConfigMap %s/%s %s differs from the Secret's, which makes Sentry generate a new CA at its next start",
 			obj.Namespace, t.ConfigMap.Name, keys.CA))
 	}
@@ -153,13 +154,13 @@ func (p *pass) guardPublished(ctx context.Context, before string) error {
 		return err
 	}
 	obj, t, keys, rot := p.obj, p.target, keysOf(p.obj), p.rot()
-	live := bundle.FromSecret(t.Secret.Data, keys)
-	if published := obj.Status.PublishedBundleHash; published != "" && bundle.Hash(live) != published {
+	live, secretChanged, configMapDiffers := p.divergence()
+	if secretChanged {
 		return stall(rotatorv1.TrustBundleDriftReason,
 			"Secret %s/%s changed since rotation %s published it; %s is not restarted onto it, nor anything after it, until it holds the published bundle again",
 			obj.Namespace, t.Secret.Name, rot.ID, before).retry(p.pollInterval())
 	}
-	if bundle.Consistent(t.Secret.Data, t.ConfigMap.Data, keys) {
+	if !configMapDiffers {
 		return nil
 	}
 	if err := p.writeConfigMap(ctx, live.TrustAnchors, bundle.Hash(live), rot.ID); err != nil {
@@ -169,6 +170,17 @@ func (p *pass) guardPublished(ctx context.Context, before string) error {
 		"rotation %s: ConfigMap %s/%s %s differed from the Secret's before %s restarted; the published anchors were written to it again",
 		rot.ID, obj.Namespace, t.ConfigMap.Name, keys.CA, before)
 	return nil
+}
+
+// divergence says how the target, as last read, differs from what was
+// published: the bundle its Secret holds (live), whether that is not the one
+// last published, and whether the ConfigMap's anchors differ from the
+// Secret's.
+func (p *pass) divergence() (live pki.Bundle, secretChanged, configMapDiffers bool) {
+	t, keys, published := p.target, keysOf(p.obj), p.obj.Status.PublishedBundleHash
+	live = bundle.FromSecret(t.Secret.Data, keys)
+	secretChanged = published != "" && bundle.Hash(live) != published
+	return live, secretChanged, !bundle.Consistent(t.Secret.Data, t.ConfigMap.Data, keys)
 }
 
 func keysOf(obj *rotatorv1.MTLSRootRotation) bundle.Keys {
