@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,18 +32,24 @@ type faultyWrites struct {
 	injected map[string]int // by kind of fault
 }
 
+var faultKinds = []string{"conflict", "internal", "timeout"}
+
 func newFaultyWrites(every int) *faultyWrites {
 	return &faultyWrites{every: every, injected: map[string]int{}}
 }
 
-// around runs write, failing it when its turn comes.
+// around runs write, failing it when its turn comes. A dry run persists
+// nothing: it is not a write here.
 func (f *faultyWrites) around(what string, write func() error) error {
+	if strings.HasPrefix(what, "dry-run ") {
+		return write()
+	}
 	f.mu.Lock()
 	f.writes++
 	n := f.writes
 	var fault string
 	if n%f.every == 0 {
-		fault = []string{"conflict", "internal", "timeout"}[(n/f.every)%3]
+		fault = faultKinds[(n/f.every)%len(faultKinds)]
 		f.injected[fault]++
 	}
 	f.mu.Unlock()
@@ -65,18 +74,29 @@ func (f *faultyWrites) counts() (writes int, injected map[string]int) {
 	return f.writes, maps.Clone(f.injected)
 }
 
-// wrap returns c with its writes (status included) going through f.
-func (f *faultyWrites) wrap(c client.Client) client.Client { return &faultyClient{Client: c, f: f} }
+// writeHook runs each write of the operator, and may fail it before or
+// after it lands.
+type writeHook interface {
+	around(what string, write func() error) error
+}
+
+// hookWrites returns c with its writes (status and other subresources
+// included) going through h.
+func hookWrites(c client.Client, h writeHook) client.Client { return &faultyClient{Client: c, f: h} }
 
 type faultyClient struct {
 	client.Client
-	f *faultyWrites
+	f writeHook
 }
 
 func kindOf(obj runtime.Object) string { return fmt.Sprintf("%T", obj) }
 
 func (c *faultyClient) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
-	return c.f.around("create "+kindOf(obj), func() error { return c.Client.Create(ctx, obj, opts...) })
+	what := "create "
+	if slices.Contains(opts, client.CreateOption(client.DryRunAll)) {
+		what = "dry-run create "
+	}
+	return c.f.around(what+kindOf(obj), func() error { return c.Client.Create(ctx, obj, opts...) })
 }
 
 func (c *faultyClient) Update(ctx context.Context, obj client.Object, opts ...client.UpdateOption) error {
@@ -88,7 +108,7 @@ func (c *faultyClient) Patch(ctx context.Context, obj client.Object, patch clien
 }
 
 func (c *faultyClient) Apply(ctx context.Context, obj runtime.ApplyConfiguration, opts ...client.ApplyOption) error {
-	return c.f.around("apply", func() error { return c.Client.Apply(ctx, obj, opts...) })
+	return c.f.around(fmt.Sprintf("apply %T", obj), func() error { return c.Client.Apply(ctx, obj, opts...) })
 }
 
 func (c *faultyClient) Delete(ctx context.Context, obj client.Object, opts ...client.DeleteOption) error {
@@ -99,17 +119,44 @@ func (c *faultyClient) Status() client.SubResourceWriter {
 	return &faultyStatus{SubResourceWriter: c.Client.Status(), f: c.f}
 }
 
+func (c *faultyClient) SubResource(name string) client.SubResourceClient {
+	sub := c.Client.SubResource(name)
+	return &faultySubResource{SubResourceClient: sub, status: faultyStatus{SubResourceWriter: sub, f: c.f, name: name}}
+}
+
 type faultyStatus struct {
 	client.SubResourceWriter
-	f *faultyWrites
+	f    writeHook
+	name string // of the subresource; "" for status
+}
+
+func (s *faultyStatus) what(verb string, obj client.Object) string {
+	return fmt.Sprintf("%s %s %s", cmp.Or(s.name, "status"), verb, kindOf(obj))
+}
+
+type faultySubResource struct {
+	client.SubResourceClient
+	status faultyStatus
+}
+
+func (s *faultySubResource) Create(ctx context.Context, obj, sub client.Object, opts ...client.SubResourceCreateOption) error {
+	return s.status.f.around(s.status.what("create", obj), func() error { return s.SubResourceClient.Create(ctx, obj, sub, opts...) })
+}
+
+func (s *faultySubResource) Update(ctx context.Context, obj client.Object, opts ...client.SubResourceUpdateOption) error {
+	return s.status.Update(ctx, obj, opts...)
+}
+
+func (s *faultySubResource) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+	return s.status.Patch(ctx, obj, patch, opts...)
 }
 
 func (s *faultyStatus) Update(ctx context.Context, obj client.Object, opts ...client.SubResourceUpdateOption) error {
-	return s.f.around("status update "+kindOf(obj), func() error { return s.SubResourceWriter.Update(ctx, obj, opts...) })
+	return s.f.around(s.what("update", obj), func() error { return s.SubResourceWriter.Update(ctx, obj, opts...) })
 }
 
 func (s *faultyStatus) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
-	return s.f.around("status patch "+kindOf(obj), func() error { return s.SubResourceWriter.Patch(ctx, obj, patch, opts...) })
+	return s.f.around(s.what("patch", obj), func() error { return s.SubResourceWriter.Patch(ctx, obj, patch, opts...) })
 }
 
 // TestRotationsCompleteThroughAPIErrors: with every third (then every
@@ -141,7 +188,7 @@ func TestRotationsCompleteThroughAPIErrors(t *testing.T) {
 			g.Expect(pki.PublicKeyFingerprint(published.Anchors[0])).NotTo(Equal(first.Status.Root.PublicKeySHA256), "a new root key")
 			writes, injected := faults.counts()
 			t.Logf("operator writes: %d; injected: %v", writes, injected)
-			for _, kind := range []string{"conflict", "internal", "timeout"} {
+			for _, kind := range faultKinds {
 				g.Expect(injected[kind]).To(BeNumerically(">", 0), kind)
 			}
 		})

@@ -139,8 +139,8 @@ type operatorOptions struct {
 	metricsAddr string
 	// pollInterval replaces the tests' 200ms poll.
 	pollInterval time.Duration
-	// faults, when set, fails some of the operator's writes.
-	faults *faultyWrites
+	// faults, when set, runs every write of the operator, and may fail it.
+	faults writeHook
 }
 
 func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
@@ -194,7 +194,7 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 	}
 	c := mgr.GetClient()
 	if opts.faults != nil {
-		c = opts.faults.wrap(c)
+		c = hookWrites(c, opts.faults)
 	}
 	g.Expect((&controllers.MTLSRootRotationReconciler{
 		Client: c, APIReader: mgr.GetAPIReader(), EventRecorder: recorder, PollInterval: cmp.Or(opts.pollInterval, 200*time.Millisecond),
