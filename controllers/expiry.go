@@ -40,9 +40,7 @@ func observeInstalled(obj *rotatorv1.MTLSRootRotation, t *target) {
 	if err1 != nil || err2 != nil {
 		return
 	}
-	obj.Status.Root = certificateStatus(anchors[len(anchors)-1])
-	obj.Status.Issuer = certificateStatus(chain[0])
-	obj.Status.TrustAnchors = int32(len(anchors))
+	describeBundle(&obj.Status, &pki.ParsedBundle{Anchors: anchors, Chain: chain})
 }
 
 // markExpiry sets or clears the ExpiringSoon condition, with one Warning

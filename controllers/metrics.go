@@ -122,7 +122,7 @@ type stateCollector struct {
 
 var (
 	expirationDesc = prometheus.NewDesc("mtls_rotator_certificate_expiration_timestamp_seconds",
-		"When the root or issuer certificate Dapr Sentry holds expires, as a Unix timestamp.",
+		"When the root or issuer certificate Dapr Sentry holds expires, as a Unix timestamp; issuer-root is the anchor the issuer chains to, when it is not the newest (root).",
 		[]string{"namespace", "name", "certificate"}, nil)
 	stepDesc = prometheus.NewDesc("mtls_rotator_rotation_step",
 		"The step (and trust-overlap phase) of each object's current or last rotation: 1 for it.",
@@ -153,7 +153,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for i := range list.Items {
 		obj := &list.Items[i]
 		ns, name, st := obj.Namespace, obj.Name, obj.Status
-		for cert, s := range map[string]*rotatorv1.CertificateStatus{"root": st.Root, "issuer": st.Issuer} {
+		for cert, s := range map[string]*rotatorv1.CertificateStatus{"root": st.Root, "issuer-root": st.IssuerRoot, "issuer": st.Issuer} {
 			if s != nil {
 				ch <- prometheus.MustNewConstMetric(expirationDesc, prometheus.GaugeValue, float64(s.NotAfter.Unix()), ns, name, cert)
 			}

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"time"
 
@@ -130,11 +131,14 @@ func (p *pass) restorable(ctx context.Context, stuck restart.Ref) (bundle.Replac
 }
 
 // expiryOf is when a bundle stops working, as status shows it: the first
-// expiry of its issuer and its newest root (rotation.RenewalRetryAt).
+// expiry of its issuer, its newest root and the root its issuer chains to
+// (rotation.RenewalRetryAt).
 func expiryOf(b *pki.ParsedBundle) time.Time {
-	expires, root := b.Issuer().NotAfter, b.Anchors[len(b.Anchors)-1].NotAfter
-	if root.Before(expires) {
-		return root
+	expires := b.Issuer().NotAfter
+	for _, root := range []*x509.Certificate{b.Anchors[len(b.Anchors)-1], b.IssuerRoot()} {
+		if root != nil && root.NotAfter.Before(expires) {
+			expires = root.NotAfter
+		}
 	}
 	return expires
 }

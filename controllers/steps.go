@@ -193,9 +193,20 @@ func (p *pass) writeConfigMap(ctx context.Context, anchors []byte, hash, rotatio
 // setPublished records in status what the bundle now installed holds.
 func setPublished(obj *rotatorv1.MTLSRootRotation, hash string, parsed *pki.ParsedBundle) {
 	obj.Status.PublishedBundleHash = hash
-	obj.Status.Root = certificateStatus(parsed.Anchors[len(parsed.Anchors)-1]) // the newest
-	obj.Status.Issuer = certificateStatus(parsed.Issuer())
-	obj.Status.TrustAnchors = int32(len(parsed.Anchors))
+	describeBundle(&obj.Status, parsed)
+}
+
+// describeBundle records the bundle's newest anchor, the anchor its issuer
+// chains to (when another), its issuer and how many anchors it holds.
+func describeBundle(status *rotatorv1.MTLSRootRotationStatus, parsed *pki.ParsedBundle) {
+	newest := parsed.Anchors[len(parsed.Anchors)-1]
+	status.Root = certificateStatus(newest)
+	status.IssuerRoot = nil
+	if r := parsed.IssuerRoot(); r != nil && !r.Equal(newest) {
+		status.IssuerRoot = certificateStatus(r)
+	}
+	status.Issuer = certificateStatus(parsed.Issuer())
+	status.TrustAnchors = int32(len(parsed.Anchors))
 }
 
 func certificateStatus(c *x509.Certificate) *rotatorv1.CertificateStatus {

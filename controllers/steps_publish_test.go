@@ -69,16 +69,17 @@ func TestStepPublishing(t *testing.T) {
 	expiredIssuer := pkitest.NewIssuer(t, k.old, pkitest.Options{NotBefore: t0.Add(-3 * time.Hour), Validity: time.Hour})
 	newKeyIssued := []client.Object{issued(t, "mesh-root-g2", k.fresh, k.fresh), issued(t, "mesh-issuer", k.freshIssuer, k.fresh)}
 	tests := []struct {
-		name        string
-		obj         *rotatorv1.MTLSRootRotation
-		installed   pki.Bundle
-		issued      []client.Object
-		fail        func(string, string) error
-		want        string
-		wantAnchors int32
-		wantIssuer  *pkitest.CA
-		wantPhase   rotatorv1.RotationPhase
-		wantEvents  []string
+		name           string
+		obj            *rotatorv1.MTLSRootRotation
+		installed      pki.Bundle
+		issued         []client.Object
+		fail           func(string, string) error
+		want           string
+		wantAnchors    int32
+		wantIssuer     *pkitest.CA
+		wantIssuerRoot *pkitest.CA // when not the newest anchor
+		wantPhase      rotatorv1.RotationPhase
+		wantEvents     []string
 	}{{
 		name:        "same key: the issued bundle replaces the installed one",
 		obj:         rotationObj(atStep(rotatorv1.StepPublishing, rotatorv1.KeyPolicyReuse, "")),
@@ -89,7 +90,7 @@ func TestStepPublishing(t *testing.T) {
 		name:      "new key, overlap: installed anchors and the new root, with the installed issuer",
 		obj:       rotationObj(atStep(rotatorv1.StepPublishing, rotatorv1.KeyPolicyRotate, rotatorv1.PhaseOverlap)),
 		installed: bundleFrom(t, k.oldIssuer, k.old), issued: newKeyIssued,
-		wantAnchors: 2, wantIssuer: k.oldIssuer, wantPhase: rotatorv1.PhaseOverlap, wantEvents: []string{"TrustBundlePublished"},
+		wantAnchors: 2, wantIssuer: k.oldIssuer, wantIssuerRoot: k.old, wantPhase: rotatorv1.PhaseOverlap, wantEvents: []string{"TrustBundlePublished"},
 	}, {
 		name:      "new key over nothing installed: straight to prune",
 		obj:       rotationObj(atStep(rotatorv1.StepPublishing, rotatorv1.KeyPolicyRotate, rotatorv1.PhaseOverlap)),
@@ -136,6 +137,11 @@ func TestStepPublishing(t *testing.T) {
 			g.Expect(s.Annotations[BundleHashAnnotation]).To(Equal(bundle.Hash(published)))
 			g.Expect(p.obj.Status.TrustAnchors).To(Equal(tt.wantAnchors))
 			g.Expect(p.obj.Status.Issuer.SHA256Fingerprint).To(Equal(pki.Fingerprint(tt.wantIssuer.Cert)))
+			if tt.wantIssuerRoot == nil {
+				g.Expect(p.obj.Status.IssuerRoot).To(BeNil())
+			} else {
+				g.Expect(p.obj.Status.IssuerRoot.SHA256Fingerprint).To(Equal(pki.Fingerprint(tt.wantIssuerRoot.Cert)), "the old root, which the issuer chains to")
+			}
 			g.Expect(p.rot().Phase).To(Equal(tt.wantPhase))
 			g.Expect(h.eventReasons()).To(Equal(tt.wantEvents))
 			backup := h.get(&corev1.Secret{}, "mesh-backup").(*corev1.Secret)

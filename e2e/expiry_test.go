@@ -20,6 +20,8 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/health"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
@@ -167,4 +169,34 @@ func TestIneffectiveRenewalDoesNotLoop(t *testing.T) {
 		WithTimeout(5*time.Second).WithPolling(250*time.Millisecond).Should(Equal(id), "no further renewal starts")
 	g.Expect(eventCount(t, key, "RotationStarted")).To(Equal(int32(2)), "the first issuance and one renewal")
 	g.Expect(eventsFor(t, key)[rotatorv1.RenewalIneffectiveReason]).To(HaveLen(1))
+}
+
+// TestExpiryWatchesTheRootTheIssuerChainsTo: in an installed bundle of two
+// anchors whose issuer the older one signed, that older root expiring cuts
+// the mesh off, though the newest anchor lives on: it is shown in
+// status.issuerRoot and reported as expiring.
+func TestExpiryWatchesTheRootTheIssuerChainsTo(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	old := pkitest.NewRoot(t, pkitest.Options{Validity: 90 * time.Minute}) // made an hour ago
+	newest := pkitest.NewRoot(t, pkitest.Options{Validity: 365 * 24 * time.Hour})
+	issuer := pkitest.NewIssuer(t, old, pkitest.Options{Validity: 24 * time.Hour})
+	anchors := append(old.CertPEM(), newest.CertPEM()...)
+	setBundle(t,
+		map[string][]byte{"ca.crt": anchors, "issuer.crt": issuer.CertPEM(), "issuer.key": issuer.KeyPEM(t)},
+		map[string]string{"ca.crt": string(anchors)})
+	startOperator(t)
+	key := newRotation(t, "two-anchors", rotatorv1.MTLSRootRotationSpec{ExpiryWarning: &metav1.Duration{Duration: time.Hour}})
+
+	g.Eventually(func(g Gomega) {
+		obj := getRotation(t, key)
+		g.Expect(obj.Status.Root).NotTo(BeNil())
+		g.Expect(obj.Status.Root.SHA256Fingerprint).To(Equal(pki.Fingerprint(newest.Cert)))
+		g.Expect(obj.Status.IssuerRoot).NotTo(BeNil())
+		g.Expect(obj.Status.IssuerRoot.SHA256Fingerprint).To(Equal(pki.Fingerprint(old.Cert)))
+		expiring := conditions.Get(obj, rotatorv1.ExpiringSoonCondition)
+		g.Expect(expiring).NotTo(BeNil())
+		g.Expect(expiring.Reason).To(Equal("RootExpiringSoon"))
+		g.Expect(expiring.Message).To(HavePrefix("root certificate expires at " + old.Cert.NotAfter.UTC().Format(time.RFC3339) + ";"))
+	}).WithTimeout(30 * time.Second).Should(Succeed())
 }

@@ -24,9 +24,18 @@ type MTLSRootRotationStatus struct {
 	// +optional
 	Rotation *RotationStatus `json:"rotation,omitempty"`
 
-	// Root describes the root certificate currently published.
+	// Root describes the root certificate currently published: the newest
+	// trust anchor.
 	// +optional
 	Root *CertificateStatus `json:"root,omitempty"`
+
+	// IssuerRoot describes the trust anchor the published issuer chains to,
+	// when that is not root: in an overlap bundle, the old root until the
+	// Switch phase, or an installed bundle whose issuer an older anchor
+	// signed. Its expiry cuts the mesh off as root's would, so it is watched
+	// as root is.
+	// +optional
+	IssuerRoot *CertificateStatus `json:"issuerRoot,omitempty"`
 
 	// Issuer describes the issuer certificate currently published.
 	// +optional

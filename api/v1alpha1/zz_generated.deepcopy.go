@@ -384,6 +384,11 @@ func (in *MTLSRootRotationStatus) DeepCopyInto(out *MTLSRootRotationStatus) {
 		*out = new(CertificateStatus)
 		(*in).DeepCopyInto(*out)
 	}
+	if in.IssuerRoot != nil {
+		in, out := &in.IssuerRoot, &out.IssuerRoot
+		*out = new(CertificateStatus)
+		(*in).DeepCopyInto(*out)
+	}
 	if in.Issuer != nil {
 		in, out := &in.Issuer, &out.Issuer
 		*out = new(CertificateStatus)

@@ -96,6 +96,20 @@ func CheckSelfSignedCA(c *x509.Certificate) error {
 	return nil
 }
 
+// IssuerRoot returns the trust anchor the issuer chain verifies under for
+// longest: of the anchors that signed the chain's last certificate, the one
+// that expires last. It is nil when none did.
+func (p *ParsedBundle) IssuerRoot() *x509.Certificate {
+	top := p.Chain[len(p.Chain)-1]
+	var root *x509.Certificate
+	for _, a := range p.Anchors {
+		if top.CheckSignatureFrom(a) == nil && (root == nil || a.NotAfter.After(root.NotAfter)) {
+			root = a
+		}
+	}
+	return root
+}
+
 // VerifyChain verifies chain[0], with chain[1:] as intermediates, under anchors
 // at now, the way Sentry does (Go's default server-auth verification).
 func VerifyChain(chain, anchors []*x509.Certificate, now time.Time) error {

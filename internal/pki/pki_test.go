@@ -267,3 +267,31 @@ func FuzzParsePrivateKey(f *testing.F) {
 		}
 	})
 }
+
+// TestIssuerRoot: the anchor an issuer chains to is found by signature, not
+// by its place in the bundle; of two certificates of the same root key, the
+// one that expires last.
+func TestIssuerRoot(t *testing.T) {
+	now := time.Now()
+	old := pkitest.NewRoot(t, pkitest.Options{Validity: 2 * time.Hour})
+	renewed := pkitest.RenewRoot(t, old, pkitest.Options{Validity: 48 * time.Hour})
+	other := pkitest.NewRoot(t, pkitest.Options{})
+	byOld, byOther := pkitest.NewIssuer(t, old, pkitest.Options{}), pkitest.NewIssuer(t, other, pkitest.Options{})
+	for _, tt := range []struct {
+		name    string
+		anchors []*pkitest.CA
+		issuer  *pkitest.CA
+		want    *pkitest.CA
+	}{
+		{"an overlap bundle: the issuer of the old root", []*pkitest.CA{old, other}, byOld, old},
+		{"a switched bundle: the issuer of the new root", []*pkitest.CA{old, other}, byOther, other},
+		{"the only anchor", []*pkitest.CA{other}, byOther, other},
+		{"two certificates of one key: the one that lives longer", []*pkitest.CA{renewed, old, other}, byOld, renewed},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			parsed, err := bundleOf(t, tt.anchors, tt.issuer).Validate(now)
+			NewWithT(t).Expect(err).NotTo(HaveOccurred())
+			NewWithT(t).Expect(parsed.IssuerRoot().Equal(tt.want.Cert)).To(BeTrue(), "got %s", parsed.IssuerRoot().NotAfter)
+		})
+	}
+}

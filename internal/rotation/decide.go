@@ -194,8 +194,8 @@ func RenewalRetryAt(status *rotatorv1.MTLSRootRotationStatus) (at time.Time, ok 
 	}
 	rolledBack := rot.Steps[len(rot.Steps)-1].StartedAt.Time
 	expires := status.Issuer.NotAfter.Time
-	if status.Root != nil && status.Root.NotAfter.Time.Before(expires) {
-		expires = status.Root.NotAfter.Time
+	if root := rootThatExpires(status); root != nil && root.NotAfter.Time.Before(expires) {
+		expires = root.NotAfter.Time
 	}
 	return rolledBack.Add(max(expires.Sub(rolledBack), 0) / 2), true
 }
@@ -294,18 +294,28 @@ func ExpiryOf(spec *rotatorv1.MTLSRootRotationSpec, status *rotatorv1.MTLSRootRo
 		}
 		return expiry.Certificate{Name: name, NotAfter: c.NotAfter.Time}
 	}
-	return expiry.Evaluate(cert("root", status.Root), cert("issuer", status.Issuer), expiry.Policy{
+	return expiry.Evaluate(cert("root", rootThatExpires(status)), cert("issuer", status.Issuer), expiry.Policy{
 		Warning:       spec.GetExpiryWarning(),
 		RenewBefore:   spec.GetRenewBefore(),
 		RootRenewable: spec.Issuer.IssuerRef == nil,
 	}, now)
 }
 
+// rootThatExpires is the published root whose expiry cuts the mesh off
+// first: the newest anchor, or, when it expires sooner, the anchor the issuer
+// chains to (an overlap bundle before its Switch phase).
+func rootThatExpires(status *rotatorv1.MTLSRootRotationStatus) *rotatorv1.CertificateStatus {
+	if r := status.IssuerRoot; r != nil && (status.Root == nil || r.NotAfter.Before(&status.Root.NotAfter)) {
+		return r
+	}
+	return status.Root
+}
+
 // DescribeDue says which published certificate fell due.
 func DescribeDue(status *rotatorv1.MTLSRootRotationStatus, due expiry.Renewal) string {
 	c, name := status.Issuer, "issuer"
 	if due == expiry.Root {
-		c, name = status.Root, "root"
+		c, name = rootThatExpires(status), "root"
 	}
 	if c == nil {
 		return name + " certificate due"

@@ -100,6 +100,14 @@ func renewalTook(id string, finished time.Time, took time.Duration) statusSetter
 	}
 }
 
+// issuerRootExpires says the published issuer chains to an anchor older
+// than status.root, expiring at.
+func issuerRootExpires(at time.Time) statusSetter {
+	return func(s *rotatorv1.MTLSRootRotationStatus) {
+		s.IssuerRoot = &rotatorv1.CertificateStatus{NotAfter: metav1.NewTime(at)}
+	}
+}
+
 // published says the root and issuer in status expire at those moments.
 func published(root, issuer time.Time) statusSetter {
 	return func(s *rotatorv1.MTLSRootRotationStatus) {
@@ -159,6 +167,18 @@ func TestDecide(t *testing.T) {
 		want: Decision{Action: Begin, Settled: true,
 			Start:   &StartSpec{Cause: rotatorv1.CauseRenewal, Renews: expiry.Root, KeyPolicy: rotatorv1.KeyPolicyReuse, PreviousID: "r-last"},
 			Message: "root certificate expires at " + soon.Format(time.RFC3339) + ", within spec.renewBefore 1h0m0s: renewing the root and issuer with the same key"},
+	}, {
+		name:   "the root the issuer chains to falling due renews root and issuer, though the newest anchor is far from due",
+		spec:   specOf(renewBefore(time.Hour)),
+		status: statusOf(lastDone("r-last", "a", rotatorv1.CauseTrigger, t0.Add(-24*time.Hour)), published(far, far), issuerRootExpires(soon)),
+		want: Decision{Action: Begin, Settled: true,
+			Start:   &StartSpec{Cause: rotatorv1.CauseRenewal, Renews: expiry.Root, KeyPolicy: rotatorv1.KeyPolicyReuse, PreviousID: "r-last"},
+			Message: "root certificate expires at " + soon.Format(time.RFC3339) + ", within spec.renewBefore 1h0m0s: renewing the root and issuer with the same key"},
+	}, {
+		name:   "an issuer root that outlives the newest anchor leaves the newest anchor to fall due",
+		spec:   specOf(renewBefore(time.Hour)),
+		status: statusOf(lastDone("r-last", "a", rotatorv1.CauseTrigger, t0.Add(-24*time.Hour)), published(far, far), issuerRootExpires(far.Add(time.Hour))),
+		want:   Decision{Action: Idle, Settled: true, Message: "rotation r-last completed at " + t0.Add(-24*time.Hour).Format(time.RFC3339)},
 	}, {
 		name:   "a renewal that did not move the due moment past its end stalls instead of looping",
 		spec:   specOf(renewBefore(time.Hour)),
@@ -268,6 +288,14 @@ func TestDecide(t *testing.T) {
 		name: "a rolled-back renewal holds until halfway from the rollback to the restored issuer's expiry",
 		spec: specOf(renewBefore(3 * time.Hour)),
 		status: statusOf(lastDone("r-last", "a", rotatorv1.CauseTrigger, t0.Add(-24*time.Hour)), published(far, t0.Add(2*time.Hour)),
+			inFlight("r-2", "a", rotatorv1.StepRolledBack, withCause(rotatorv1.CauseRenewal), withMessage("rolled back because"), rolledBackAt(t0.Add(-time.Hour)))),
+		want: Decision{Action: Hold, Reason: rotatorv1.RolledBackReason, RetryAt: t0.Add(30 * time.Minute),
+			Message: "rolled back because; the renewal is tried again at " + t0.Add(30*time.Minute).UTC().Format(time.RFC3339)},
+	}, {
+		// The restored issuer root expires at t0+2h; the rollback was at t0-1h.
+		name: "a rolled-back renewal is retried halfway to the expiry of the root the restored issuer chains to",
+		spec: specOf(renewBefore(3 * time.Hour)),
+		status: statusOf(lastDone("r-last", "a", rotatorv1.CauseTrigger, t0.Add(-24*time.Hour)), published(far, far), issuerRootExpires(t0.Add(2*time.Hour)),
 			inFlight("r-2", "a", rotatorv1.StepRolledBack, withCause(rotatorv1.CauseRenewal), withMessage("rolled back because"), rolledBackAt(t0.Add(-time.Hour)))),
 		want: Decision{Action: Hold, Reason: rotatorv1.RolledBackReason, RetryAt: t0.Add(30 * time.Minute),
 			Message: "rolled back because; the renewal is tried again at " + t0.Add(30*time.Minute).UTC().Format(time.RFC3339)},
