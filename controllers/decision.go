@@ -106,6 +106,8 @@ func (p *pass) begin(ctx context.Context, d rotation.Decision) error {
 	rot := rotation.Start(rotation.NewID(obj.UID, obj.Spec.Trigger, s.PreviousID), obj.Spec.Trigger, rotation.SpecHash(obj.Spec), s.KeyPolicy, p.now())
 	rot.IssuerRef = obj.Spec.Issuer.IssuerRef.DeepCopy()
 	rot.Cause, rot.Renews = s.Cause, string(s.Renews)
+	// Decided once, with the start: the Configuration may change mid-way.
+	rot.KeepsRetiredRoots, _ = rotation.KeepsRetiredRoots(&obj.Spec.Root.Retired, obj.Status.DaprConfiguration)
 	obj.Status.Rotation = rot
 	obj.Status.Applications = nil
 	obj.Status.Plan = nil

@@ -19,6 +19,7 @@ import (
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
 	"github.com/mtls-rotator/mtls-rotator/internal/expiry"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
+	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
 // DaprConfigurationName is the Configuration Dapr's control plane reads its
@@ -115,7 +116,8 @@ func (p *pass) readDaprConfiguration(ctx context.Context, obj *rotatorv1.MTLSRoo
 	enabled, _, _ := unstructured.NestedBool(u.Object, "spec", "mtls", "enabled")
 	ttl, _, _ := unstructured.NestedString(u.Object, "spec", "mtls", "workloadCertTTL")
 	skew, _, _ := unstructured.NestedString(u.Object, "spec", "mtls", "allowedClockSkew")
-	observed := &rotatorv1.DaprConfigurationStatus{Name: DaprConfigurationName, MTLSEnabled: enabled, WorkloadCertTTL: ttl, AllowedClockSkew: skew}
+	observed := &rotatorv1.DaprConfigurationStatus{Name: DaprConfigurationName, MTLSEnabled: enabled, WorkloadCertTTL: ttl, AllowedClockSkew: skew,
+		WorkflowHistorySigning: featureEnabled(u, WorkflowHistorySigningFeature)}
 	previous := obj.Status.DaprConfiguration
 	obj.Status.DaprConfiguration = observed
 	if previous != nil && *previous == *observed {
@@ -125,10 +127,43 @@ func (p *pass) readDaprConfiguration(ctx context.Context, obj *rotatorv1.MTLSRoo
 		p.event(corev1.EventTypeWarning, rotatorv1.MTLSDisabledReason, "Monitor",
 			"Dapr Configuration %s/%s has mTLS disabled: sidecars do not use the certificates this object rotates", obj.Namespace, DaprConfigurationName)
 	}
-	if warning := renewBeforeWarning(obj.Spec.GetRenewBefore(), observed); warning != "" {
+	if observed.WorkflowHistorySigning && (previous == nil || !previous.WorkflowHistorySigning) {
+		p.event(corev1.EventTypeNormal, "WorkflowHistorySigning", "Monitor",
+			"Dapr Configuration %s/%s has %s on: %s", obj.Namespace, DaprConfigurationName, WorkflowHistorySigningFeature, describeRetention(&obj.Spec.Root.Retired, observed))
+	}
+		if warning := renewBeforeWarning(obj.Spec.GetRenewBefore(), observed); warning != "" {
 		p.event(corev1.EventTypeWarning, "RenewBeforeTooShort", "Monitor", "%s", warning)
 	}
 	return nil
+}
+
+// WorkflowHistorySigningFeature is the Dapr 1.18 feature that signs stored
+// workflow histories; they are verified against the current trust anchors at
+// the time they were signed.
+const WorkflowHistorySigningFeature = "WorkflowHistorySigning"
+
+// describeRetention says whether a rotation started now would keep the
+// roots it retires, and for how long.
+func describeRetention(retired *rotatorv1.RetiredRootsSpec, dapr *rotatorv1.DaprConfigurationStatus) string {
+	keeps, why := rotation.KeepsRetiredRoots(retired, dapr)
+	if !keeps {
+		return fmt.Sprintf("rotations drop the roots they retire (%s)", why)
+	}
+	return fmt.Sprintf("rotations keep the roots they retire in the trust anchors until %s after each expires (%s), so that signed workflow histories still verify",
+		retired.GetKeepAfterExpiry(), why)
+}
+
+// featureEnabled reports whether the Configuration's spec.features turns
+// the named feature on.
+func featureEnabled(u *unstructured.Unstructured, name string) bool {
+	features, _, _ := unstructured.NestedSlice(u.Object, "spec", "features")
+	for _, f := range features {
+		if m, ok := f.(map[string]any); ok && m["name"] == name {
+			on, _ := m["enabled"].(bool)
+			return on
+		}
+	}
+	return false
 }
 
 // renewBeforeWarning says why renewBefore is too short for Dapr's workload

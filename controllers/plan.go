@@ -13,6 +13,7 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
+	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
 
 // maxPlannedWaves bounds the waves listed in status.plan.
@@ -34,6 +35,9 @@ func (p *pass) reconcileDryRun(ctx context.Context) error {
 	if plan.RestartsDeferredUntil != nil {
 		msg += fmt.Sprintf("; lazily: only those their owners have not redeployed by %s", plan.RestartsDeferredUntil.UTC().Format(time.RFC3339))
 	}
+	if plan.KeepsRetiredRoots != "" {
+		msg += "; " + plan.KeepsRetiredRoots
+	}
 	if len(plan.Blockers) > 0 {
 		msg += fmt.Sprintf("; it would stop: %s", plan.Blockers[0])
 	}
@@ -54,6 +58,9 @@ func phaseList(phases []rotatorv1.RotationPhase) string {
 func (p *pass) plan(ctx context.Context) (*rotatorv1.RotationPlan, error) {
 	obj := p.obj
 	plan := &rotatorv1.RotationPlan{ComputedAt: p.now(), KeyPolicy: obj.Spec.Root.GetKeyPolicy()}
+	if keeps, why := rotation.KeepsRetiredRoots(&obj.Spec.Root.Retired, obj.Status.DaprConfiguration); keeps {
+		plan.KeepsRetiredRoots = fmt.Sprintf("the roots it retires stay in the trust anchors until %s after each expires (%s)", obj.Spec.Root.Retired.GetKeepAfterExpiry(), why)
+	}
 	if err := p.strategyFor(specRotation(obj)).plan(ctx, p.installed(), plan); err != nil {
 		return nil, err
 	}

@@ -120,6 +120,10 @@ func (p *pass) stepPublishing(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	kept := 0
+	if rot.KeepsRetiredRoots {
+		pub, kept = pki.Retain(pub, p.installed(), obj.Spec.Root.Retired.GetKeepAfterExpiry(), p.now().Time)
+	}
 	if err := p.backups().keep(ctx, p.installed(), p.target, rot.ID, rotation.RestartID(rot)); err != nil {
 		return err
 	}
@@ -131,9 +135,17 @@ func (p *pass) stepPublishing(ctx context.Context) error {
 		p.warnCutOff(*pub.CutOff)
 	}
 	p.normal("TrustBundlePublished", "Publish",
-		"rotation %s: published root %s and issuer %s (trust anchors: %d) to Secret and ConfigMap %s/%s%s",
-		rot.ID, shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, obj.Namespace, p.target.Secret.Name, phaseSuffix(rot))
+		"rotation %s: published root %s and issuer %s (trust anchors: %d%s) to Secret and ConfigMap %s/%s%s",
+		rot.ID, shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, keptSuffix(kept), obj.Namespace, p.target.Secret.Name, phaseSuffix(rot))
 	return nil
+}
+
+// keptSuffix says how many retired roots a publish kept.
+func keptSuffix(kept int) string {
+	if kept == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", of which %d retired and kept for workflow history signing", kept)
 }
 
 // warnCutOff says that the bundle just replaced had already cut the mesh off:
@@ -207,6 +219,21 @@ func describeBundle(status *rotatorv1.MTLSRootRotationStatus, parsed *pki.Parsed
 	}
 	status.Issuer = certificateStatus(parsed.Issuer())
 	status.TrustAnchors = int32(len(parsed.Anchors))
+	status.RetiredRootsKept = int32(retiredIn(parsed))
+}
+
+// retiredIn counts the anchors of a bundle that are neither its newest nor
+// the one its issuer chains to: roots a rotation retired and kept (an older
+// certificate of the issuer's root key among them).
+func retiredIn(parsed *pki.ParsedBundle) int {
+	newest, inUse := parsed.Anchors[len(parsed.Anchors)-1], parsed.IssuerRoot()
+	n := 0
+	for _, a := range parsed.Anchors {
+		if !a.Equal(newest) && (inUse == nil || !a.Equal(inUse)) {
+			n++
+		}
+	}
+	return n
 }
 
 func certificateStatus(c *x509.Certificate) *rotatorv1.CertificateStatus {

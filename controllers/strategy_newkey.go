@@ -114,18 +114,23 @@ func (s *newKey) plan(ctx context.Context, installed pki.Bundle, plan *rotatorv1
 // and the pods that would hold its gates.
 func (p *pass) planPhases(ctx context.Context, installed pki.Bundle, plan *rotatorv1.RotationPlan) error {
 	plan.Phases = p.plannedPhases(installed)
-	if len(plan.Phases) < len(pki.Phases) {
+	if plan.Phases[0] != rotatorv1.PhaseOverlap {
 		return nil // straight to the last phase: no gate
 	}
 	return p.planGates(ctx, plan)
 }
 
 // plannedPhases are the phases a trust-overlap rotation would publish over
-// installed: the same choice pki.ComposePhase makes when it runs.
+// installed: the same choice pki.ComposePhase makes when it runs, and
+// rotation.Advance's end at Switch for one that keeps the root it retires.
 func (p *pass) plannedPhases(installed pki.Bundle) []rotatorv1.RotationPhase {
 	first, _ := pki.FirstPhase(installed, p.now().Time)
+	keeps, _ := rotation.KeepsRetiredRoots(&p.obj.Spec.Root.Retired, p.obj.Status.DaprConfiguration)
 	var phases []rotatorv1.RotationPhase
 	for _, ph := range pki.Phases[indexOfPhase(first):] {
+		if ph == pki.Prune && keeps && len(phases) > 0 {
+			break
+		}
 		phases = append(phases, rotatorv1.RotationPhase(ph))
 	}
 	return phases

@@ -86,6 +86,22 @@ func (r *RootSpec) GetKeyPolicy() KeyPolicy {
 	return r.KeyPolicy
 }
 
+// GetKeepAfterExpiry is spec.root.retired.keepAfterExpiry, defaulted to a year.
+func (r *RetiredRootsSpec) GetKeepAfterExpiry() time.Duration {
+	if r.KeepAfterExpiry == nil {
+		return 365 * 24 * time.Hour
+	}
+	return r.KeepAfterExpiry.Duration
+}
+
+// GetPolicy is spec.root.retired.policy, defaulted to Auto.
+func (r *RetiredRootsSpec) GetPolicy() RetiredRootsPolicy {
+	if r.Policy == "" {
+		return RetiredRootsAuto
+	}
+	return r.Policy
+}
+
 // GetDuration returns the issuer validity.
 func (i *IssuerSpec) GetDuration() time.Duration {
 	return durationOr(i.Duration, DefaultCertificateDuration)

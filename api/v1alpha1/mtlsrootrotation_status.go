@@ -55,6 +55,11 @@ type MTLSRootRotationStatus struct {
 	// +optional
 	TrustAnchors int32 `json:"trustAnchors,omitempty"`
 
+	// RetiredRootsKept is how many of them a rotation retired and kept
+	// (spec.root.retired), for workflow histories signed under them.
+	// +optional
+	RetiredRootsKept int32 `json:"retiredRootsKept,omitempty"`
+
 	// Applications is the application restart progress of the current rotation.
 	// +optional
 	Applications *ApplicationsStatus `json:"applications,omitempty"`
@@ -95,6 +100,10 @@ type DaprConfigurationStatus struct {
 	// AllowedClockSkew is spec.mtls.allowedClockSkew (Dapr's default is 15m).
 	// +optional
 	AllowedClockSkew string `json:"allowedClockSkew,omitempty"`
+	// WorkflowHistorySigning is whether the WorkflowHistorySigning feature
+	// is on (spec.features): retired roots are then kept (spec.root.retired).
+	// +optional
+	WorkflowHistorySigning bool `json:"workflowHistorySigning,omitempty"`
 }
 
 // RotationStep is a step of a rotation.
@@ -160,6 +169,12 @@ type RotationStatus struct {
 	// new roots trusted, old issuer), Switch (new issuer) or Prune (new root only).
 	// +optional
 	Phase RotationPhase `json:"phase,omitempty"`
+	// KeepsRetiredRoots is decided as the rotation starts (spec.root.retired
+	// and the Dapr Configuration): the roots it retires stay in the trust
+	// anchors, so a Rotate rotation ends with its Switch phase, both roots
+	// trusted, and a renewal keeps the replaced root certificate.
+	// +optional
+	KeepsRetiredRoots bool `json:"keepsRetiredRoots,omitempty"`
 	// Cause is what started the rotation: Trigger (spec.trigger, or a first
 	// issuance) or Renewal (spec.renewBefore).
 	// +optional
@@ -310,6 +325,10 @@ type RotationPlan struct {
 	// Blockers are what would stop the rotation now (a missing workload, say).
 	// +optional
 	Blockers []string `json:"blockers,omitempty"`
+	// KeepsRetiredRoots says the rotation would keep the roots it retires in
+	// the trust anchors (spec.root.retired), and why.
+	// +optional
+	KeepsRetiredRoots string `json:"keepsRetiredRoots,omitempty"`
 }
 
 // PlannedWave is one wave of application restarts.

@@ -138,6 +138,50 @@ type RootSpec struct {
 	// +kubebuilder:default=Reuse
 	// +optional
 	KeyPolicy KeyPolicy `json:"keyPolicy,omitempty"`
+
+	// Retired says whether root certificates a rotation retires stay in the
+	// trust anchors. Dapr's WorkflowHistorySigning feature (1.18) verifies a
+	// stored workflow history against the current trust anchors at the time
+	// it was signed: a history signed under a root no longer among them, or
+	// before a renewed root certificate's start, fails to load.
+	// +kubebuilder:default={}
+	// +optional
+	Retired RetiredRootsSpec `json:"retired,omitempty"`
+}
+
+// RetiredRootsPolicy says when retired root certificates are kept.
+// +kubebuilder:validation:Enum=Auto;Keep;Drop
+type RetiredRootsPolicy string
+
+const (
+	// RetiredRootsAuto keeps them while Dapr's Configuration has the
+	// WorkflowHistorySigning feature on, as the rotation starts.
+	RetiredRootsAuto RetiredRootsPolicy = "Auto"
+	// RetiredRootsKeep keeps them whatever the Configuration says.
+	RetiredRootsKeep RetiredRootsPolicy = "Keep"
+	// RetiredRootsDrop never keeps them: for a new key that replaces a
+	// compromised one, which must not stay trusted.
+	RetiredRootsDrop RetiredRootsPolicy = "Drop"
+)
+
+// RetiredRootsSpec is how retired root certificates are kept.
+type RetiredRootsSpec struct {
+	// Policy is Auto (the default), Keep or Drop. A kept root of a retired
+	// key stays trusted for mTLS until it expires; a renewed certificate of
+	// the same key adds no trust.
+	// +kubebuilder:default=Auto
+	// +optional
+	Policy RetiredRootsPolicy `json:"policy,omitempty"`
+
+	// KeepAfterExpiry is how long a kept root stays after its own expiry (an
+	// expired root verifies histories signed while it was valid, and no
+	// handshake): set it to the longest time a signed workflow history is
+	// kept. Defaults to one year.
+	// +kubebuilder:default="8760h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s')",message="root.retired.keepAfterExpiry must not be negative"
+	// +optional
+	KeepAfterExpiry *metav1.Duration `json:"keepAfterExpiry,omitempty"`
 }
 
 // KeySecretRef names a key of a Secret in the MTLSRootRotation's namespace.

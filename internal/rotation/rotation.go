@@ -74,7 +74,7 @@ func Advance(r *rotatorv1.RotationStatus, now metav1.Time) rotatorv1.RotationSte
 	}
 	finishStep(r, now)
 	r.Step = Steps[i+1]
-	if p := slices.Index(Phases, r.Phase); p >= 0 && p < len(Phases)-1 && r.Step == rotatorv1.StepCompleted {
+	if p := slices.Index(Phases, r.Phase); p >= 0 && p < lastPhase(r) && r.Step == rotatorv1.StepCompleted {
 		r.Phase, r.Step = Phases[p+1], rotatorv1.StepPublishing
 	}
 	r.WaitingFor, r.WaitingSince, r.Message = "", nil, ""
@@ -84,6 +84,16 @@ func Advance(r *rotatorv1.RotationStatus, now metav1.Time) rotatorv1.RotationSte
 		r.Steps = append(r.Steps, rotatorv1.StepStatus{Name: r.Step, Phase: r.Phase, StartedAt: now})
 	}
 	return r.Step
+}
+
+// lastPhase is the index of the phase a Rotate rotation ends with: Switch
+// when it keeps the root it retires (Prune would publish what Switch did),
+// Prune otherwise.
+func lastPhase(r *rotatorv1.RotationStatus) int {
+	if r.KeepsRetiredRoots {
+		return slices.Index(Phases, rotatorv1.PhaseSwitch)
+	}
+	return len(Phases) - 1
 }
 
 // SkipToLastPhase moves a Rotate rotation at Publishing straight to its last

@@ -129,3 +129,54 @@ func TestRollBackEndsTheRotationWhereItStood(t *testing.T) {
 	g.Expect(Advance(r, t1)).To(Equal(rotatorv1.StepRolledBack), "a rolled-back rotation does not advance")
 	g.Expect(*r).To(Equal(before), "rolling back twice changes nothing")
 }
+
+// TestRotateThatKeepsTheRetiredRootEndsWithSwitch: Prune would publish what
+// Switch did, the old root kept, so the rotation completes after Switch;
+// with nothing to overlap, its one phase is still Prune.
+func TestRotateThatKeepsTheRetiredRootEndsWithSwitch(t *testing.T) {
+	g := NewWithT(t)
+	t0 := metav1.NewTime(time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC))
+	r := Start("r-1", "t", "h", rotatorv1.KeyPolicyRotate, t0)
+	r.KeepsRetiredRoots = true
+	var phases []rotatorv1.RotationPhase
+	for InFlight(r) {
+		Advance(r, t0)
+		if len(phases) == 0 || phases[len(phases)-1] != r.Phase {
+			phases = append(phases, r.Phase)
+		}
+	}
+	g.Expect(phases).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch}))
+	g.Expect(r.Step).To(Equal(rotatorv1.StepCompleted))
+
+	r = Start("r-2", "t", "h", rotatorv1.KeyPolicyRotate, t0)
+	r.KeepsRetiredRoots = true
+	Advance(r, t0)
+	Advance(r, t0)
+	SkipToLastPhase(r)
+	g.Expect(r.Phase).To(Equal(rotatorv1.PhasePrune))
+	for range 3 {
+		Advance(r, t0)
+	}
+	g.Expect(r.Step).To(Equal(rotatorv1.StepCompleted))
+	g.Expect(r.Phase).To(Equal(rotatorv1.PhasePrune))
+}
+
+func TestKeepsRetiredRoots(t *testing.T) {
+	on := &rotatorv1.DaprConfigurationStatus{Name: "daprsystem", WorkflowHistorySigning: true}
+	off := &rotatorv1.DaprConfigurationStatus{Name: "daprsystem"}
+	for _, tt := range []struct {
+		policy rotatorv1.RetiredRootsPolicy
+		dapr   *rotatorv1.DaprConfigurationStatus
+		want   bool
+		why    string
+	}{
+		{"", on, true, "Dapr Configuration daprsystem has WorkflowHistorySigning on"},
+		{rotatorv1.RetiredRootsAuto, off, false, "WorkflowHistorySigning is off"},
+		{rotatorv1.RetiredRootsAuto, nil, false, "WorkflowHistorySigning is off"},
+		{rotatorv1.RetiredRootsKeep, nil, true, "spec.root.retired.policy is Keep"},
+		{rotatorv1.RetiredRootsDrop, on, false, "spec.root.retired.policy is Drop"},
+	} {
+		keeps, why := KeepsRetiredRoots(&rotatorv1.RetiredRootsSpec{Policy: tt.policy}, tt.dapr)
+		NewWithT(t).Expect([]any{keeps, why}).To(Equal([]any{tt.want, tt.why}), "policy %q", tt.policy)
+	}
+}
