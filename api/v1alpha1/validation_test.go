@@ -210,6 +210,8 @@ func TestInvalidSpecsAreRefusedWithAMessage(t *testing.T) {
 		{"external issuer group over 253 characters", "{issuer: {issuerRef: {name: org-ca, group: '" + strings.Repeat("g", 254) + "'}}}", "Too long"},
 		{"negative renewal", "{renewBefore: -1h}", "renewBefore must be at least 1m"},
 		{"negative lazy margin", "{applications: {lazy: {restartBefore: -1h}}}", "applications.lazy.restartBefore must be positive"},
+		{"negative retention of retired roots", "{root: {retired: {keepAfterExpiry: -1h}}}", "root.retired.keepAfterExpiry must not be negative"},
+		{"unknown retired roots policy", "{root: {retired: {policy: Sometimes}}}", "Unsupported value"},
 	}
 	for _, tt := range invalid {
 		t.Run(tt.name, func(t *testing.T) {
