@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -35,7 +36,11 @@ func CacheOptions(namespaces []string, rollouts bool) (cache.Options, error) {
 	trim := trimWorkloads(managed)
 	byObject := map[client.Object]cache.ByObject{
 		&rotatorv1.MTLSRootRotation{}: {Namespaces: scoped},
-		&corev1.Secret{}:              {Namespaces: scoped},
+		// Only the Secrets it manages, each labeled with its object: Sentry's
+		// (labeled as the operator publishes to it), the backup, and the
+		// root and issuer cert-manager writes. Not a Helm release, a token
+		// or anything else the Dapr namespace holds.
+		&corev1.Secret{}: {Namespaces: scoped, Label: managedSecrets},
 		&corev1.ConfigMap{}:           {Namespaces: scoped},
 		&cmapi.Certificate{}:          {Namespaces: scoped},
 		&cmapi.Issuer{}:               {Namespaces: scoped},
@@ -51,6 +56,15 @@ func CacheOptions(namespaces []string, rollouts bool) (cache.Options, error) {
 	}
 	return cache.Options{ByObject: byObject, DefaultTransform: cache.TransformStripManagedFields()}, nil
 }
+
+// managedSecrets selects the Secrets labeled with the object they belong to.
+var managedSecrets = func() labels.Selector {
+	req, err := labels.NewRequirement(OwnerLabel, selection.Exists, nil)
+	if err != nil {
+		panic(err) // a constant key: cannot fail
+	}
+	return labels.NewSelector().Add(*req)
+}()
 
 // ClientOptions are the manager client's: unstructured objects (Argo
 // Rollouts) are read from the cache like the typed ones.

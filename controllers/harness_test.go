@@ -129,7 +129,8 @@ func trustBundle(b pki.Bundle) []client.Object {
 		cm["ca.crt"] = string(b.TrustAnchors)
 	}
 	return []client.Object{
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "dapr-trust-bundle", Namespace: ns, ResourceVersion: "1"}, Data: data},
+		// Labeled, as the operator's publish leaves it.
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "dapr-trust-bundle", Namespace: ns, ResourceVersion: "1", Labels: map[string]string{OwnerLabel: "mesh"}}, Data: data},
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "dapr-trust-bundle", Namespace: ns, ResourceVersion: "1"}, Data: cm},
 	}
 }

@@ -174,6 +174,27 @@ func TestReconcile(t *testing.T) {
 			g.Expect(h.writes).To(ContainElement("create Certificate/mesh-root"))
 		},
 	}, {
+		name: "a settled object labels its Secret again when the label was dropped, and writes nothing else",
+		objs: unlabeled(trustBundle(installed)),
+		obj: rotationObj(settled("a"), func(obj *rotatorv1.MTLSRootRotation) {
+			obj.Status.PublishedBundleHash = bundle.Hash(installed)
+		}),
+		wantReady: metav1.ConditionTrue, wantReason: meta.SucceededReason,
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(h.writes).To(ContainElement("patch Secret/dapr-trust-bundle"))
+			g.Expect(h.get(&corev1.Secret{}, "dapr-trust-bundle").GetLabels()).To(HaveKeyWithValue(OwnerLabel, "mesh"))
+			g.Expect(bundle.FromSecret(h.get(&corev1.Secret{}, "dapr-trust-bundle").(*corev1.Secret).Data, keysOf(obj))).To(Equal(installed))
+		},
+	}, {
+		name: "an install the operator has not published to is read, not labeled",
+		objs: unlabeled(trustBundle(installed)),
+		obj:  rotationObj(),
+		check: func(g Gomega, obj *rotatorv1.MTLSRootRotation, h *harness) {
+			g.Expect(obj.Status.Rotation).NotTo(BeNil(), "the rotation starts")
+			g.Expect(h.writes).NotTo(ContainElement("patch Secret/dapr-trust-bundle"))
+		},
+		wantEvents: []string{"RotationStarted"},
+	}, {
 		name: "a brought key Secret that does not exist stalls before anything is issued",
 		objs: trustBundle(installed),
 		obj: rotationObj(withSpec(func(s *rotatorv1.MTLSRootRotationSpec) {
@@ -559,4 +580,15 @@ func TestBackupIsOwnedOnceSettled(t *testing.T) {
 	_, _, err = h.reconcileOnce()
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(h.writes).NotTo(ContainElement(ContainSubstring("mesh-backup")), "owned already: no write")
+}
+
+// unlabeled drops the labels of the Secrets among objs: an install Helm or
+// Sentry wrote, or one whose label a Helm upgrade removed.
+func unlabeled(objs []client.Object) []client.Object {
+	for _, o := range objs {
+		if s, ok := o.(*corev1.Secret); ok {
+			s.Labels = nil
+		}
+	}
+	return objs
 }

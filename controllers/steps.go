@@ -176,6 +176,7 @@ func (p *pass) writeBundle(ctx context.Context, b pki.Bundle, configMapCA []byte
 	if _, changed := bundle.SecretData(t.Secret.Data, b, keys); changed || t.Secret.Annotations[BundleHashAnnotation] != hash {
 		ac := corev1ac.Secret(t.Secret.Name, t.Secret.Namespace).
 			WithResourceVersion(t.Secret.ResourceVersion).
+			WithLabels(map[string]string{OwnerLabel: p.obj.Name}).
 			WithAnnotations(annotations).
 			WithData(map[string][]byte{keys.CA: b.TrustAnchors, keys.IssuerCert: b.IssuerChain, keys.IssuerKey: b.IssuerKey})
 		if err := p.Apply(ctx, ac, client.FieldOwner(ControllerName), client.ForceOwnership); err != nil {

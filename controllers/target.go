@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -70,7 +71,12 @@ func (p *pass) reconcileTarget(ctx context.Context) error {
 		name string
 		obj  client.Object
 	}{{"Secret", obj.Spec.Target.GetSecretName(), t.Secret}, {"ConfigMap", obj.Spec.Target.GetConfigMapName(), t.ConfigMap}} {
-		err := p.Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: o.name}, o.obj)
+		key := client.ObjectKey{Namespace: obj.Namespace, Name: o.name}
+		err := p.Get(ctx, key, o.obj)
+		if apierrors.IsNotFound(err) && o.kind == "Secret" {
+			// Cached once labeled: read live until the operator publishes.
+			err = p.reader().Get(ctx, key, o.obj)
+		}
 		if apierrors.IsNotFound(err) {
 			return stall(rotatorv1.TargetNotFoundReason,
 				"%s %s/%s that Dapr Sentry reads does not exist: install Dapr in %s or set spec.target", o.kind, obj.Namespace, o.name, obj.Namespace)
@@ -80,6 +86,9 @@ func (p *pass) reconcileTarget(ctx context.Context) error {
 		}
 	}
 	p.target = t
+	if err := p.labelPublishedSecret(ctx); err != nil {
+		return err
+	}
 	observeInstalled(obj, t)
 	// Read live, so not on every polling pass of a rotation: once it has
 	// been read, only between rotations.
@@ -90,6 +99,22 @@ func (p *pass) reconcileTarget(ctx context.Context) error {
 		}
 	}
 	return p.adoptRootKeyGeneration(ctx)
+}
+
+// labelPublishedSecret puts back the owner label on Sentry's Secret once the
+// operator has published to it (a Helm upgrade may drop it): the cache holds
+// only labeled Secrets, and without it a change to the Secret would wake
+// nothing.
+func (p *pass) labelPublishedSecret(ctx context.Context) error {
+	s, obj := p.target.Secret, p.obj
+	if obj.Status.PublishedBundleHash == "" || s.Labels[OwnerLabel] == obj.Name {
+		return nil
+	}
+	patch := fmt.Appendf(nil, `{"metadata":{"labels":{%q:%q}}}`, OwnerLabel, obj.Name)
+	if err := p.Patch(ctx, s, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		return fmt.Errorf("labeling Secret %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	return nil
 }
 
 // refreshTarget re-reads the Secret and ConfigMap from the API server: what

@@ -95,6 +95,7 @@ type operator struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	logs   *logBuffer
+	cache  client.Reader // the manager's cache: what the operator holds in memory
 }
 
 // logBuffer keeps everything the operator logged.
@@ -202,7 +203,7 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	ctx, cancel := context.WithCancel(context.Background())
-	op := &operator{cancel: cancel, done: make(chan struct{}), logs: logs}
+	op := &operator{cancel: cancel, done: make(chan struct{}), logs: logs, cache: mgr.GetCache()}
 	go func() {
 		defer close(op.done)
 		if err := mgr.Start(ctx); err != nil {

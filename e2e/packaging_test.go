@@ -132,6 +132,8 @@ func TestKustomizeDefaultIsAccepted(t *testing.T) {
 		To(HaveKeyWithValue("pod-security.kubernetes.io/enforce", "restricted"))
 	g.Expect(find(objs, "ValidatingAdmissionPolicy", "", "mtls-rotator-restarts-only")).NotTo(BeNil())
 	g.Expect(find(objs, "ValidatingAdmissionPolicyBinding", "", "mtls-rotator-restarts-only")).NotTo(BeNil())
+	g.Expect(find(objs, "ValidatingAdmissionPolicy", "", "mtls-rotator-secrets")).NotTo(BeNil())
+	g.Expect(find(objs, "ValidatingAdmissionPolicyBinding", "", "mtls-rotator-secrets")).NotTo(BeNil())
 
 	restrictedNamespace(t, objs, "mtls-rotator-system")
 	out, err := dryRun(t, rendered)
@@ -190,17 +192,23 @@ func TestHelmChartIsAccepted(t *testing.T) {
 	g.Expect(rulesOf(t, find(objs, "ClusterRole", "", "rotator-mtls-rotator-manager"))).To(Equal(generatedRules(t, "ClusterRole")))
 	g.Expect(rulesOf(t, find(objs, "Role", "dapr-system", "rotator-mtls-rotator-manager"))).To(Equal(generatedRules(t, "Role")))
 	g.Expect(find(objs, "ServiceMonitor", "mtls-rotator-system", "")).To(BeNil(), "off by default")
-	// The admission policy of config/admission, for the release's ServiceAccount.
-	policy := find(objs, "ValidatingAdmissionPolicy", "", "rotator-mtls-rotator-restarts-only")
-	g.Expect(policy).NotTo(BeNil())
-	g.Expect(policy.Object["spec"]).To(HaveKeyWithValue("matchConditions", ConsistOf(HaveKeyWithValue("expression",
-		"request.userInfo.username == 'system:serviceaccount:mtls-rotator-system:mtls-rotator'"))))
+	// The admission policies of config/admission, for the release's ServiceAccount.
 	kustomized := documents(t, string(repoFile(t, "config", "admission", "policy.yaml")))
-	for _, field := range []string{"validations", "variables", "matchConstraints", "failurePolicy"} {
-		g.Expect(policy.Object["spec"].(map[string]any)[field]).To(Equal(kustomized[0].Object["spec"].(map[string]any)[field]), field)
+	for _, k := range kustomized {
+		if k.GetKind() != "ValidatingAdmissionPolicy" {
+			continue
+		}
+		name := "rotator-" + k.GetName()
+		policy := find(objs, "ValidatingAdmissionPolicy", "", name)
+		g.Expect(policy).NotTo(BeNil(), name)
+		g.Expect(policy.Object["spec"]).To(HaveKeyWithValue("matchConditions", ConsistOf(HaveKeyWithValue("expression",
+			"request.userInfo.username == 'system:serviceaccount:mtls-rotator-system:mtls-rotator'"))))
+		for _, field := range []string{"validations", "variables", "matchConstraints", "failurePolicy"} {
+			g.Expect(policy.Object["spec"].(map[string]any)[field]).To(Equal(k.Object["spec"].(map[string]any)[field]), field)
+		}
+		g.Expect(find(objs, "ValidatingAdmissionPolicyBinding", "", name).Object["spec"]).To(HaveKeyWithValue("policyName", name))
 	}
-	g.Expect(find(objs, "ValidatingAdmissionPolicyBinding", "", "rotator-mtls-rotator-restarts-only").Object["spec"]).
-		To(HaveKeyWithValue("policyName", "rotator-mtls-rotator-restarts-only"))
+	g.Expect(kustomized).To(HaveLen(4), "two policies, each with its binding")
 
 	restrictedNamespace(t, objs, "mtls-rotator-system")
 	out, err := dryRun(t, defaults)
