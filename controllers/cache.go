@@ -40,14 +40,14 @@ func CacheOptions(namespaces []string, rollouts bool) (cache.Options, error) {
 		// (labeled as the operator publishes to it), the backup, and the
 		// root and issuer cert-manager writes. Not a Helm release, a token
 		// or anything else the Dapr namespace holds.
-		&corev1.Secret{}: {Namespaces: scoped, Label: managedSecrets},
-		&corev1.ConfigMap{}:           {Namespaces: scoped},
-		&cmapi.Certificate{}:          {Namespaces: scoped},
-		&cmapi.Issuer{}:               {Namespaces: scoped},
-		&appsv1.Deployment{}:          {Transform: trim},
-		&appsv1.StatefulSet{}:         {Transform: trim},
-		&appsv1.DaemonSet{}:           {Transform: trim},
-		&corev1.Namespace{}:           {Transform: trimNamespace},
+		&corev1.Secret{}:      {Namespaces: scoped, Label: managedSecrets},
+		&corev1.ConfigMap{}:   {Namespaces: scoped},
+		&cmapi.Certificate{}:  {Namespaces: scoped},
+		&cmapi.Issuer{}:       {Namespaces: scoped},
+		&appsv1.Deployment{}:  {Transform: trim},
+		&appsv1.StatefulSet{}: {Transform: trim},
+		&appsv1.DaemonSet{}:   {Transform: trim},
+		&corev1.Namespace{}:   {Transform: trimNamespace},
 		// Only pods Dapr's injector patched, each reduced to the roots it holds.
 		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{convergence.InjectedLabel: "true"}), Transform: TrimPod},
 	}

@@ -131,7 +131,7 @@ func (p *pass) readDaprConfiguration(ctx context.Context, obj *rotatorv1.MTLSRoo
 		p.event(corev1.EventTypeNormal, "WorkflowHistorySigning", "Monitor",
 			"Dapr Configuration %s/%s has %s on: %s", obj.Namespace, DaprConfigurationName, WorkflowHistorySigningFeature, describeRetention(&obj.Spec.Root.Retired, observed))
 	}
-		if warning := renewBeforeWarning(obj.Spec.GetRenewBefore(), observed); warning != "" {
+	if warning := renewBeforeWarning(obj.Spec.GetRenewBefore(), observed); warning != "" {
 		p.event(corev1.EventTypeWarning, "RenewBeforeTooShort", "Monitor", "%s", warning)
 	}
 	return nil
