@@ -24,6 +24,7 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -75,9 +76,12 @@ func freshBundle(t *testing.T) {
 		}).WithTimeout(30 * time.Second).Should(Succeed())
 	}
 	// Root and issuer Secrets outlive their MTLSRootRotation by design; a
-	// fresh install has none.
+	// fresh install has none, and Sentry's Secret carries no operator label.
 	g.Expect(k8sClient.DeleteAllOf(ctx, &corev1.Secret{}, client.InNamespace(fixture.ControlPlaneNamespace),
-		client.HasLabels{controllers.OwnerLabel})).To(Succeed())
+		client.HasLabels{controllers.OwnerLabel}, client.MatchingFieldsSelector{Selector: fields.OneTermNotEqualSelector("metadata.name", bundleKey.Name)})).To(Succeed())
+	s, _ := readBundle(t)
+	g.Expect(k8sClient.Patch(ctx, s, client.RawPatch(types.MergePatchType,
+		fmt.Appendf(nil, `{"metadata":{"labels":{%q:null}}}`, controllers.OwnerLabel)))).To(Succeed())
 	setBundle(t, nil, nil)
 }
 

@@ -142,6 +142,9 @@ type operatorOptions struct {
 	pollInterval time.Duration
 	// faults, when set, runs every write of the operator, and may fail it.
 	faults writeHook
+	// clockAhead runs the operator's clock that far ahead of the cluster's:
+	// a wait of half an hour passes at once.
+	clockAhead time.Duration
 }
 
 func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
@@ -199,7 +202,7 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 	}
 	g.Expect((&controllers.MTLSRootRotationReconciler{
 		Client: c, APIReader: mgr.GetAPIReader(), EventRecorder: recorder, PollInterval: cmp.Or(opts.pollInterval, 200*time.Millisecond),
-		Metrics: metrics, Rollouts: rollouts,
+		Metrics: metrics, Rollouts: rollouts, Now: clockAhead(opts.clockAhead),
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -212,6 +215,14 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 	}()
 	t.Cleanup(op.stop)
 	return op
+}
+
+// clockAhead is a clock d ahead of time.Now, or nil (time.Now) for none.
+func clockAhead(d time.Duration) func() time.Time {
+	if d == 0 {
+		return nil
+	}
+	return func() time.Time { return time.Now().Add(d) }
 }
 
 func (o *operator) stop() {

@@ -161,3 +161,44 @@ func TestRollbackNeverRestoresAnExpiredIssuer(t *testing.T) {
 	done := waitRotationCompleted(t, key, "a")
 	g.Expect(done.Status.Rotation.Step).To(Equal(rotatorv1.StepCompleted))
 }
+
+// TestRolledBackRenewalIsTriedAgain: an automatic renewal of the issuer
+// rolls back (Sentry's new pods never become ready), restoring an issuer
+// that still has most of an hour; the object holds, saying when it tries
+// again (halfway to that issuer's expiry), and then renews without anyone
+// changing spec.trigger. The half hour passes on an operator whose clock runs
+// ahead.
+func TestRolledBackRenewalIsTriedAgain(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	op := startOperator(t)
+	spec := hourIssuerRenewedBefore(59*time.Minute + 30*time.Second)
+	spec.ControlPlane.RolloutTimeout = &metav1.Duration{Duration: 3 * time.Second}
+	key := newRotation(t, "retried", spec)
+	first := waitRotationCompleted(t, key, "a")
+	holdSentry(t)
+
+	held := waitStalled(t, key, rotatorv1.RolledBackReason)
+	rot := held.Status.Rotation
+	g.Expect(rot.Cause).To(Equal(rotatorv1.CauseRenewal))
+	msg := conditions.GetMessage(held, meta.StalledCondition)
+	g.Expect(msg).To(MatchRegexp(`the renewal is tried again at \S+Z`))
+	retryAt, ok := rotation.RenewalRetryAt(&held.Status)
+	g.Expect(ok).To(BeTrue())
+	g.Expect(msg).To(ContainSubstring(retryAt.UTC().Format(time.RFC3339)))
+	g.Expect(retryAt).To(BeTemporally("~", time.Now().Add(first.Status.Issuer.NotAfter.Sub(time.Now())/2), time.Minute), "halfway to the restored issuer's expiry")
+	g.Consistently(func() string { return getRotation(t, key).Status.Rotation.ID }).
+		WithTimeout(3*time.Second).WithPolling(250*time.Millisecond).Should(Equal(rot.ID), "held until then")
+
+	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.Sentry)
+	op.stop()
+	startOperatorWith(t, operatorOptions{clockAhead: time.Until(retryAt) + time.Second})
+	g.Eventually(func(g Gomega) {
+		obj := getRotation(t, key)
+		g.Expect(obj.Status.LastCompletedRotation).NotTo(BeNil())
+		g.Expect(obj.Status.LastCompletedRotation.ID).NotTo(Equal(first.Status.LastCompletedRotation.ID))
+		g.Expect(obj.Status.LastCompletedRotation.Cause).To(Equal(rotatorv1.CauseRenewal))
+		g.Expect(obj.Spec.Trigger).To(Equal("a"), "nobody changed the trigger")
+	}).WithTimeout(2 * time.Minute).Should(Succeed())
+	g.Expect(getRotation(t, key).Status.Issuer.SerialNumber).NotTo(Equal(first.Status.Issuer.SerialNumber), "a renewed issuer")
+}

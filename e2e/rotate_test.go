@@ -9,6 +9,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -190,5 +191,26 @@ func TestRotateOverAnExpiredRootPublishesDirectly(t *testing.T) {
 			key := newRotation(t, "expired-root", rotatorv1.MTLSRootRotationSpec{Trigger: "a", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate}})
 			assertRepairedAtOnce(t, key, root, tt.wantReason)
 		})
+	}
+}
+
+// TestRotateWithExplicitEmptySelectors: `selector: {}` and
+// `namespaceSelector: {}` select every Dapr application, as leaving them out
+// does, so a new-key rotation passes its Switch gate and completes, every
+// application restarted once per phase.
+func TestRotateWithExplicitEmptySelectors(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "empty-selectors", rotatorv1.MTLSRootRotationSpec{Trigger: "one"})
+	waitRotationCompleted(t, key, "one")
+	obj := getRotation(t, key)
+	obj.Spec.Trigger, obj.Spec.Root.KeyPolicy = "two", rotatorv1.KeyPolicyRotate
+	obj.Spec.Applications.Selector, obj.Spec.Applications.NamespaceSelector = &metav1.LabelSelector{}, &metav1.LabelSelector{}
+	updateRotation(t, obj)
+	g.Expect(getRotation(t, key).Spec.Applications.Selector).NotTo(BeNil(), "stored as {}, not dropped")
+	done := waitRotationCompleted(t, key, "two")
+	for _, phase := range []string{"overlap", "switch", "prune"} {
+		assertRestartedOnce(t, done.Status.LastCompletedRotation.ID+"-"+phase)
 	}
 }
