@@ -104,10 +104,10 @@ func (p *pass) reconcileTarget(ctx context.Context) error {
 // labelPublishedSecret puts back the owner label on Sentry's Secret once the
 // operator has published to it (a Helm upgrade may drop it): the cache holds
 // only labeled Secrets, and without it a change to the Secret would wake
-// nothing.
+// nothing. A dry run writes nothing, this label included.
 func (p *pass) labelPublishedSecret(ctx context.Context) error {
 	s, obj := p.target.Secret, p.obj
-	if obj.Status.PublishedBundleHash == "" || s.Labels[OwnerLabel] == obj.Name {
+	if obj.Status.PublishedBundleHash == "" || obj.Spec.DryRun || s.Labels[OwnerLabel] == obj.Name {
 		return nil
 	}
 	patch := fmt.Appendf(nil, `{"metadata":{"labels":{%q:%q}}}`, OwnerLabel, obj.Name)

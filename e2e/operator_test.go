@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,9 +143,9 @@ type operatorOptions struct {
 	pollInterval time.Duration
 	// faults, when set, runs every write of the operator, and may fail it.
 	faults writeHook
-	// clockAhead runs the operator's clock that far ahead of the cluster's:
-	// a wait of half an hour passes at once.
-	clockAhead time.Duration
+	// clock, when set, is the operator's: a test moves it ahead of the
+	// cluster's, so that half an hour passes at once.
+	clock *testClock
 }
 
 func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
@@ -202,7 +203,7 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 	}
 	g.Expect((&controllers.MTLSRootRotationReconciler{
 		Client: c, APIReader: mgr.GetAPIReader(), EventRecorder: recorder, PollInterval: cmp.Or(opts.pollInterval, 200*time.Millisecond),
-		Metrics: metrics, Rollouts: rollouts, Now: clockAhead(opts.clockAhead),
+		Metrics: metrics, Rollouts: rollouts, Now: opts.clock.now(),
 	}).SetupWithManager(mgr)).To(Succeed())
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -217,12 +218,19 @@ func startOperatorWith(t *testing.T, opts operatorOptions) *operator {
 	return op
 }
 
-// clockAhead is a clock d ahead of time.Now, or nil (time.Now) for none.
-func clockAhead(d time.Duration) func() time.Time {
-	if d == 0 {
+// testClock is a clock some way ahead of time.Now, which a test may move
+// while the operator runs.
+type testClock struct{ ahead atomic.Int64 }
+
+// setAhead moves the clock to d ahead of time.Now.
+func (c *testClock) setAhead(d time.Duration) { c.ahead.Store(int64(d)) }
+
+// now is the reconciler's clock: nil (time.Now) without a test clock.
+func (c *testClock) now() func() time.Time {
+	if c == nil {
 		return nil
 	}
-	return func() time.Time { return time.Now().Add(d) }
+	return func() time.Time { return time.Now().Add(time.Duration(c.ahead.Load())) }
 }
 
 func (o *operator) stop() {

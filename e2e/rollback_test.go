@@ -192,7 +192,9 @@ func TestRolledBackRenewalIsTriedAgain(t *testing.T) {
 
 	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.Sentry)
 	op.stop()
-	startOperatorWith(t, operatorOptions{clockAhead: time.Until(retryAt) + time.Second})
+	clock := &testClock{}
+	clock.setAhead(time.Until(retryAt) + time.Second)
+	startOperatorWith(t, operatorOptions{clock: clock})
 	g.Eventually(func(g Gomega) {
 		obj := getRotation(t, key)
 		g.Expect(obj.Status.LastCompletedRotation).NotTo(BeNil())
@@ -201,4 +203,42 @@ func TestRolledBackRenewalIsTriedAgain(t *testing.T) {
 		g.Expect(obj.Spec.Trigger).To(Equal("a"), "nobody changed the trigger")
 	}).WithTimeout(2 * time.Minute).Should(Succeed())
 	g.Expect(getRotation(t, key).Status.Issuer.SerialNumber).NotTo(Equal(first.Status.Issuer.SerialNumber), "a renewed issuer")
+}
+
+// TestRollbackNeverRestoresAnIssuerAboutToExpire: an automatic renewal of the
+// issuer fails on Sentry's rollout late in the old issuer's life (the
+// operator's clock is moved to 30 s before its expiry once the renewal has
+// published): restoring it would leave less than another attempt needs, so
+// the new bundle stays, and the renewal completes once Sentry recovers.
+func TestRollbackNeverRestoresAnIssuerAboutToExpire(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	clock := &testClock{}
+	startOperatorWith(t, operatorOptions{clock: clock})
+	spec := hourIssuerRenewedBefore(59*time.Minute + 30*time.Second)
+	spec.ControlPlane.RolloutTimeout = &metav1.Duration{Duration: 30 * time.Minute} // the clock's move ends it
+	key := newRotation(t, "late", spec)
+	first := waitRotationCompleted(t, key, "a")
+	old, _ := readBundle(t)
+	holdSentry(t)
+
+	g.Eventually(func(g Gomega) {
+		rot := getRotation(t, key).Status.Rotation
+		g.Expect(rot.Cause).To(Equal(rotatorv1.CauseRenewal))
+		g.Expect(rot.Step).To(Equal(rotatorv1.StepRestartingControlPlane))
+	}).WithTimeout(time.Minute).Should(Succeed())
+	clock.setAhead(time.Until(first.Status.Issuer.NotAfter.Add(-30 * time.Second)))
+
+	obj := waitStalled(t, key, rotatorv1.RolloutTimeoutReason)
+	msg := conditions.GetMessage(obj, meta.StalledCondition)
+	g.Expect(msg).To(ContainSubstring("sooner than another attempt as long as this one"))
+	g.Expect(msg).To(ContainSubstring("the new bundle stays"))
+	s, _ := readBundle(t)
+	g.Expect(s.Data["issuer.crt"]).NotTo(Equal(old.Data["issuer.crt"]), "the issuer about to expire is not restored")
+
+	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.Sentry)
+	g.Eventually(func(g Gomega) {
+		done := getRotation(t, key).Status.LastCompletedRotation
+		g.Expect(done.Cause).To(Equal(rotatorv1.CauseRenewal))
+	}).WithTimeout(time.Minute).Should(Succeed())
 }
