@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/pem"
@@ -15,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
-	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
@@ -23,13 +21,7 @@ import (
 // keySecret stores a PEM key the way the openssl recipe leaves it (ca.key).
 func keySecret(t *testing.T, name string, keyPEM []byte) *corev1.Secret {
 	t.Helper()
-	s := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: fixture.ControlPlaneNamespace},
-		Data:       map[string][]byte{"ca.key": keyPEM},
-	}
-	NewWithT(t).Expect(k8sClient.Create(t.Context(), s)).To(Succeed())
-	t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), s) })
-	return s
+	return createInDaprNamespace(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: map[string][]byte{"ca.key": keyPEM}})
 }
 
 func TestBringYourOwnRootKey(t *testing.T) {

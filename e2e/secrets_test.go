@@ -17,15 +17,22 @@ import (
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 )
 
-// daprNamespaceSecret creates a Secret in the Dapr namespace as its admin
-// would, removed at the end of the test.
-func daprNamespaceSecret(t *testing.T, name string, typ corev1.SecretType, labels map[string]string) *corev1.Secret {
+// createInDaprNamespace creates s in the Dapr namespace as its admin would,
+// removed at the end of the test.
+func createInDaprNamespace(t *testing.T, s *corev1.Secret) *corev1.Secret {
 	t.Helper()
-	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: fixture.ControlPlaneNamespace, Name: name, Labels: labels},
-		Type: typ, Data: map[string][]byte{"release": []byte("values and manifests")}}
+	s.Namespace = fixture.ControlPlaneNamespace
 	NewWithT(t).Expect(k8sClient.Create(t.Context(), s)).To(Succeed())
 	t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), s) })
 	return s
+}
+
+// daprNamespaceSecret is a Secret of the Dapr namespace that is not
+// Sentry's: a Helm release, say.
+func daprNamespaceSecret(t *testing.T, name string, typ corev1.SecretType, labels map[string]string) *corev1.Secret {
+	t.Helper()
+	return createInDaprNamespace(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+		Type: typ, Data: map[string][]byte{"release": []byte("values and manifests")}})
 }
 
 // TestOperatorHoldsOnlyTheSecretsItManages: after a rotation, the operator's
