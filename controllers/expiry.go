@@ -3,17 +3,16 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/fluxcd/pkg/runtime/conditions"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/bundle"
@@ -100,39 +99,40 @@ func covers(announced, reason string) bool {
 
 // readDaprConfiguration reports in status what Dapr's system Configuration
 // says of mTLS, with a Warning when it turns mTLS off or renews workload
-// certificates too slowly for spec.renewBefore; each is announced once per
-// change. A cluster without the Configuration (or its CRD) reports nothing.
+// certificates too slowly for spec.renewBefore, and which Configurations of
+// the cluster turn WorkflowHistorySigning on (applications name theirs with
+// dapr.io/config); each is announced once per change. A cluster without any
+// of them (or without the CRD) reports nothing.
 func (p *pass) readDaprConfiguration(ctx context.Context, obj *rotatorv1.MTLSRootRotation) error {
-	u := &unstructured.Unstructured{}
-	u.SetGroupVersionKind(daprConfigurationGVK)
-	err := p.reader().Get(ctx, client.ObjectKey{Namespace: obj.Namespace, Name: DaprConfigurationName}, u)
-	if apierrors.IsNotFound(err) || apimeta.IsNoMatchError(err) {
+	list := &unstructured.UnstructuredList{}
+	list.SetGroupVersionKind(daprConfigurationGVK.GroupVersion().WithKind(daprConfigurationGVK.Kind + "List"))
+	err := p.reader().List(ctx, list)
+	if apimeta.IsNoMatchError(err) {
 		obj.Status.DaprConfiguration = nil
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("reading Dapr Configuration %s/%s: %w", obj.Namespace, DaprConfigurationName, err)
+		return fmt.Errorf("listing Dapr Configurations: %w", err)
 	}
-	enabled, _, _ := unstructured.NestedBool(u.Object, "spec", "mtls", "enabled")
-	ttl, _, _ := unstructured.NestedString(u.Object, "spec", "mtls", "workloadCertTTL")
-	skew, _, _ := unstructured.NestedString(u.Object, "spec", "mtls", "allowedClockSkew")
-	observed := &rotatorv1.DaprConfigurationStatus{Name: DaprConfigurationName, MTLSEnabled: enabled, WorkloadCertTTL: ttl, AllowedClockSkew: skew,
-		WorkflowHistorySigning: featureEnabled(u, WorkflowHistorySigningFeature)}
+	observed := observeDaprConfigurations(list.Items, obj.Namespace)
 	previous := obj.Status.DaprConfiguration
 	obj.Status.DaprConfiguration = observed
-	if previous != nil && *previous == *observed {
+	if observed == nil {
 		return nil
 	}
-	if !enabled {
-		p.event(corev1.EventTypeWarning, rotatorv1.MTLSDisabledReason, "Monitor",
-			"Dapr Configuration %s/%s has mTLS disabled: sidecars do not use the certificates this object rotates", obj.Namespace, DaprConfigurationName)
+	if previous == nil || previous.Name != observed.Name || previous.MTLSEnabled != observed.MTLSEnabled ||
+		previous.WorkloadCertTTL != observed.WorkloadCertTTL || previous.AllowedClockSkew != observed.AllowedClockSkew {
+		if !observed.MTLSEnabled {
+			p.event(corev1.EventTypeWarning, rotatorv1.MTLSDisabledReason, "Monitor",
+				"Dapr Configuration %s/%s has mTLS disabled: sidecars do not use the certificates this object rotates", obj.Namespace, DaprConfigurationName)
+		}
+		if warning := renewBeforeWarning(obj.Spec.GetRenewBefore(), observed); warning != "" {
+			p.event(corev1.EventTypeWarning, "RenewBeforeTooShort", "Monitor", "%s", warning)
+		}
 	}
-	if observed.WorkflowHistorySigning && (previous == nil || !previous.WorkflowHistorySigning) {
+	if on := observed.WorkflowHistorySigning; on != "" && (previous == nil || previous.WorkflowHistorySigning != on) {
 		p.event(corev1.EventTypeNormal, "WorkflowHistorySigning", "Monitor",
-			"Dapr Configuration %s/%s has %s on: %s", obj.Namespace, DaprConfigurationName, WorkflowHistorySigningFeature, describeRetention(&obj.Spec.Root.Retired, observed))
-	}
-	if warning := renewBeforeWarning(obj.Spec.GetRenewBefore(), observed); warning != "" {
-		p.event(corev1.EventTypeWarning, "RenewBeforeTooShort", "Monitor", "%s", warning)
+			"%s is on in Dapr Configuration %s: %s", WorkflowHistorySigningFeature, on, describeRetention(&obj.Spec.Root.Retired, observed))
 	}
 	return nil
 }
@@ -151,6 +151,43 @@ func describeRetention(retired *rotatorv1.RetiredRootsSpec, dapr *rotatorv1.Dapr
 	}
 	return fmt.Sprintf("rotations keep the roots they retire in the trust anchors until %s after each expires (%s), so that signed workflow histories still verify",
 		retired.GetKeepAfterExpiry(), why)
+}
+
+// maxNamedConfigurations bounds the Configurations status names.
+const maxNamedConfigurations = 5
+
+// observeDaprConfigurations describes the system Configuration of namespace
+// and names the Configurations that turn WorkflowHistorySigning on; nil when
+// there is neither.
+func observeDaprConfigurations(items []unstructured.Unstructured, namespace string) *rotatorv1.DaprConfigurationStatus {
+	var observed *rotatorv1.DaprConfigurationStatus
+	var signing []string
+	for i := range items {
+		u := &items[i]
+		if u.GetNamespace() == namespace && u.GetName() == DaprConfigurationName {
+			enabled, _, _ := unstructured.NestedBool(u.Object, "spec", "mtls", "enabled")
+			ttl, _, _ := unstructured.NestedString(u.Object, "spec", "mtls", "workloadCertTTL")
+			skew, _, _ := unstructured.NestedString(u.Object, "spec", "mtls", "allowedClockSkew")
+			observed = &rotatorv1.DaprConfigurationStatus{Name: DaprConfigurationName, MTLSEnabled: enabled, WorkloadCertTTL: ttl, AllowedClockSkew: skew}
+		}
+		if featureEnabled(u, WorkflowHistorySigningFeature) {
+			signing = append(signing, u.GetNamespace()+"/"+u.GetName())
+		}
+	}
+	if len(signing) == 0 {
+		return observed
+	}
+	if observed == nil {
+		// No system Configuration: Dapr's defaults, mTLS on.
+		observed = &rotatorv1.DaprConfigurationStatus{MTLSEnabled: true}
+	}
+	slices.Sort(signing)
+	named := strings.Join(signing[:min(len(signing), maxNamedConfigurations)], ", ")
+	if more := len(signing) - maxNamedConfigurations; more > 0 {
+		named += fmt.Sprintf(" and %d more", more)
+	}
+	observed.WorkflowHistorySigning = named
+	return observed
 }
 
 // featureEnabled reports whether the Configuration's spec.features turns

@@ -77,7 +77,7 @@ type MTLSRootRotationReconciler struct {
 // +kubebuilder:rbac:groups="",namespace=dapr-system,resources=configmaps,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates;issuers,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=cert-manager.io,namespace=dapr-system,resources=certificates/status,verbs=update
-// +kubebuilder:rbac:groups=dapr.io,namespace=dapr-system,resources=configurations,verbs=get
+// +kubebuilder:rbac:groups=dapr.io,resources=configurations,verbs=list
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=get;list;watch;patch
 

@@ -120,9 +120,8 @@ func (p *pass) stepPublishing(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	kept := 0
 	if rot.KeepsRetiredRoots {
-		pub, kept = pki.Retain(pub, p.installed(), obj.Spec.Root.Retired.GetKeepAfterExpiry(), p.now().Time)
+		pub = pki.Retain(pub, p.installed(), obj.Spec.Root.Retired.GetKeepAfterExpiry(), p.now().Time)
 	}
 	if err := p.backups().keep(ctx, p.installed(), p.target, rot.ID, rotation.RestartID(rot)); err != nil {
 		return err
@@ -136,13 +135,13 @@ func (p *pass) stepPublishing(ctx context.Context) error {
 	}
 	p.normal("TrustBundlePublished", "Publish",
 		"rotation %s: published root %s and issuer %s (trust anchors: %d%s) to Secret and ConfigMap %s/%s%s",
-		rot.ID, shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, keptSuffix(kept), obj.Namespace, p.target.Secret.Name, phaseSuffix(rot))
+		rot.ID, shortFingerprint(obj.Status.Root), shortFingerprint(obj.Status.Issuer), obj.Status.TrustAnchors, keptSuffix(rot, obj.Status.RetiredRootsKept), obj.Namespace, p.target.Secret.Name, phaseSuffix(rot))
 	return nil
 }
 
-// keptSuffix says how many retired roots a publish kept.
-func keptSuffix(kept int) string {
-	if kept == 0 {
+// keptSuffix says how many retired roots a publish of rot kept.
+func keptSuffix(rot *rotatorv1.RotationStatus, kept int32) string {
+	if !rot.KeepsRetiredRoots || kept == 0 {
 		return ""
 	}
 	return fmt.Sprintf(", of which %d retired and kept for workflow history signing", kept)

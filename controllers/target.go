@@ -78,8 +78,11 @@ func (p *pass) reconcileTarget(ctx context.Context) error {
 			err = p.reader().Get(ctx, key, o.obj)
 		}
 		if apierrors.IsNotFound(err) {
+			// Looked at again each minute as well: a Secret created
+			// unlabeled is not in the cache, so its creation wakes nothing.
 			return stall(rotatorv1.TargetNotFoundReason,
-				"%s %s/%s that Dapr Sentry reads does not exist: install Dapr in %s or set spec.target", o.kind, obj.Namespace, o.name, obj.Namespace)
+				"%s %s/%s that Dapr Sentry reads does not exist: install Dapr in %s or set spec.target", o.kind, obj.Namespace, o.name, obj.Namespace).
+				retry(time.Minute)
 		}
 		if err != nil {
 			return fmt.Errorf("reading %s %s/%s: %w", o.kind, obj.Namespace, o.name, err)

@@ -8,30 +8,27 @@ import (
 
 	. "github.com/onsi/gomega"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
-	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
 
 // setWorkflowHistorySigning turns Dapr's WorkflowHistorySigning feature on
-// in the daprsystem Configuration, as a Dapr 1.18 user would, until the test
-// ends.
+// in the Configuration an application names (dapr.io/config), as a Dapr 1.18
+// user would, until the test ends.
 func setWorkflowHistorySigning(t *testing.T) {
 	t.Helper()
-	g := NewWithT(t)
-	ctx := t.Context()
-	want := fixture.SystemConfiguration(true)
-	current := &unstructured.Unstructured{}
-	current.SetGroupVersionKind(want.GroupVersionKind())
-	g.Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(want), current)).To(Succeed())
-	g.Expect(unstructured.SetNestedSlice(current.Object, []any{
-		map[string]any{"name": "WorkflowHistorySigning", "enabled": true},
-	}, "spec", "features")).To(Succeed())
-	g.Expect(k8sClient.Update(ctx, current)).To(Succeed())
-	t.Cleanup(func() { setSystemConfiguration(context.Background(), t, true) })
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "dapr.io/v1alpha1",
+		"kind":       "Configuration",
+		"metadata":   map[string]any{"name": "orders", "namespace": "apps-a"},
+		"spec": map[string]any{"features": []any{
+			map[string]any{"name": "WorkflowHistorySigning", "enabled": true},
+		}},
+	}}
+	NewWithT(t).Expect(k8sClient.Create(t.Context(), u)).To(Succeed())
+	t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), u) })
 }
 
 // signedHistory stands for a workflow history a sidecar signed now, under
@@ -84,7 +81,7 @@ func TestWorkflowHistorySigningKeepsRetiredRoots(t *testing.T) {
 	startOperator(t)
 	key := newRotation(t, "signed-histories", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
 	first := waitRotationCompleted(t, key, "a")
-	g.Expect(first.Status.DaprConfiguration.WorkflowHistorySigning).To(BeTrue())
+	g.Expect(first.Status.DaprConfiguration.WorkflowHistorySigning).To(Equal("apps-a/orders"))
 	underFirst := signHistory(t)
 
 	first.Spec.Trigger, first.Spec.Root.KeyPolicy, first.Spec.DryRun = "b", rotatorv1.KeyPolicyRotate, true
@@ -93,7 +90,7 @@ func TestWorkflowHistorySigningKeepsRetiredRoots(t *testing.T) {
 		plan := getRotation(t, key).Status.Plan
 		g.Expect(plan).NotTo(BeNil())
 		g.Expect(plan.Phases).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch}))
-		g.Expect(plan.KeepsRetiredRoots).To(ContainSubstring("WorkflowHistorySigning on"))
+		g.Expect(plan.KeepsRetiredRoots).To(ContainSubstring("WorkflowHistorySigning is on in Dapr Configuration apps-a/orders"))
 	}).WithTimeout(30 * time.Second).Should(Succeed())
 	planned := getRotation(t, key)
 	planned.Spec.DryRun = false

@@ -75,6 +75,9 @@ type killedRun struct {
 	whileApart []string
 }
 
+// maxKills bounds a killed run: a rotation makes about 50 writes.
+const maxKills = 400
+
 // runKilledAfterEveryWrite runs operators one after the other, each killed
 // right after its first write lands, until the rotation for trigger has
 // completed and an operator has run for quiet without writing: every write
@@ -98,6 +101,9 @@ func runKilledAfterEveryWrite(t *testing.T, key types.NamespacedName, trigger st
 		}
 	}
 	for {
+		if len(run.kills) == maxKills {
+			t.Fatalf("%d operators killed and the rotation for %q has not completed; killed after: %v", maxKills, trigger, run.kills)
+		}
 		k := newKillAfterWrite(before)
 		op := startOperatorWith(t, operatorOptions{faults: k})
 		var completedAt time.Time

@@ -55,8 +55,11 @@ type MTLSRootRotationStatus struct {
 	// +optional
 	TrustAnchors int32 `json:"trustAnchors,omitempty"`
 
-	// RetiredRootsKept is how many of them a rotation retired and kept
-	// (spec.root.retired), for workflow histories signed under them.
+	// RetiredRootsKept is how many of them are neither the newest root nor
+	// the one the issuer chains to: roots retired from signing and still
+	// trusted. spec.root.retired keeps them for signed workflow histories;
+	// otherwise the old root between a Rotate rotation's Switch and Prune
+	// phases, or the extra anchors of an install, are counted.
 	// +optional
 	RetiredRootsKept int32 `json:"retiredRootsKept,omitempty"`
 
@@ -89,7 +92,8 @@ type MTLSRootRotationStatus struct {
 
 // DaprConfigurationStatus is the mTLS settings of Dapr's system Configuration.
 type DaprConfigurationStatus struct {
-	// Name of the Configuration.
+	// Name of the system Configuration; empty when there is none (Dapr's
+	// defaults apply) and only WorkflowHistorySigning is reported.
 	Name string `json:"name"`
 	// MTLSEnabled is spec.mtls.enabled; false means sidecars do not use the
 	// certificates this object rotates.
@@ -100,10 +104,13 @@ type DaprConfigurationStatus struct {
 	// AllowedClockSkew is spec.mtls.allowedClockSkew (Dapr's default is 15m).
 	// +optional
 	AllowedClockSkew string `json:"allowedClockSkew,omitempty"`
-	// WorkflowHistorySigning is whether the WorkflowHistorySigning feature
-	// is on (spec.features): retired roots are then kept (spec.root.retired).
+	// WorkflowHistorySigning names the Dapr Configurations of the cluster
+	// that turn the WorkflowHistorySigning feature on (spec.features), as
+	// namespace/name (the first five, and how many more); applications name
+	// theirs with dapr.io/config. Retired roots are then kept
+	// (spec.root.retired).
 	// +optional
-	WorkflowHistorySigning bool `json:"workflowHistorySigning,omitempty"`
+	WorkflowHistorySigning string `json:"workflowHistorySigning,omitempty"`
 }
 
 // RotationStep is a step of a rotation.

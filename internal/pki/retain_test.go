@@ -1,6 +1,7 @@
 package pki_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -10,9 +11,9 @@ import (
 	"github.com/mtls-rotator/mtls-rotator/internal/pki/pkitest"
 )
 
-// TestRetain: the anchors a publish drops are put back, oldest first, while
-// they have been expired for less than keepAfterExpiry; putting them back
-// again changes nothing.
+// TestRetain: the anchors a publish drops are put back, oldest first, and
+// any anchor expired for longer than keepAfterExpiry is dropped, its own
+// included; retaining again changes nothing.
 func TestRetain(t *testing.T) {
 	now := time.Now()
 	year := 365 * 24 * time.Hour
@@ -30,7 +31,7 @@ func TestRetain(t *testing.T) {
 	for _, tt := range []struct {
 		name            string
 		live            []*pkitest.CA
-		issued          *pkitest.CA // the root of the issued bundle
+		issued          *pkitest.CA // the root of the issued bundle, the last of its anchors
 		keepAfterExpiry time.Duration
 		want            []*pkitest.CA
 	}{
@@ -39,22 +40,26 @@ func TestRetain(t *testing.T) {
 		{"a root expired for longer than keepAfterExpiry is dropped", []*pkitest.CA{old, root}, renewed, 24 * time.Hour, []*pkitest.CA{root, renewed}},
 		{"one expired for less is kept, in order of age", []*pkitest.CA{root, old}, renewed, 2 * year, []*pkitest.CA{old, root, renewed}},
 		{"nothing dropped, nothing kept", []*pkitest.CA{renewed}, renewed, year, []*pkitest.CA{renewed}},
+		{"an anchor of its own expired for longer is dropped too (a Switch bundle)", []*pkitest.CA{old, root}, root, 24 * time.Hour, []*pkitest.CA{root}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
 			issuer := pkitest.NewIssuer(t, tt.issued, pkitest.Options{})
-			issued := pki.Bundle{TrustAnchors: tt.issued.CertPEM(), IssuerChain: issuer.CertPEM(), IssuerKey: issuer.KeyPEM(t)}
+			own := tt.issued.CertPEM()
+			if strings.HasPrefix(tt.name, "an anchor of its own") {
+				own = anchors(tt.live...) // Switch publishes every anchor it found
+			}
+			issued := pki.Bundle{TrustAnchors: own, IssuerChain: issuer.CertPEM(), IssuerKey: issuer.KeyPEM(t)}
 			parsed, err := issued.Validate(now)
 			g.Expect(err).NotTo(HaveOccurred())
-			pub, kept := pki.Retain(pki.Publish{Bundle: issued, Parsed: parsed}, pki.Bundle{TrustAnchors: anchors(tt.live...)}, tt.keepAfterExpiry, now)
+			pub := pki.Retain(pki.Publish{Bundle: issued, Parsed: parsed}, pki.Bundle{TrustAnchors: anchors(tt.live...)}, tt.keepAfterExpiry, now)
 			g.Expect(string(pub.Bundle.TrustAnchors)).To(Equal(string(anchors(tt.want...))))
-			g.Expect(kept).To(Equal(len(tt.want) - 1))
 			g.Expect(pub.Parsed.Anchors).To(HaveLen(len(tt.want)))
 			g.Expect(pub.Bundle.IssuerChain).To(Equal(issued.IssuerChain))
 			_, err = pub.Bundle.Validate(now)
 			g.Expect(err).NotTo(HaveOccurred(), "Sentry accepts it")
 
-			again, _ := pki.Retain(pki.Publish{Bundle: issued, Parsed: parsed}, pub.Bundle, tt.keepAfterExpiry, now)
+			again := pki.Retain(pki.Publish{Bundle: issued, Parsed: parsed}, pub.Bundle, tt.keepAfterExpiry, now)
 			g.Expect(again.Bundle).To(Equal(pub.Bundle), "a replay publishes the same bytes")
 		})
 	}

@@ -16,8 +16,8 @@ func KeepsRetiredRoots(retired *rotatorv1.RetiredRootsSpec, dapr *rotatorv1.Dapr
 	case rotatorv1.RetiredRootsDrop:
 		return false, "spec.root.retired.policy is Drop"
 	}
-	if dapr != nil && dapr.WorkflowHistorySigning {
-		return true, "Dapr Configuration " + dapr.Name + " has WorkflowHistorySigning on"
+	if dapr != nil && dapr.WorkflowHistorySigning != "" {
+		return true, "WorkflowHistorySigning is on in Dapr Configuration " + dapr.WorkflowHistorySigning
 	}
 	return false, "WorkflowHistorySigning is off"
 }

@@ -162,7 +162,7 @@ func TestRotateThatKeepsTheRetiredRootEndsWithSwitch(t *testing.T) {
 }
 
 func TestKeepsRetiredRoots(t *testing.T) {
-	on := &rotatorv1.DaprConfigurationStatus{Name: "daprsystem", WorkflowHistorySigning: true}
+	on := &rotatorv1.DaprConfigurationStatus{Name: "daprsystem", WorkflowHistorySigning: "shop/orders"}
 	off := &rotatorv1.DaprConfigurationStatus{Name: "daprsystem"}
 	for _, tt := range []struct {
 		policy rotatorv1.RetiredRootsPolicy
@@ -170,7 +170,7 @@ func TestKeepsRetiredRoots(t *testing.T) {
 		want   bool
 		why    string
 	}{
-		{"", on, true, "Dapr Configuration daprsystem has WorkflowHistorySigning on"},
+		{"", on, true, "WorkflowHistorySigning is on in Dapr Configuration shop/orders"},
 		{rotatorv1.RetiredRootsAuto, off, false, "WorkflowHistorySigning is off"},
 		{rotatorv1.RetiredRootsAuto, nil, false, "WorkflowHistorySigning is off"},
 		{rotatorv1.RetiredRootsKeep, nil, true, "spec.root.retired.policy is Keep"},
