@@ -553,6 +553,13 @@ func TestRolledBackRenewalIsTriedAgain(t *testing.T) {
 	g.Expect(res.RequeueAfter).To(Equal(retryAt.Sub(t0)+time.Second), "woken to try again")
 	g.Expect(got.Status.Rotation.Step).To(Equal(rotatorv1.StepRolledBack))
 
+	// Another pass while held says the same, and raises no new event.
+	events := len(h.eventReasons())
+	again, _, err := h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(conditions.GetMessage(again, meta.StalledCondition)).To(Equal(conditions.GetMessage(got, meta.StalledCondition)))
+	g.Expect(h.eventReasons()).To(HaveLen(events))
+
 	h.r.Now = func() time.Time { return retryAt }
 	got, _, err = h.reconcileOnce()
 	g.Expect(err).NotTo(HaveOccurred())

@@ -77,9 +77,13 @@ func (p *pass) stepRollingBack(ctx context.Context) error {
 	now := p.now()
 	rotation.RollBack(rot, now)
 	p.log.Info("rotation rolled back", "rotation", rot.ID, "phase", rot.Phase, "workload", stuck.String())
-	s := stall(rotatorv1.RolledBackReason,
-		"%s after rotation %s published%s: the bundle it replaced was restored to Secret %s/%s and ConfigMap %s/%s and %s restarted on it; no application was restarted in this phase; change spec.trigger to rotate again",
+	msg := fmt.Sprintf("%s after rotation %s published%s: the bundle it replaced was restored to Secret %s/%s and ConfigMap %s/%s and %s restarted on it; no application was restarted in this phase",
 		p.rolloutFailure(stuck), rot.ID, phaseSuffix(rot), obj.Namespace, p.target.Secret.Name, obj.Namespace, p.target.ConfigMap.Name, stuck)
+	s := stall(rotatorv1.RolledBackReason, "%s; change spec.trigger to rotate again", msg)
+	if retryAt, ok := rotation.RenewalRetryAt(&obj.Status); ok {
+		// A renewal needs no new trigger: said here as every later pass says it.
+		s = stall(rotatorv1.RolledBackReason, "%s", rotation.WithRetryNote(msg, retryAt)).retry(retryAt.Sub(now.Time) + time.Second)
+	}
 	if done {
 		return s.quiet()
 	}

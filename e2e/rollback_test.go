@@ -162,21 +162,30 @@ func TestRollbackNeverRestoresAnExpiredIssuer(t *testing.T) {
 	g.Expect(done.Status.Rotation.Step).To(Equal(rotatorv1.StepCompleted))
 }
 
+// passTo moves the operator's clock a second past at and wakes the object,
+// as its own wake-up at that moment would.
+func passTo(t *testing.T, key types.NamespacedName, clock *testClock, at time.Time, token string) {
+	t.Helper()
+	clock.setAhead(time.Until(at) + time.Second)
+	requestReconcile(t, key, token)
+}
+
 // TestRolledBackRenewalIsTriedAgain: an automatic renewal of the issuer
 // rolls back (Sentry's new pods never become ready), restoring an issuer
 // that still has most of an hour; the object holds, saying when it tries
 // again (halfway to that issuer's expiry), and then renews without anyone
-// changing spec.trigger. The half hour passes on an operator whose clock runs
-// ahead.
+// changing spec.trigger. The waits pass on the operator's clock, moved ahead.
 func TestRolledBackRenewalIsTriedAgain(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
-	op := startOperator(t)
+	clock := &testClock{}
+	startOperatorWith(t, operatorOptions{clock: clock})
 	spec := hourIssuerRenewedBefore(59*time.Minute + 30*time.Second)
 	spec.ControlPlane.RolloutTimeout = &metav1.Duration{Duration: 3 * time.Second}
 	key := newRotation(t, "retried", spec)
 	first := waitRotationCompleted(t, key, "a")
 	holdSentry(t)
+	passTo(t, key, clock, first.Status.NextRenewal.Time, "renewal due")
 
 	held := waitStalled(t, key, rotatorv1.RolledBackReason)
 	rot := held.Status.Rotation
@@ -186,15 +195,14 @@ func TestRolledBackRenewalIsTriedAgain(t *testing.T) {
 	retryAt, ok := rotation.RenewalRetryAt(&held.Status)
 	g.Expect(ok).To(BeTrue())
 	g.Expect(msg).To(ContainSubstring(retryAt.UTC().Format(time.RFC3339)))
-	g.Expect(retryAt).To(BeTemporally("~", time.Now().Add(first.Status.Issuer.NotAfter.Sub(time.Now())/2), time.Minute), "halfway to the restored issuer's expiry")
+	now := clock.now()()
+	g.Expect(retryAt).To(BeTemporally("~", now.Add(first.Status.Issuer.NotAfter.Sub(now)/2), time.Minute), "halfway to the restored issuer's expiry")
 	g.Consistently(func() string { return getRotation(t, key).Status.Rotation.ID }).
 		WithTimeout(3*time.Second).WithPolling(250*time.Millisecond).Should(Equal(rot.ID), "held until then")
+	g.Expect(eventsFor(t, key)[rotatorv1.RolledBackReason]).To(HaveLen(1), "said once, with the retry, not once per pass")
 
 	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.Sentry)
-	op.stop()
-	clock := &testClock{}
-	clock.setAhead(time.Until(retryAt) + time.Second)
-	startOperatorWith(t, operatorOptions{clock: clock})
+	passTo(t, key, clock, retryAt, "retry due")
 	g.Eventually(func(g Gomega) {
 		obj := getRotation(t, key)
 		g.Expect(obj.Status.LastCompletedRotation).NotTo(BeNil())
@@ -221,6 +229,7 @@ func TestRollbackNeverRestoresAnIssuerAboutToExpire(t *testing.T) {
 	first := waitRotationCompleted(t, key, "a")
 	old, _ := readBundle(t)
 	holdSentry(t)
+	passTo(t, key, clock, first.Status.NextRenewal.Time, "renewal due")
 
 	g.Eventually(func(g Gomega) {
 		rot := getRotation(t, key).Status.Rotation

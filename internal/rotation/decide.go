@@ -2,6 +2,7 @@ package rotation
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -92,7 +93,7 @@ func Decide(spec *rotatorv1.MTLSRootRotationSpec, status *rotatorv1.MTLSRootRota
 	if holds, retryAt := holding(spec, status, now); holds {
 		d.Action, d.Reason, d.Message, d.RetryAt = Hold, rotatorv1.RolledBackReason, rot.Message, retryAt
 		if !retryAt.IsZero() {
-			d.Message += fmt.Sprintf("; the renewal is tried again at %s", retryAt.UTC().Format(time.RFC3339))
+			d.Message = WithRetryNote(rot.Message, retryAt)
 		}
 		return d
 	}
@@ -179,6 +180,16 @@ func holding(spec *rotatorv1.MTLSRootRotationSpec, status *rotatorv1.MTLSRootRot
 	}
 	retryAt, retries := RenewalRetryAt(status)
 	return !retries || now.Before(retryAt), retryAt
+}
+
+// retryNote starts what a rolled-back renewal's message says of its retry.
+const retryNote = "; the renewal is tried again at "
+
+// WithRetryNote is msg saying that the renewal is tried again at at, in
+// place of what it said of a retry before: the same message on every pass.
+func WithRetryNote(msg string, at time.Time) string {
+	base, _, _ := strings.Cut(msg, retryNote)
+	return base + retryNote + at.UTC().Format(time.RFC3339)
 }
 
 // RenewalRetryAt returns when a rolled-back automatic renewal is tried

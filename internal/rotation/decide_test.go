@@ -300,6 +300,14 @@ func TestDecide(t *testing.T) {
 		want: Decision{Action: Hold, Reason: rotatorv1.RolledBackReason, RetryAt: t0.Add(30 * time.Minute),
 			Message: "rolled back because; the renewal is tried again at " + t0.Add(30*time.Minute).UTC().Format(time.RFC3339)},
 	}, {
+		name: "a held renewal's message says its retry once, however often it is held",
+		spec: specOf(renewBefore(3 * time.Hour)),
+		status: statusOf(lastDone("r-last", "a", rotatorv1.CauseTrigger, t0.Add(-24*time.Hour)), published(far, t0.Add(2*time.Hour)),
+			inFlight("r-2", "a", rotatorv1.StepRolledBack, withCause(rotatorv1.CauseRenewal), rolledBackAt(t0.Add(-time.Hour)),
+				withMessage("rolled back because; the renewal is tried again at "+t0.Add(30*time.Minute).UTC().Format(time.RFC3339)))),
+		want: Decision{Action: Hold, Reason: rotatorv1.RolledBackReason, RetryAt: t0.Add(30 * time.Minute),
+			Message: "rolled back because; the renewal is tried again at " + t0.Add(30*time.Minute).UTC().Format(time.RFC3339)},
+	}, {
 		name: "a rolled-back renewal is tried again once halfway, chained to it",
 		spec: specOf(renewBefore(3 * time.Hour)),
 		status: statusOf(lastDone("r-last", "a", rotatorv1.CauseTrigger, t0.Add(-24*time.Hour)), published(far, t0.Add(2*time.Hour)),
