@@ -211,24 +211,23 @@ func setPublished(obj *rotatorv1.MTLSRootRotation, hash string, parsed *pki.Pars
 // describeBundle records the bundle's newest anchor, the anchor its issuer
 // chains to (when another), its issuer and how many anchors it holds.
 func describeBundle(status *rotatorv1.MTLSRootRotationStatus, parsed *pki.ParsedBundle) {
-	newest := parsed.Anchors[len(parsed.Anchors)-1]
+	newest, inUse := parsed.Anchors[len(parsed.Anchors)-1], parsed.IssuerRoot()
 	status.Root = certificateStatus(newest)
 	status.IssuerRoot = nil
-	if r := parsed.IssuerRoot(); r != nil && !r.Equal(newest) {
-		status.IssuerRoot = certificateStatus(r)
+	if inUse != nil && !inUse.Equal(newest) {
+		status.IssuerRoot = certificateStatus(inUse)
 	}
 	status.Issuer = certificateStatus(parsed.Issuer())
 	status.TrustAnchors = int32(len(parsed.Anchors))
-	status.RetiredRootsKept = int32(retiredIn(parsed))
+	status.RetiredRootsKept = int32(retiredIn(parsed.Anchors, newest, inUse))
 }
 
-// retiredIn counts the anchors of a bundle that are neither its newest nor
-// the one its issuer chains to: roots a rotation retired and kept (an older
-// certificate of the issuer's root key among them).
-func retiredIn(parsed *pki.ParsedBundle) int {
-	newest, inUse := parsed.Anchors[len(parsed.Anchors)-1], parsed.IssuerRoot()
+// retiredIn counts the anchors that are neither the newest nor the one the
+// issuer chains to (inUse, nil when none): roots a rotation retired and kept
+// (an older certificate of the issuer's root key among them).
+func retiredIn(anchors []*x509.Certificate, newest, inUse *x509.Certificate) int {
 	n := 0
-	for _, a := range parsed.Anchors {
+	for _, a := range anchors {
 		if !a.Equal(newest) && (inUse == nil || !a.Equal(inUse)) {
 			n++
 		}

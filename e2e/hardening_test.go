@@ -105,6 +105,18 @@ func certificateSecret(t *testing.T, namespace, name string) string {
 	return crt.Spec.SecretName
 }
 
+// rotationAtHeldInjector starts a rotation of name over a fresh install with
+// the sidecar injector's new pods held unready, and returns it once it
+// published and waits for the injector.
+func rotationAtHeldInjector(t *testing.T, name string) (types.NamespacedName, *rotatorv1.RotationStatus) {
+	t.Helper()
+	freshBundle(t)
+	holdUnready(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
+	startOperator(t)
+	key := newRotation(t, name, rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
+	return key, waitForHeldInjector(t, key)
+}
+
 // waitForHeldInjector waits until the rotation of key, published, waits for
 // the sidecar injector to roll out (the test holds it), and returns it.
 func waitForHeldInjector(t *testing.T, key types.NamespacedName) *rotatorv1.RotationStatus {
@@ -127,11 +139,8 @@ func waitForHeldInjector(t *testing.T, key types.NamespacedName) *rotatorv1.Rota
 // with Secret and ConfigMap alike.
 func TestRestartsGoOnlyOntoThePublishedBundle(t *testing.T) {
 	g := NewWithT(t)
-	freshBundle(t)
-	holdUnready(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
-	startOperator(t)
-	key := newRotation(t, "guard", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
-	id := rotation.RestartID(waitForHeldInjector(t, key))
+	key, held := rotationAtHeldInjector(t, "guard")
+	id := rotation.RestartID(held)
 
 	s, cm := readBundle(t)
 	published := maps.Clone(s.Data)
@@ -237,12 +246,8 @@ func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
 // backup (the garbage collector's latency here is measured and logged).
 func TestDeletionMidRotationKeepsTheBackup(t *testing.T) {
 	g := NewWithT(t)
-	freshBundle(t)
-	holdUnready(t, fixture.ControlPlaneNamespace, fixture.SidecarInjector)
-	startOperator(t)
-	key := newRotation(t, "deleted", rotatorv1.MTLSRootRotationSpec{Trigger: "a"})
+	key, _ := rotationAtHeldInjector(t, "deleted")
 	backupKey := types.NamespacedName{Namespace: key.Namespace, Name: "deleted-backup"}
-	waitForHeldInjector(t, key)
 	backup := &corev1.Secret{}
 	g.Expect(k8sClient.Get(t.Context(), backupKey, backup)).To(Succeed())
 	g.Expect(backup.OwnerReferences).To(BeEmpty(), "owned by nothing while the rotation runs")

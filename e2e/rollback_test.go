@@ -162,6 +162,23 @@ func TestRollbackNeverRestoresAnExpiredIssuer(t *testing.T) {
 	g.Expect(done.Status.Rotation.Step).To(Equal(rotatorv1.StepCompleted))
 }
 
+// settledWithSentryHeld completes a first rotation of name, whose one-hour
+// issuer falls due for renewal 30 s after it is issued, on an operator with a
+// test clock, then holds Sentry's new pods unready: the renewal's rollout
+// will not end before rolloutTimeout.
+func settledWithSentryHeld(t *testing.T, name string, rolloutTimeout time.Duration) (types.NamespacedName, *rotatorv1.MTLSRootRotation, *testClock) {
+	t.Helper()
+	freshBundle(t)
+	clock := &testClock{}
+	startOperatorWith(t, operatorOptions{clock: clock})
+	spec := hourIssuerRenewedBefore(59*time.Minute + 30*time.Second)
+	spec.ControlPlane.RolloutTimeout = &metav1.Duration{Duration: rolloutTimeout}
+	key := newRotation(t, name, spec)
+	first := waitRotationCompleted(t, key, "a")
+	holdSentry(t)
+	return key, first, clock
+}
+
 // passTo moves the operator's clock a second past at and wakes the object,
 // as its own wake-up at that moment would.
 func passTo(t *testing.T, key types.NamespacedName, clock *testClock, at time.Time, token string) {
@@ -177,14 +194,7 @@ func passTo(t *testing.T, key types.NamespacedName, clock *testClock, at time.Ti
 // changing spec.trigger. The waits pass on the operator's clock, moved ahead.
 func TestRolledBackRenewalIsTriedAgain(t *testing.T) {
 	g := NewWithT(t)
-	freshBundle(t)
-	clock := &testClock{}
-	startOperatorWith(t, operatorOptions{clock: clock})
-	spec := hourIssuerRenewedBefore(59*time.Minute + 30*time.Second)
-	spec.ControlPlane.RolloutTimeout = &metav1.Duration{Duration: 3 * time.Second}
-	key := newRotation(t, "retried", spec)
-	first := waitRotationCompleted(t, key, "a")
-	holdSentry(t)
+	key, first, clock := settledWithSentryHeld(t, "retried", 3*time.Second)
 	passTo(t, key, clock, first.Status.NextRenewal.Time, "renewal due")
 
 	held := waitStalled(t, key, rotatorv1.RolledBackReason)
@@ -220,15 +230,8 @@ func TestRolledBackRenewalIsTriedAgain(t *testing.T) {
 // the new bundle stays, and the renewal completes once Sentry recovers.
 func TestRollbackNeverRestoresAnIssuerAboutToExpire(t *testing.T) {
 	g := NewWithT(t)
-	freshBundle(t)
-	clock := &testClock{}
-	startOperatorWith(t, operatorOptions{clock: clock})
-	spec := hourIssuerRenewedBefore(59*time.Minute + 30*time.Second)
-	spec.ControlPlane.RolloutTimeout = &metav1.Duration{Duration: 30 * time.Minute} // the clock's move ends it
-	key := newRotation(t, "late", spec)
-	first := waitRotationCompleted(t, key, "a")
+	key, first, clock := settledWithSentryHeld(t, "late", 30*time.Minute) // the clock's move ends the rollout's wait
 	old, _ := readBundle(t)
-	holdSentry(t)
 	passTo(t, key, clock, first.Status.NextRenewal.Time, "renewal due")
 
 	g.Eventually(func(g Gomega) {
