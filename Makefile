@@ -18,6 +18,9 @@ TEST_FLAGS ?=
 export GOTOOLCHAIN := local
 export KUBEBUILDER_ASSETS := $(ASSETS)
 export CERT_MANAGER_CONTROLLER := $(BIN)/cert-manager-controller
+# Dapr's own binaries the e2e suite runs (hack/build-dapr.sh); the newest release by default.
+DAPR_VERSION ?= v1.18.3
+export DAPR_BIN := $(BIN)/dapr/$(DAPR_VERSION)
 
 # Refuse to run with a missing or too old Go, before anything else.
 GO_VERSION := $(shell $(GO) env GOVERSION 2>/dev/null)
@@ -69,11 +72,11 @@ run: ## Run the operator in the foreground against the local cluster (bin/local/
 ##@ Tests
 
 .PHONY: test
-test: binaries cert-manager-controller ## Run every test (unit and e2e on a local cluster) with -race.
+test: binaries cert-manager-controller dapr ## Run every test (unit and e2e on a local cluster) with -race.
 	$(GO) test -race -count=1 -timeout=40m $(TEST_FLAGS) ./...
 
 .PHONY: e2e
-e2e: binaries cert-manager-controller ## Run only the e2e suites on a local cluster.
+e2e: binaries cert-manager-controller dapr ## Run only the e2e suites on a local cluster.
 	$(GO) test -race -count=1 -timeout=40m $(TEST_FLAGS) ./e2e/...
 
 .PHONY: bench
@@ -110,6 +113,10 @@ bench-scale: binaries cert-manager-controller localcluster build ## Time a kubec
 .PHONY: binaries
 binaries: ## Build etcd, kube-*, kubectl and kwok from the Go module proxy into bin/k8s (once).
 	hack/build-binaries.sh
+
+.PHONY: dapr
+dapr: ## Build Dapr's sentry and injector (DAPR_VERSION) from the Go module proxy into bin/dapr (once).
+	DAPR_VERSIONS=$(DAPR_VERSION) hack/build-dapr.sh
 
 .PHONY: cert-manager-controller
 cert-manager-controller: ## Build the cert-manager controllers program.

@@ -126,7 +126,10 @@ func observeRollout(u *unstructured.Unstructured, rotationID string) restart.Obs
 	obs := restart.Observed{
 		Ref:    restart.Ref{Kind: rolloutKind, Namespace: u.GetNamespace(), Name: u.GetName()},
 		Exists: true, Restarted: restart.RestartedFor(u.GetAnnotations(), rotationID),
-		RolledOut: st.Done, Waiting: st.Reason,
+		RolledOut: st.Done, Waiting: st.Reason, Pods: 1,
+	}
+	if replicas, found, _ := unstructured.NestedInt64(u.Object, "spec", "replicas"); found {
+		obs.Pods = int32(replicas)
 	}
 	if obs.Restarted {
 		restartAt, _, _ := unstructured.NestedString(u.Object, "spec", "restartAt")

@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 )
 
@@ -42,6 +43,11 @@ func TestArgoRolloutsAreRestartedThroughRestartAt(t *testing.T) {
 	k := newPKI(t)
 	installed := bundleFrom(t, k.renewIssuer, k.renewed)
 	step := atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, "")
+	// webPod is a pod Argo's controller made after the restart: the canary's evidence.
+	webPod := started(sidecarPod("team", "web-5d4f9-x", "web-5d4f9", ns, k.renewed.CertPEM()), t0)
+	delete(webPod.Labels, convergence.PodTemplateHashLabel)
+	webPod.Labels[convergence.RolloutsPodTemplateHashLabel] = "5d4f9"
+	appPod := started(sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.renewed.CertPEM()), t0)
 	tests := []struct {
 		name         string
 		rollouts     bool
@@ -52,8 +58,8 @@ func TestArgoRolloutsAreRestartedThroughRestartAt(t *testing.T) {
 	}{
 		{"restarted through restartAt", true, []client.Object{argoRollout("team", "web", "", false)}, "wait", []string{"patch Rollout/web"}, "0/1"},
 		{"awaited until every pod restarted", true, []client.Object{argoRollout("team", "web", "r-1", false)}, "wait", nil, "0/1"},
-		{"done once restartedAt caught up", true, []client.Object{argoRollout("team", "web", "r-1", true)}, "", nil, "1/1"},
-		{"not looked for where Argo Rollouts is not installed", false, []client.Object{daprApp("team", "a", "r-1")}, "", nil, "1/1"},
+		{"done once restartedAt caught up", true, []client.Object{argoRollout("team", "web", "r-1", true), webPod}, "", nil, "1/1"},
+		{"not looked for where Argo Rollouts is not installed", false, []client.Object{daprApp("team", "a", "r-1"), appPod}, "", nil, "1/1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

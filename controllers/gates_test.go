@@ -151,7 +151,11 @@ func TestApplicationsAlreadyConvergedAreNotRestarted(t *testing.T) {
 	both := append(k.old.CertPEM(), k.fresh.CertPEM()...)
 	switchedAt := t0.Add(-10 * time.Minute)
 	apps := []client.Object{daprApp("team", "a", ""), daprApp("team", "b", ""), daprApp("team", "c", "")}
-	waves := withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Applications.MaxConcurrent = 5 })
+	// The canary, another application, went first and opened the window.
+	waves := func(obj *rotatorv1.MTLSRootRotation) {
+		obj.Spec.Applications.MaxConcurrent = 5
+		canaryVerified("Deployment team/z")(obj)
+	}
 	tests := []struct {
 		name         string
 		obj          *rotatorv1.MTLSRootRotation

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +91,15 @@ func withRotation(f func(*rotatorv1.RotationStatus)) objSetter {
 
 func withSpec(f func(*rotatorv1.MTLSRootRotationSpec)) objSetter {
 	return func(obj *rotatorv1.MTLSRootRotation) { f(&obj.Spec) }
+}
+
+// canaryVerified records that the phase's canary, workload ("Kind
+// namespace/name"), showed the published anchors: the window is open.
+func canaryVerified(workload string) objSetter {
+	return withRotation(func(r *rotatorv1.RotationStatus) {
+		r.Canary = &rotatorv1.CanaryStatus{RestartID: rotation.RestartID(r), Workload: workload, Pod: "team/canary-x",
+			VerifiedAt: &metav1.Time{Time: t0.Add(-time.Minute)}}
+	})
 }
 
 // pkiSet is the certificates of a test: the installed root and issuer
@@ -200,29 +208,6 @@ type harness struct {
 	events []string
 	// fail, when set, fails a write: verb and "Kind/name" of the object.
 	fail func(verb, object string) error
-	// staleAnchors, when set, is what the injector stand-in hands out instead
-	// of the ConfigMap's anchors; noSidecar makes it inject nothing.
-	staleAnchors []byte
-	noSidecar    bool
-}
-
-// inject is Dapr's injector as a dry-run create of a Dapr-enabled pod meets
-// it: a daprd container with the anchors of the ConfigMap Sentry reads.
-func (h *harness) inject(ctx context.Context, c client.Client, pod *corev1.Pod) error {
-	if h.noSidecar || pod.Annotations[rotatorv1.DaprEnabledAnnotation] != rotatorv1.DaprEnabledAnnotationValue {
-		return nil
-	}
-	anchors := h.staleAnchors
-	if anchors == nil {
-		cm := &corev1.ConfigMap{}
-		if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "dapr-trust-bundle"}, cm); err != nil {
-			return err
-		}
-		anchors = []byte(cm.Data["ca.crt"])
-	}
-	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: convergence.SidecarContainer,
-		Env: []corev1.EnvVar{{Name: convergence.TrustAnchorsEnv, Value: string(anchors)}}})
-	return nil
 }
 
 func newHarness(t *testing.T, objs ...client.Object) *harness {
@@ -244,9 +229,6 @@ func newHarness(t *testing.T, objs ...client.Object) *harness {
 		WithIndex(&appsv1.DaemonSet{}, daprEnabledField, indexDaprEnabled).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
-				if pod, ok := obj.(*corev1.Pod); ok && slices.Contains(opts, client.CreateOption(client.DryRunAll)) {
-					return h.inject(ctx, c, pod) // admission only: nothing is stored
-				}
 				if err := record("create", obj); err != nil {
 					return err
 				}

@@ -39,14 +39,14 @@ func (p *pass) lazy() *rotatorv1.LazyRestartSpec {
 	return p.obj.Spec.Applications.Lazy
 }
 
-// deferRestarts holds the first wave of a lazy rotation until its deadline
-// and ends the pass with a deferred wait; nil when the restarts are due now:
-// the deadline came, or a newer rotation is asked for. The deadline is
-// recorded before the wait starts, and the injector is checked then, so that
-// owners' redeploys do not wait days on a stale one.
+// deferRestarts holds the restarts of a lazy rotation after its canary's
+// until its deadline and ends the pass with a deferred wait; nil when the
+// restarts are due now: the deadline came, or a newer rotation is asked for.
+// The deadline is recorded before the wait starts. The canary went first
+// (canaryGate), so owners' redeploys do not wait days on a stale injector.
 func (p *pass) deferRestarts(ctx context.Context, plan restart.WavePlan) error {
 	lazy, rot, now := p.lazy(), p.rot(), p.now()
-	if lazy == nil || plan.Restarted > 0 {
+	if lazy == nil {
 		return nil
 	}
 	if rot.DeferredUntil == nil {
@@ -54,14 +54,9 @@ func (p *pass) deferRestarts(ctx context.Context, plan restart.WavePlan) error {
 		if err != nil {
 			return err
 		}
-		if until.After(now.Time) {
-			if err := p.checkInjector(ctx); err != nil {
-				return err
-			}
-		}
 		rot.DeferredUntil = &metav1.Time{Time: until}
 	}
-	until, waiting := rot.DeferredUntil.Time, plan.Total-plan.Skipped
+	until, waiting := rot.DeferredUntil.Time, plan.Total-plan.Skipped-plan.Restarted-len(plan.Waiting)
 	switch {
 	case !until.After(now.Time):
 		return nil
@@ -71,7 +66,7 @@ func (p *pass) deferRestarts(ctx context.Context, plan restart.WavePlan) error {
 		return nil
 	}
 	msg := fmt.Sprintf("rotation %s published; %d of %d applications hold the new root; the other %d keep working on the previous certificate of the same root key and are restarted from %s unless their owners redeploy them first",
-		rot.ID, plan.Skipped, plan.Total, waiting, until.UTC().Format(time.RFC3339))
+		rot.ID, plan.Skipped+plan.Restarted, plan.Total, waiting, until.UTC().Format(time.RFC3339))
 	if rot.WaitingFor != lazyWait {
 		rot.WaitingFor, rot.WaitingSince = lazyWait, &now
 		p.normal(rotatorv1.RestartsDeferredReason, "Restart", "%s", msg)

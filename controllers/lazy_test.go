@@ -49,63 +49,73 @@ func TestLazyRotationDefersRestarts(t *testing.T) {
 	onPrevious := sidecarPod("team", "b-7c8d1-x", "b-7c8d1", ns, k.old.CertPEM())
 	bRedeployed := sidecarPod("team", "b-7c8d1-y", "b-7c8d1", ns, k.renewed.CertPEM())
 	sameKey := []objSetter{atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), publishedRoot(k.renewed)}
+	// opened: the phase's canary went first and showed the published anchors.
+	opened := canaryVerified("Deployment team/z")
 	tests := []struct {
 		name         string
 		obj          *rotatorv1.MTLSRootRotation
 		installed    *pki.Bundle
+		apps         []client.Object
 		objs         []client.Object
-		stale        []byte
 		want         string
 		wantWrites   []string
 		wantProgress string
 		wantEvents   []string
 		wantUntil    time.Time
 	}{{
-		name: "the wait starts: deadline recorded, nothing restarted, announced once; an application with no pod runs nothing old",
+		name: "the canary goes first, before the wait starts",
 		obj:  rotationObj(append(sameKey, lazily(week))...),
+		objs: []client.Object{onRenewed, onPrevious, backupOf(t, bundleFrom(t, k.oldIssuer, k.old))},
+		want: "wait", wantProgress: "2/3", wantWrites: []string{"patch Deployment/b"},
+	}, {
+		name: "the wait starts once it showed the published anchors: deadline recorded, nothing more restarted, announced once",
+		obj:  rotationObj(append(sameKey, lazily(week), opened)...),
 		objs: []client.Object{onRenewed, onPrevious, backupOf(t, bundleFrom(t, k.oldIssuer, k.old))},
 		want: "deferred", wantProgress: "2/3", wantEvents: []string{rotatorv1.RestartsDeferredReason}, wantUntil: deadline,
 	}, {
 		name: "a later pass of the wait announces nothing",
-		obj:  rotationObj(append(sameKey, lazily(week), deferredUntil(deadline))...),
+		obj:  rotationObj(append(sameKey, lazily(week), opened, deferredUntil(deadline))...),
 		objs: []client.Object{onRenewed, onPrevious, backupOf(t, bundleFrom(t, k.oldIssuer, k.old))},
 		want: "deferred", wantProgress: "2/3", wantUntil: deadline,
 	}, {
 		name: "owners redeployed every application: complete, no restart",
-		obj:  rotationObj(append(sameKey, lazily(week), deferredUntil(deadline))...),
+		obj:  rotationObj(append(sameKey, lazily(week), opened, deferredUntil(deadline))...),
 		objs: []client.Object{onRenewed, bRedeployed, backupOf(t, bundleFrom(t, k.oldIssuer, k.old))},
 		want: "", wantProgress: "3/3", wantEvents: []string{"ApplicationsRestarted"}, wantUntil: deadline,
 	}, {
 		name: "the deadline came: only the stragglers are restarted",
-		obj:  rotationObj(append(sameKey, lazily(week), deferredUntil(t0.Add(-time.Second)))...),
+		obj:  rotationObj(append(sameKey, lazily(week), opened, deferredUntil(t0.Add(-time.Second)))...),
 		objs: []client.Object{onRenewed, onPrevious, backupOf(t, bundleFrom(t, k.oldIssuer, k.old))},
 		want: "wait", wantProgress: "2/3", wantWrites: []string{"patch Deployment/b"}, wantUntil: t0.Add(-time.Second),
 	}, {
 		name: "less left of the previous certificate than restartBefore: restarted at once",
-		obj:  rotationObj(append(sameKey, lazily(400*24*time.Hour))...),
+		obj:  rotationObj(append(sameKey, lazily(400*24*time.Hour), opened)...),
 		objs: []client.Object{onRenewed, onPrevious, backupOf(t, bundleFrom(t, k.oldIssuer, k.old))},
 		want: "wait", wantProgress: "2/3", wantWrites: []string{"patch Deployment/b"}, wantUntil: k.old.Cert.NotAfter.Add(-400 * 24 * time.Hour),
 	}, {
 		name: "a newer trigger ends the wait: the stragglers are restarted now, and it says so",
-		obj: rotationObj(append(sameKey, lazily(week), deferredUntil(deadline),
+		obj: rotationObj(append(sameKey, lazily(week), opened, deferredUntil(deadline),
 			withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Trigger = "b" }))...),
 		objs: []client.Object{onRenewed, onPrevious, backupOf(t, bundleFrom(t, k.oldIssuer, k.old))},
 		want: "wait", wantProgress: "2/3", wantWrites: []string{"patch Deployment/b"},
 		wantEvents: []string{rotatorv1.RestartsDeferredReason}, wantUntil: deadline,
 	}, {
 		name: "no certificate of the root key was installed before (a first issuance): restarted at once",
-		obj:  rotationObj(append(sameKey, lazily(week))...),
+		obj:  rotationObj(append(sameKey, lazily(week), opened)...),
 		objs: []client.Object{onRenewed, onPrevious, backupOf(t, bundleFrom(t, k.freshIssuer, k.fresh))},
 		want: "wait", wantProgress: "2/3", wantWrites: []string{"patch Deployment/b"},
 	}, {
-		name:  "a stale injector stalls before the wait starts, which is not recorded",
-		obj:   rotationObj(append(sameKey, lazily(week))...),
-		objs:  []client.Object{onRenewed, onPrevious, backupOf(t, bundleFrom(t, k.oldIssuer, k.old))},
-		stale: k.old.CertPEM(), want: "stall:" + rotatorv1.InjectorStaleReason, wantProgress: "2/3",
+		name: "a stale injector stalls before the wait starts, which is not recorded",
+		obj: rotationObj(append(sameKey, lazily(week), withRotation(func(r *rotatorv1.RotationStatus) {
+			r.Canary = &rotatorv1.CanaryStatus{RestartID: "r-1", Workload: "Deployment team/b"}
+		}))...),
+		apps: []client.Object{daprApp("team", "a", ""), restartedAgo(daprApp("team", "b", "r-1"), time.Minute), daprApp("team", "c", "")},
+		objs: []client.Object{onRenewed, started(sidecarPod("team", "b-1a2b3-x", "b-1a2b3", ns, k.old.CertPEM()), t0), backupOf(t, bundleFrom(t, k.oldIssuer, k.old))},
+		want: "stall:" + rotatorv1.InjectorStaleReason, wantProgress: "3/3",
 	}, {
 		name: "a rotation of a new root key is never lazy",
 		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyRotate, rotatorv1.PhasePrune),
-			afterPhases(t0.Add(-time.Hour), rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch), publishedRoot(k.fresh), lazily(week)),
+			afterPhases(t0.Add(-time.Hour), rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch), publishedRoot(k.fresh), lazily(week), opened),
 		installed: ptr.To(bundleFrom(t, k.freshIssuer, k.fresh)),
 		objs:      []client.Object{sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, k.fresh.CertPEM()), backupOf(t, bundleFrom(t, k.oldIssuer, k.old))},
 		want:      "wait", wantProgress: "1/3", wantWrites: []string{"patch Deployment/b", "patch Deployment/c"},
@@ -117,8 +127,11 @@ func TestLazyRotationDefersRestarts(t *testing.T) {
 			if tt.installed != nil {
 				installed = *tt.installed
 			}
+			apps := apps
+			if tt.apps != nil {
+				apps = tt.apps
+			}
 			h := newHarness(t, append(append(append(trustBundle(installed), apps...), tt.objs...), tt.obj)...)
-			h.staleAnchors = tt.stale
 			p := h.pass("mesh")
 			err := p.stepApplications(t.Context())
 			g.Expect(kindOf(err)).To(Equal(tt.want), "%v", err)

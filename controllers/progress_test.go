@@ -19,7 +19,8 @@ import (
 func restartingApplications(t *testing.T, maxConcurrent int32, apps ...client.Object) (*harness, *time.Time) {
 	k := newPKI(t)
 	obj := rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""),
-		withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Applications.MaxConcurrent = maxConcurrent }))
+		withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Applications.MaxConcurrent = maxConcurrent }),
+		canaryVerified("Deployment team/z")) // the window is open
 	h := newHarness(t, append(append(trustBundle(bundleFrom(t, k.renewIssuer, k.renewed)), apps...), obj)...)
 	now := t0
 	h.r.Now = func() time.Time { return now }

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -59,13 +60,13 @@ func observe(o client.Object, rotationID string) restart.Observed {
 		return observeRollout(w, rotationID)
 	case *appsv1.Deployment:
 		obs.Ref = restart.Ref{Kind: string(rotatorv1.Deployment), Namespace: w.Namespace, Name: w.Name}
-		st, tmpl = rollout.Deployment(w), w.Spec.Template.Annotations
+		st, tmpl, obs.Pods = rollout.Deployment(w), w.Spec.Template.Annotations, ptr.Deref(w.Spec.Replicas, 1)
 	case *appsv1.StatefulSet:
 		obs.Ref = restart.Ref{Kind: string(rotatorv1.StatefulSet), Namespace: w.Namespace, Name: w.Name}
-		st, tmpl = rollout.StatefulSet(w), w.Spec.Template.Annotations
+		st, tmpl, obs.Pods = rollout.StatefulSet(w), w.Spec.Template.Annotations, ptr.Deref(w.Spec.Replicas, 1)
 	case *appsv1.DaemonSet:
 		obs.Ref = restart.Ref{Kind: string(rotatorv1.DaemonSet), Namespace: w.Namespace, Name: w.Name}
-		st, tmpl = rollout.DaemonSet(w), w.Spec.Template.Annotations
+		st, tmpl, obs.Pods = rollout.DaemonSet(w), w.Spec.Template.Annotations, w.Status.DesiredNumberScheduled
 	}
 	obs.Restarted = restart.RestartedFor(tmpl, rotationID)
 	if obs.Restarted {
@@ -284,28 +285,20 @@ func (p *pass) stepApplications(ctx context.Context) error {
 		Total: int32(plan.Total), Restarted: int32(plan.Restarted), Skipped: int32(plan.Skipped),
 		Progress: fmt.Sprintf("%d/%d", plan.Restarted+plan.Skipped, plan.Total),
 	}
-	return p.advanceWindow(ctx, plan)
+	return p.advanceWindow(ctx, apps, plan)
 }
 
 // appsWait is what status.rotation.waitingFor names while applications roll out.
 const appsWait = "applications wave"
 
 // advanceWindow moves the sliding window of application restarts: it stops
-// at the first restart overdue (none after it starts), restarts as many as
-// the window has room for, and waits for those in flight. Each restart's
-// rollout is timed from its own restart.
-func (p *pass) advanceWindow(ctx context.Context, plan restart.WavePlan) error {
+// at the first restart overdue (none after it starts), opens only once the
+// phase's canary showed the injector hands out the published anchors
+// (canaryGate), restarts as many as the window has room for, and waits for
+// those in flight. Each restart's rollout is timed from its own restart.
+func (p *pass) advanceWindow(ctx context.Context, apps []restart.Observed, plan restart.WavePlan) error {
 	rot, obj := p.rot(), p.obj
 	now, timeout, window := p.now(), obj.Spec.Applications.GetRolloutTimeout(), obj.Spec.Applications.GetMaxConcurrent()
-	if plan.Done {
-		skipped := ""
-		if plan.Skipped > 0 {
-			skipped = fmt.Sprintf("; %d more were not restarted: their pods held what the phase needs already", plan.Skipped)
-		}
-		p.normal("ApplicationsRestarted", "Restart",
-			"rotation %s: restarted %d Dapr applications, at most %d at a time%s%s", rot.ID, plan.Restarted, window, phaseSuffix(rot), skipped)
-		return nil
-	}
 	since := now.Time
 	if rot.WaitingFor == appsWait && rot.WaitingSince != nil {
 		since = rot.WaitingSince.Time // for restarts that do not say when they were asked for
@@ -316,19 +309,31 @@ func (p *pass) advanceWindow(ctx context.Context, plan restart.WavePlan) error {
 			"applications did not roll out within %s of their restart: %s; no further application is restarted until they do", timeout, describeWaiting(overdue)).
 			retry(p.pollInterval())
 	}
+	// Judged even when every restart is done: a canary that was the last
+	// to restart may still have got stale anchors.
+	if err := p.canaryGate(ctx, apps); err != nil {
+		return err
+	}
+	if plan.Done {
+		skipped := ""
+		if plan.Skipped > 0 {
+			skipped = fmt.Sprintf("; %d more were not restarted: their pods held what the phase needs already", plan.Skipped)
+		}
+		p.normal("ApplicationsRestarted", "Restart",
+			"rotation %s: restarted %d Dapr applications, at most %d at a time%s%s", rot.ID, plan.Restarted, window, phaseSuffix(rot), skipped)
+		return nil
+	}
+	if err := p.deferRestarts(ctx, plan); err != nil {
+		return err
+	}
 	if len(plan.Restart) == 0 {
 		rotation.Wait(rot, appsWait, now)
 		return p.pollUntil(next, "rotation %s: waiting for %d applications to roll out (%d/%d done): %s",
 			rot.ID, len(plan.Waiting), plan.Restarted, plan.Total, describeWaiting(plan.Waiting))
 	}
 	if plan.Restarted == 0 && len(plan.Waiting) == 0 {
-		// Before the first application of this phase restarts.
-		if err := p.deferRestarts(ctx, plan); err != nil {
-			return err
-		}
-		if err := p.checkInjector(ctx); err != nil {
-			return err
-		}
+		// Before the first application of this phase restarts (no canary
+		// went first: none runs a pod).
 		if err := p.guardPublished(ctx, "the first application"); err != nil {
 			return err
 		}

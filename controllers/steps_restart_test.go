@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -159,9 +160,9 @@ func TestRollbackOfAnOverlapReturnsToThePreviousKey(t *testing.T) {
 	g.Expect(p.obj.Status.TrustAnchors).To(Equal(int32(1)))
 }
 
-// TestStepApplications: Dapr applications in waves of at most maxConcurrent,
-// each awaited; an issuer-only renewal that left the anchors as they were
-// restarts none.
+// TestStepApplications: Dapr applications in a sliding window of at most
+// maxConcurrent, each awaited, once the phase's canary opened it; an
+// issuer-only renewal that left the anchors as they were restarts none.
 func TestStepApplications(t *testing.T) {
 	k := newPKI(t)
 	installed := bundleFrom(t, k.renewIssuer, k.renewed)
@@ -169,10 +170,8 @@ func TestStepApplications(t *testing.T) {
 		out := []client.Object{}
 		for _, name := range []string{"a", "b", "c"} {
 			id := ""
-			for _, r := range restarted {
-				if r == name {
-					id = "r-1"
-				}
+			if slices.Contains(restarted, name) {
+				id = "r-1"
 			}
 			out = append(out, daprApp("team", name, id))
 		}
@@ -181,42 +180,23 @@ func TestStepApplications(t *testing.T) {
 		return append(out, plain)
 	}
 	waves := func(obj *rotatorv1.MTLSRootRotation) { obj.Spec.Applications.MaxConcurrent = 2 }
+	opened := canaryVerified("Deployment team/a")
 	tests := []struct {
 		name         string
 		obj          *rotatorv1.MTLSRootRotation
 		objs         []client.Object
-		stale        []byte
-		noSidecar    bool
 		want         string
 		wantWrites   []string
 		wantProgress string
 		wantEvents   []string
 	}{{
-		name: "an injector handing out other anchors than the phase published holds the first wave",
-		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
-		objs: apps(), stale: k.old.CertPEM(), want: "stall:" + rotatorv1.InjectorStaleReason, wantProgress: "0/3",
-	}, {
-		name: "an injector that injects nothing holds it too",
-		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
-		objs: apps(), noSidecar: true, want: "stall:" + rotatorv1.InjectorNotVerifiedReason, wantProgress: "0/3",
-	}, {
-		name: "a stale injector is not asked again once the phase's waves started",
-		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
-		objs: apps("a", "b"), stale: k.old.CertPEM(), want: "wait", wantProgress: "2/3",
-		wantWrites: []string{"patch Deployment/c"},
-	}, {
-		name: "restarts the first wave, no more than maxConcurrent",
-		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
-		objs: apps(), want: "wait", wantProgress: "0/3",
-		wantWrites: []string{"patch Deployment/a", "patch Deployment/b"},
-	}, {
-		name: "restarts the next wave once the first rolled out",
-		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
-		objs: apps("a", "b"), want: "wait", wantProgress: "2/3",
-		wantWrites: []string{"patch Deployment/c"},
+		name: "restarts the next applications, no more than maxConcurrent in flight",
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves, opened),
+		objs: apps("a"), want: "wait", wantProgress: "1/3",
+		wantWrites: []string{"patch Deployment/b", "patch Deployment/c"},
 	}, {
 		name: "done when every Dapr application rolled out; others are never touched",
-		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves, opened),
 		objs: apps("a", "b", "c"), want: "", wantProgress: "3/3", wantEvents: []string{"ApplicationsRestarted"},
 	}, {
 		name: "restart: false restarts none",
@@ -229,24 +209,24 @@ func TestStepApplications(t *testing.T) {
 			withRotation(func(r *rotatorv1.RotationStatus) { r.Cause, r.Renews = rotatorv1.CauseRenewal, string(expiry.Issuer) })),
 		objs: append(apps(), backupOf(t, bundleFrom(t, k.oldIssuer, k.renewed))), want: "", wantEvents: []string{"ApplicationsRestarted"},
 	}, {
-		name: "an issuer renewal over anchors cert-manager renewed restarts the applications",
+		name: "an issuer renewal over anchors cert-manager renewed restarts the applications, the canary first",
 		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves,
 			withRotation(func(r *rotatorv1.RotationStatus) { r.Cause, r.Renews = rotatorv1.CauseRenewal, string(expiry.Issuer) })),
 		objs: append(apps(), backupOf(t, bundleFrom(t, k.oldIssuer, k.old))), want: "wait", wantProgress: "0/3",
-		wantWrites: []string{"patch Deployment/a", "patch Deployment/b"},
+		wantWrites: []string{"patch Deployment/a"},
 	}, {
 		name: "a slot freed while another application still rolls out is used at once",
-		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves, opened),
 		objs: []client.Object{daprApp("team", "a", "r-1"), restartedAgo(stuckApp("team", "b", "r-1"), time.Minute), daprApp("team", "c", "")},
 		want: "wait", wantProgress: "1/3", wantWrites: []string{"patch Deployment/c"},
 	}, {
 		name: "a restart overdue stops the window, though it has room",
-		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves),
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves, opened),
 		objs: []client.Object{daprApp("team", "a", "r-1"), restartedAgo(stuckApp("team", "b", "r-1"), 11*time.Minute), daprApp("team", "c", "")},
 		want: "stall:" + rotatorv1.RolloutTimeoutReason, wantProgress: "1/3",
 	}, {
 		name: "a restart that does not say when it was asked for is timed from the wait's start",
-		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves,
+		obj: rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves, opened,
 			waitingSince("applications wave", t0.Add(-time.Hour))),
 		objs: []client.Object{daprApp("team", "a", "r-1"), stuckApp("team", "b", "r-1"), daprApp("team", "c", "")},
 		want: "stall:" + rotatorv1.RolloutTimeoutReason, wantProgress: "1/3",
@@ -255,7 +235,6 @@ func TestStepApplications(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
 			h := newHarness(t, append(trustBundle(installed), append(tt.objs, tt.obj)...)...)
-			h.staleAnchors, h.noSidecar = tt.stale, tt.noSidecar
 			p := h.pass("mesh")
 			err := p.stepApplications(t.Context())
 			g.Expect(kindOf(err)).To(Equal(tt.want), "%v", err)

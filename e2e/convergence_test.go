@@ -227,36 +227,6 @@ func TestSwitchWaitsForEveryPodThatRuns(t *testing.T) {
 	g.Expect(done.Status.Convergence.Converged).To(Equal(done.Status.Convergence.Pods))
 }
 
-// TestStaleInjectorHoldsApplicationRestarts: before the applications of a
-// phase restart, the operator asks the injector (a dry-run Dapr pod) which
-// anchors it hands out. One that keeps serving the old ones, as reported in
-// dapr/dapr#7161, stops the rotation before any application restarts
-// (Stalled InjectorStale); once it serves the published anchors, the
-// rotation goes on by itself.
-func TestStaleInjectorHoldsApplicationRestarts(t *testing.T) {
-	g, ctx := NewWithT(t), t.Context()
-	freshBundle(t)
-	startOperator(t)
-	key := newRotation(t, "probed", rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
-	waitRotationCompleted(t, key, "first")
-
-	g.Expect(testInjector.ServeStale(ctx, true)).To(Succeed())
-	t.Cleanup(func() { _ = testInjector.ServeStale(context.Background(), false) })
-	obj := getRotation(t, key)
-	obj.Spec.Trigger = "second"
-	updateRotation(t, obj)
-	stalled := waitStalled(t, key, rotatorv1.InjectorStaleReason)
-	g.Expect(stalled.Status.Rotation.Step).To(Equal(rotatorv1.StepRestartingApplications))
-	g.Expect(conditions.GetMessage(stalled, meta.StalledCondition)).To(ContainSubstring("the sidecar injector hands out trust anchors"))
-	id := stalled.Status.Rotation.ID
-	g.Consistently(func() []string { return restartedApps(t, id) }).
-		WithTimeout(3*time.Second).WithPolling(200*time.Millisecond).Should(BeEmpty(), "no application restarts onto the old bundle")
-
-	g.Expect(testInjector.ServeStale(ctx, false)).To(Succeed())
-	done := waitRotationCompleted(t, key, "second")
-	g.Expect(restartedApps(t, done.Status.LastCompletedRotation.ID)).To(HaveLen(len(daprApps())))
-}
-
 // TestApplicationsRedeployedByTheirOwnersAreNotRestartedAgain: a rotation
 // restarts only the applications whose pods lack what the phase needs. Two
 // applications their owners redeploy after the publish (while the rotation

@@ -215,10 +215,31 @@ type RotationStatus struct {
 	// recorded before the wait starts.
 	// +optional
 	DeferredUntil *metav1.Time `json:"deferredUntil,omitempty"`
+	// Canary is the application a phase restarts first, alone: the anchors
+	// its new pods got from Dapr's sidecar injector decide whether any other
+	// application restarts.
+	// +optional
+	Canary *CanaryStatus `json:"canary,omitempty"`
 	// Steps records when each step started and finished, in order.
 	// +listType=atomic
 	// +optional
 	Steps []StepStatus `json:"steps,omitempty"`
+}
+
+// CanaryStatus is what the first application a phase restarted showed of
+// Dapr's sidecar injector.
+type CanaryStatus struct {
+	// RestartID is the restart (rotation id, and phase) it was chosen for.
+	RestartID string `json:"restartID"`
+	// Workload is the application restarted first, as "Kind namespace/name".
+	Workload string `json:"workload"`
+	// Pod is the pod, injected after that restart, whose trust anchors were
+	// the ones published: the evidence the other applications restart on.
+	// +optional
+	Pod string `json:"pod,omitempty"`
+	// VerifiedAt is when that pod was observed.
+	// +optional
+	VerifiedAt *metav1.Time `json:"verifiedAt,omitempty"`
 }
 
 // RotationCause is what started a rotation.

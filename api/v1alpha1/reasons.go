@@ -25,11 +25,13 @@ const (
 	// RestartsDeferredReason: a same-key rotation published and defers the
 	// application restarts (spec.applications.lazy); the mesh works meanwhile.
 	RestartsDeferredReason = "RestartsDeferred"
-	// InjectorStaleReason: Dapr's sidecar injector hands out other trust
-	// anchors than the phase published; no application is restarted.
+	// InjectorStaleReason: the first application a phase restarted (its
+	// canary) got other trust anchors from Dapr's sidecar injector than the
+	// phase published; no other application is restarted.
 	InjectorStaleReason = "InjectorStale"
-	// InjectorNotVerifiedReason: what the injector hands out could not be
-	// checked (the dry-run probe pod failed, or got no sidecar).
+	// InjectorNotVerifiedReason: the canary's new pods were admitted without
+	// a Dapr sidecar, so what the injector hands out is not known; no other
+	// application is restarted.
 	InjectorNotVerifiedReason = "InjectorNotVerified"
 	// UnmanagedPodsEvictedReason: Dapr pods no workload restart reaches were
 	// evicted to open a gate (spec.applications.evictUnmanagedPods).

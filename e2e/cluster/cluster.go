@@ -212,7 +212,10 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 		"--kube-api-qps=200", "--kube-api-burst=400",
 		"--concurrent-deployment-syncs=20", "--concurrent-replicaset-syncs=20", "--concurrent-statefulset-syncs=20",
 		"--service-account-private-key-file="+p.serviceAccountKey, "--root-ca-file="+p.caCert,
-		"--use-service-account-credentials=false")...)
+		// Each controller acts as its own kube-system ServiceAccount, as in
+		// any real cluster: Dapr's injector patches only pods whose creator
+		// is one of them (or system:masters).
+		"--use-service-account-credentials=true")...)
 	if err != nil {
 		return nil, err
 	}

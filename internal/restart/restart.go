@@ -87,6 +87,9 @@ type Observed struct {
 	// Converged: its pods hold what the phase needs already; an application
 	// not restarted yet is then skipped.
 	Converged bool
+	// Pods is how many pods it is meant to run: a restart of one that runs
+	// none creates none.
+	Pods int32
 }
 
 // ActionType is what the control-plane step must do next.
@@ -243,4 +246,27 @@ func AskedFor(observed []Observed, asked map[Ref]time.Time, now time.Time, ttl t
 		o.Restarted, o.RestartedAt, o.RolledOut, o.Converged = true, at, false, false
 		o.Waiting = "its restart is not yet seen by the operator's cache"
 	}
+}
+
+// Canary picks the application a phase restarts first, alone, so that the
+// pods Dapr's injector makes for it show what the injector hands out before
+// any other restarts: the one named chosen (recorded when it was picked);
+// else one already restarted for this phase (its record was lost); else the
+// first, in restart order, of those to restart that runs a pod. False when
+// none runs a pod: no restart then makes a pod to learn from, nor one that
+// could get stale anchors.
+func Canary(apps []Observed, chosen string) (Observed, bool) {
+	sorted := slices.Clone(apps)
+	slices.SortFunc(sorted, func(a, b Observed) int { return compareRefs(a.Ref, b.Ref) })
+	if i := slices.IndexFunc(sorted, func(o Observed) bool { return chosen != "" && o.Ref.String() == chosen }); i >= 0 {
+		return sorted[i], true
+	}
+	if i := slices.IndexFunc(sorted, func(o Observed) bool { return o.Restarted && o.Pods > 0 }); i >= 0 {
+		return sorted[i], true
+	}
+	i := slices.IndexFunc(sorted, func(o Observed) bool { return !o.Restarted && !o.Converged && o.Pods > 0 })
+	if i < 0 {
+		return Observed{}, false
+	}
+	return sorted[i], true
 }

@@ -320,3 +320,37 @@ func TestAskedForCountsRestartsTheCacheDoesNotShowYet(t *testing.T) {
 	plan := NextWave(observed[:2], 2)
 	g.Expect(plan.Restart).To(ConsistOf(observed[1].Ref), "the one in flight is not restarted again")
 }
+
+func TestCanary(t *testing.T) {
+	app := func(name string, pods int32, set ...func(*Observed)) Observed {
+		o := Observed{Ref: Ref{Kind: "Deployment", Namespace: "team", Name: name}, Exists: true, Pods: pods}
+		for _, f := range set {
+			f(&o)
+		}
+		return o
+	}
+	restarted := func(o *Observed) { o.Restarted = true }
+	converged := func(o *Observed) { o.Converged = true }
+	tests := []struct {
+		name   string
+		apps   []Observed
+		chosen string
+		want   string
+	}{
+		{"the first to restart, in restart order", []Observed{app("c", 1), app("b", 1), app("a", 1)}, "", "a"},
+		{"not one that runs no pod", []Observed{app("a", 0), app("b", 2)}, "", "b"},
+		{"not one converged already: it is not restarted", []Observed{app("a", 1, converged), app("b", 1)}, "", "b"},
+		{"the one recorded", []Observed{app("a", 1), app("b", 1, restarted)}, "Deployment team/b", "b"},
+		{"one restarted for the phase when the record was lost", []Observed{app("a", 1), app("b", 1, restarted)}, "", "b"},
+		{"none runs a pod", []Observed{app("a", 0), app("b", 0, restarted)}, "", ""},
+		{"none left to restart", []Observed{app("a", 1, converged)}, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := Canary(tt.apps, tt.chosen)
+			if ok != (tt.want != "") || got.Name != tt.want {
+				t.Fatalf("Canary = %q, %v; want %q", got.Name, ok, tt.want)
+			}
+		})
+	}
+}
