@@ -1,0 +1,154 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fluxcd/pkg/apis/meta"
+	"github.com/fluxcd/pkg/runtime/conditions"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/dapr"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+)
+
+// daprSidecarImage is the daprd image Dapr's own injector hands out in the
+// suite: a pod whose daprd has it was patched by Dapr, not the stand-in.
+const daprSidecarImage = "daprio/daprd:e2e"
+
+// realDapr is Dapr's own Sentry and sidecar injector running in the suite's
+// cluster, the injector supervised as kubelet would run it: restarted when
+// its pod is, reading the trust anchors of the mounted ConfigMap.
+type realDapr struct {
+	sentry   *dapr.Sentry
+	injector *dapr.InjectorSupervisor
+	// anchors mirrors the ConfigMap as kubelet mounts it.
+	anchors *dapr.Mirror
+}
+
+// startRealDapr runs Dapr's Sentry and injector for the rest of the test;
+// the fixture's injector steps aside meanwhile.
+func startRealDapr(t *testing.T) *realDapr {
+	t.Helper()
+	g, ctx := NewWithT(t), t.Context()
+	ns, dir := fixture.ControlPlaneNamespace, t.TempDir()
+	sentry := startDaprSentry(t)
+	g.Eventually(sentry.Healthy).WithContext(ctx).WithTimeout(30*time.Second).WithPolling(200*time.Millisecond).Should(Succeed(), "Dapr's Sentry serves")
+
+	mirrorCtx, stopMirror := context.WithCancel(context.Background())
+	t.Cleanup(stopMirror)
+	mount := filepath.Join(dir, "tls")
+	g.Expect(os.Mkdir(mount, 0o755)).To(Succeed())
+	mirror, err := dapr.MirrorConfigMap(mirrorCtx, k8sClient, bundleKey, "ca.crt", mount)
+	g.Expect(err).NotTo(HaveOccurred())
+	injector, err := dapr.SuperviseInjector(ctx, k8sClient, dapr.InjectorOptions{Kubeconfig: testCluster.Kubeconfig, Namespace: ns,
+		SentryAddress: sentry.Address, AnchorsFile: mirror.File, SidecarImage: daprSidecarImage}, fixture.SidecarInjector, dir)
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Cleanup(func() {
+		injector.Stop()
+		_ = dapr.UnregisterInjector(context.Background(), k8sClient, ns)
+		if t.Failed() {
+			t.Logf("Dapr injector log:\n%s", injector.Log())
+		}
+	})
+	testInjector.StepAside(true)
+	t.Cleanup(func() { testInjector.StepAside(false) })
+	return &realDapr{sentry: sentry, injector: injector, anchors: mirror}
+}
+
+// injectedByDapr reads the daprd of a pod Dapr's own injector patched: its
+// trust anchors, false when Dapr's injector did not patch it.
+func injectedByDapr(pod *corev1.Pod) (string, bool) {
+	for _, c := range pod.Spec.Containers {
+		if c.Name == fixture.SidecarContainer && c.Image == daprSidecarImage {
+			anchors, _ := fixture.TrustAnchors(pod)
+			return anchors, true
+		}
+	}
+	return "", false
+}
+
+// publishedAnchors are the anchors the ConfigMap holds.
+func publishedAnchorsNow(t *testing.T) string {
+	_, cm := readBundle(t)
+	return cm.Data["ca.crt"]
+}
+
+// TestRotationsUnderDaprsOwnInjector: with Dapr's own Sentry and injector
+// in the cluster, and the operator on no allow-list of the injector, the
+// canary's pods, created by the ReplicaSet controller, are patched by Dapr's
+// injector with the published anchors, and a same-key rotation completes,
+// every application's new pods patched by Dapr. With the injector's mount
+// not refreshed (kubelet's delay), the next rotation stops at its canary
+// (InjectorStale) with nothing else restarted; once the mount catches up
+// and the canary's pods are recreated, it completes.
+func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
+	g, ctx := NewWithT(t), t.Context()
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "real-dapr", rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
+	waitRotationCompleted(t, key, "first")
+	real := startRealDapr(t)
+	g.Expect(real.sentry.LoadedFromStore()).To(BeTrue(), "Sentry takes the operator's bundle")
+
+	// A pod of system:masters, created in dry-run mode: what Dapr's injector hands out now.
+	probe := func() *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: daprApps()[0].Namespace,
+			Annotations: map[string]string{fixture.EnabledAnnotation: "true", fixture.AppIDAnnotation: "probe"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "fixture.invalid/app"}}}}
+	}
+	p := probe()
+	g.Expect(k8sClient.Create(ctx, p, client.DryRunAll)).To(Succeed())
+	anchors, patched := injectedByDapr(p)
+	g.Expect(patched).To(BeTrue(), "Dapr's injector patches a pod of system:masters")
+	g.Expect(anchors).To(Equal(publishedAnchorsNow(t)))
+
+	obj := getRotation(t, key)
+	obj.Spec.Trigger = "second"
+	updateRotation(t, obj)
+	done := waitRotationCompleted(t, key, "second")
+	assertRestartedOnce(t, done.Status.LastCompletedRotation.ID)
+	published := publishedAnchorsNow(t)
+	for _, app := range daprApps() {
+		for _, p := range appPods(t, app) {
+			anchors, patched := injectedByDapr(&p)
+			g.Expect(patched).To(BeTrue(), "pod %s/%s was patched by Dapr's injector", p.Namespace, p.Name)
+			g.Expect(anchors).To(Equal(published), "pod %s/%s holds the published anchors", p.Namespace, p.Name)
+		}
+	}
+	g.Expect(done.Status.Rotation.Canary.VerifiedAt).NotTo(BeNil())
+	g.Eventually(real.injector.Processes).WithTimeout(10*time.Second).Should(BeNumerically(">=", 2), "its process restarted with its pod")
+	g.Expect(real.injector.Err()).NotTo(HaveOccurred())
+
+	// The mount lags: Dapr's injector keeps the anchors it has.
+	real.anchors.Hold(true)
+	obj = getRotation(t, key)
+	obj.Spec.Trigger = "third"
+	updateRotation(t, obj)
+	stalled := waitStalled(t, key, rotatorv1.InjectorStaleReason)
+	canary := canaryApp(t, stalled.Status.Rotation.Canary)
+	g.Expect(conditions.GetMessage(stalled, meta.StalledCondition)).To(ContainSubstring("restarted first, got trust anchors"))
+	id := stalled.Status.Rotation.ID
+	g.Consistently(func() []string { return restartedApps(t, id) }).
+		WithTimeout(3*time.Second).WithPolling(200*time.Millisecond).Should(Equal([]string{canary.Name}), "no other application restarts onto the old anchors")
+
+	real.anchors.Hold(false)
+	g.Eventually(func(g Gomega) {
+		p := probe()
+		g.Expect(k8sClient.Create(ctx, p, client.DryRunAll)).To(Succeed())
+		anchors, _ := injectedByDapr(p)
+		g.Expect(anchors).To(Equal(publishedAnchorsNow(t)))
+	}).WithTimeout(30*time.Second).WithPolling(500*time.Millisecond).Should(Succeed(), "Dapr's injector reloads the anchors once the mount catches up")
+	redeployByOwners(t, canary)
+	done = waitRotationCompleted(t, key, "third")
+	g.Expect(restartedApps(t, done.Status.LastCompletedRotation.ID)).To(HaveLen(len(daprApps())))
+	g.Expect(strings.HasPrefix(done.Status.Rotation.Canary.Pod, canary.Namespace+"/"+canary.Name+"-")).To(BeTrue())
+}
