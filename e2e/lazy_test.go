@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/health"
 )
 
@@ -39,12 +40,14 @@ func startLazyRotation(t *testing.T, key types.NamespacedName, trigger string, r
 }
 
 // TestLazyRotationLeavesRestartsToOwners: a lazy same-key rotation publishes,
-// restarts the control plane, and then restarts no application: it is Ready
-// (RestartsDeferred) and names its deadline. Once the owners redeployed every
-// application it completes, woken by their pods (its safety-net resync is ten
-// minutes away), with no application restarted. A second lazy rotation,
-// whose deadline is a minute away, restarts nothing before it, then only the
-// applications their owners did not redeploy; every handshake works meanwhile.
+// restarts the control plane and its canary (one application, whose new pods
+// show the injector hands out the published anchors), and then no other
+// application: it is Ready (RestartsDeferred) and names its deadline. Once
+// the owners redeployed every application it completes, woken by their pods
+// (its safety-net resync is ten minutes away), with no other application
+// restarted. A second lazy rotation, whose deadline is a minute away,
+// restarts nothing else before it, then only the applications their owners
+// did not redeploy; every handshake works meanwhile.
 func TestLazyRotationLeavesRestartsToOwners(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
@@ -63,16 +66,18 @@ func TestLazyRotationLeavesRestartsToOwners(t *testing.T) {
 	g.Expect(kstatusOf(t, waiting)).To(Equal(status.CurrentStatus), "a GitOps health check does not wait on it")
 	g.Expect(argoHealthOf(t, key).Status).To(Equal(health.Healthy))
 	g.Expect(eventCount(t, key, rotatorv1.RestartsDeferredReason)).To(Equal(int32(1)))
+	canary := canaryApp(t, rot.Canary)
+	g.Expect(rot.Canary.VerifiedAt).NotTo(BeNil())
 	g.Consistently(func(g Gomega) {
-		g.Expect(restartedApps(t, rot.ID)).To(BeEmpty())
+		g.Expect(restartedApps(t, rot.ID)).To(Equal([]string{canary.Name}))
 		g.Expect(getRotation(t, key).Status.Rotation.WaitingFor).To(Equal(lazyWaitFor))
-	}).WithTimeout(3*time.Second).WithPolling(250*time.Millisecond).Should(Succeed(), "no application is restarted before the deadline")
+	}).WithTimeout(3*time.Second).WithPolling(250*time.Millisecond).Should(Succeed(), "no application but the canary is restarted before the deadline")
 
 	redeployByOwners(t, apps...)
 	second := waitRotationCompleted(t, key, "second")
-	g.Expect(restartedApps(t, second.Status.LastCompletedRotation.ID)).To(BeEmpty(), "the owners redeployed every application")
-	g.Expect(second.Status.Applications.Restarted).To(Equal(int32(0)))
-	g.Expect(second.Status.Applications.Skipped).To(Equal(int32(len(apps))))
+	g.Expect(restartedApps(t, second.Status.LastCompletedRotation.ID)).To(Equal([]string{canary.Name}), "the owners redeployed every other application")
+	g.Expect(second.Status.Applications.Restarted).To(Equal(int32(1)))
+	g.Expect(second.Status.Applications.Skipped).To(Equal(int32(len(apps) - 1)))
 	g.Expect(second.Status.Convergence.Progress).To(Equal(fmt.Sprintf("%d/%d", second.Status.Convergence.Pods, second.Status.Convergence.Pods)))
 
 	// A minute ahead: the stragglers are restarted then, and only they.
@@ -80,16 +85,22 @@ func TestLazyRotationLeavesRestartsToOwners(t *testing.T) {
 	restartBefore := time.Until(second.Status.Root.NotAfter.Time) - time.Minute
 	waiting = startLazyRotation(t, key, "third", restartBefore.Round(time.Second))
 	rot = waiting.Status.Rotation
-	owned := apps[:2]
+	canary = canaryApp(t, rot.Canary)
+	var owned []fixture.App // two their owners redeploy, not the canary
+	for _, app := range apps {
+		if app != canary && len(owned) < 2 {
+			owned = append(owned, app)
+		}
+	}
 	redeployByOwners(t, owned...)
 	g.Consistently(func(g Gomega) {
-		g.Expect(restartedApps(t, rot.ID)).To(BeEmpty())
+		g.Expect(restartedApps(t, rot.ID)).To(Equal([]string{canary.Name}))
 	}).WithTimeout(time.Until(rot.DeferredUntil.Time)-2*time.Second).WithPolling(500*time.Millisecond).Should(Succeed(),
-		"nothing is restarted before %s", rot.DeferredUntil)
+		"nothing but the canary is restarted before %s", rot.DeferredUntil)
 	third := waitRotationCompleted(t, key, "third")
 	o.stop()
 	restarted := restartedApps(t, third.Status.LastCompletedRotation.ID)
-	g.Expect(restarted).To(HaveLen(len(apps)-len(owned)), "every straggler is restarted")
+	g.Expect(restarted).To(HaveLen(len(apps)-len(owned)), "every straggler is restarted, the canary first")
 	for _, app := range owned {
 		g.Expect(restarted).NotTo(ContainElement(app.Name), "%s was redeployed by its owner", app.Name)
 	}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -150,18 +149,7 @@ func MirrorConfigMap(ctx context.Context, c client.Reader, cm types.NamespacedNa
 	if err := os.Symlink(filepath.Join("..data", key), m.File); err != nil {
 		return nil, err
 	}
-	go func() {
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_ = m.sync(ctx, c, cm, key)
-			}
-		}
-	}()
+	go every(ctx, func() { _ = m.sync(ctx, c, cm, key) })
 	return m, nil
 }
 

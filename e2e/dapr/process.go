@@ -132,6 +132,20 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
+// every runs f each 200 ms, as kubelet's loops look again, until ctx ends.
+func every(ctx context.Context, f func()) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}
+
 // FreePort returns a loopback port free now.
 func FreePort() (int, error) {
 	ports, err := freePorts(1)

@@ -99,24 +99,17 @@ func (s *InjectorSupervisor) run(ctx context.Context, pod *corev1.Pod, port int)
 // follow replaces the process each time the injector's pod is replaced.
 func (s *InjectorSupervisor) follow(ctx context.Context) {
 	defer close(s.done)
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, func() {
 		pod, err := s.livePod(ctx)
 		if err != nil || pod.UID == s.pod {
-			continue
+			return
 		}
 		if err := s.replace(ctx, pod); err != nil && ctx.Err() == nil {
 			s.mu.Lock()
 			s.failures = append(s.failures, err.Error())
 			s.mu.Unlock()
 		}
-	}
+	})
 }
 
 // replace starts a process for pod, moves the webhook to it and stops the
