@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/e2e/dapr"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
+	"github.com/mtls-rotator/mtls-rotator/internal/pki"
 )
 
 // daprSidecarImage is the daprd image Dapr's own injector hands out in the
@@ -25,11 +28,12 @@ import (
 const daprSidecarImage = "daprio/daprd:e2e"
 
 // realDapr is Dapr's own Sentry and sidecar injector running in the suite's
-// cluster, the injector supervised as kubelet would run it: restarted when
-// its pod is, reading the trust anchors of the mounted ConfigMap.
+// cluster, each supervised as kubelet would run it: restarted when its pod
+// is, its new pod ready only once the new process serves, the injector
+// reading the trust anchors of the mounted ConfigMap.
 type realDapr struct {
-	sentry   *dapr.Sentry
-	injector *dapr.InjectorSupervisor
+	sentry   *dapr.Supervisor[*dapr.Sentry]
+	injector *dapr.Supervisor[*dapr.Injector]
 	// anchors mirrors the ConfigMap as kubelet mounts it.
 	anchors *dapr.Mirror
 }
@@ -40,9 +44,14 @@ func startRealDapr(t *testing.T) *realDapr {
 	t.Helper()
 	g, ctx := NewWithT(t), t.Context()
 	ns, dir := fixture.ControlPlaneNamespace, t.TempDir()
-	sentry := startDaprSentry(t)
-	g.Eventually(sentry.Healthy).WithContext(ctx).WithTimeout(30*time.Second).WithPolling(200*time.Millisecond).Should(Succeed(), "Dapr's Sentry serves")
-
+	sentry, err := dapr.SuperviseSentry(ctx, k8sClient, testCluster.Kubeconfig, ns, fixture.Sentry, dir)
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Cleanup(func() {
+		sentry.Stop()
+		if t.Failed() {
+			t.Logf("Dapr sentry log:\n%s", sentry.Log())
+		}
+	})
 	mirrorCtx, stopMirror := context.WithCancel(context.Background())
 	t.Cleanup(stopMirror)
 	mount := filepath.Join(dir, "tls")
@@ -50,7 +59,7 @@ func startRealDapr(t *testing.T) *realDapr {
 	mirror, err := dapr.MirrorConfigMap(mirrorCtx, k8sClient, bundleKey, "ca.crt", mount)
 	g.Expect(err).NotTo(HaveOccurred())
 	injector, err := dapr.SuperviseInjector(ctx, k8sClient, dapr.InjectorOptions{Kubeconfig: testCluster.Kubeconfig, Namespace: ns,
-		SentryAddress: sentry.Address, AnchorsFile: mirror.File, SidecarImage: daprSidecarImage}, fixture.SidecarInjector, dir)
+		AnchorsFile: mirror.File, SidecarImage: daprSidecarImage}, sentry, fixture.SidecarInjector, dir)
 	g.Expect(err).NotTo(HaveOccurred())
 	t.Cleanup(func() {
 		injector.Stop()
@@ -59,9 +68,35 @@ func startRealDapr(t *testing.T) *realDapr {
 			t.Logf("Dapr injector log:\n%s", injector.Log())
 		}
 	})
+	// Their new pods are ready once their processes serve (the supervisors
+	// mark them), as a readiness probe on Dapr's healthz makes them.
+	for _, app := range []string{fixture.Sentry, fixture.SidecarInjector} {
+		testInjector.HoldUnready(ns, app)
+		t.Cleanup(func() { testInjector.Release(ns, app) })
+	}
 	testInjector.StepAside(true)
 	t.Cleanup(func() { testInjector.StepAside(false) })
 	return &realDapr{sentry: sentry, injector: injector, anchors: mirror}
+}
+
+// assertInjectorSignedByPublishedIssuer: the serving certificate of the
+// injector process serving now, which Dapr's Sentry signed at its start,
+// verifies under the issuer the Secret holds: Sentry signs with what was
+// published.
+func assertInjectorSignedByPublishedIssuer(t *testing.T, real *realDapr) {
+	t.Helper()
+	g := NewWithT(t)
+	conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", real.injector.Serving().Port), &tls.Config{
+		InsecureSkipVerify: true, //nolint:gosec // the certificate is inspected below, not trusted
+		ServerName:         dapr.InjectorName + "." + fixture.ControlPlaneNamespace + ".svc",
+	})
+	g.Expect(err).NotTo(HaveOccurred())
+	defer conn.Close()
+	leaf := conn.ConnectionState().PeerCertificates[0]
+	s, _ := readBundle(t)
+	issuers, err := pki.ParseCertificates(s.Data["issuer.crt"])
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(leaf.CheckSignatureFrom(issuers[0])).To(Succeed(), "the injector's certificate is signed with the published issuer")
 }
 
 // injectedByDapr reads the daprd of a pod Dapr's own injector patched: its
@@ -97,7 +132,8 @@ func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
 	key := newRotation(t, "real-dapr", rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
 	waitRotationCompleted(t, key, "first")
 	real := startRealDapr(t)
-	g.Expect(real.sentry.LoadedFromStore()).To(BeTrue(), "Sentry takes the operator's bundle")
+	g.Expect(real.sentry.Serving().LoadedFromStore()).To(BeTrue(), "Sentry takes the operator's bundle")
+	assertInjectorSignedByPublishedIssuer(t, real)
 
 	// A pod of system:masters, created in dry-run mode: what Dapr's injector hands out now.
 	probe := func() *corev1.Pod {
@@ -125,8 +161,13 @@ func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
 		}
 	}
 	g.Expect(done.Status.Rotation.Canary.VerifiedAt).NotTo(BeNil())
-	g.Eventually(real.injector.Processes).WithTimeout(10*time.Second).Should(BeNumerically(">=", 2), "its process restarted with its pod")
+	for _, s := range []interface{ Processes() int }{real.sentry, real.injector} {
+		g.Expect(s.Processes()).To(BeNumerically(">=", 2), "a process restarted with its pod")
+	}
+	g.Expect(real.sentry.Err()).NotTo(HaveOccurred())
 	g.Expect(real.injector.Err()).NotTo(HaveOccurred())
+	g.Expect(real.sentry.Serving().LoadedFromStore()).To(BeTrue())
+	assertInjectorSignedByPublishedIssuer(t, real)
 
 	// The mount lags: Dapr's injector keeps the anchors it has.
 	real.anchors.Hold(true)

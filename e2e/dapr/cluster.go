@@ -92,32 +92,18 @@ func UnregisterInjector(ctx context.Context, c client.Client, namespace string) 
 	return nil
 }
 
-// WritePodToken writes to file a token of the ServiceAccount of the live pod
-// labelled app=name in namespace, bound to that pod, for the audiences
-// Sentry's Kubernetes validator asks for: what kubelet projects into a
-// control-plane pod of Dapr.
-func WritePodToken(ctx context.Context, c client.Client, namespace, app, file string) error {
-	pods := &corev1.PodList{}
-	if err := c.List(ctx, pods, client.InNamespace(namespace), client.MatchingLabels{"app": app}); err != nil {
-		return err
-	}
-	var pod *corev1.Pod
-	for i := range pods.Items {
-		if pods.Items[i].DeletionTimestamp == nil {
-			pod = &pods.Items[i]
-		}
-	}
-	if pod == nil {
-		return fmt.Errorf("no live pod of %s/%s", namespace, app)
-	}
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: pod.Spec.ServiceAccountName, Namespace: namespace}}
+// WritePodToken writes to file a token of pod's ServiceAccount, bound to
+// pod, for the audiences Sentry's Kubernetes validator asks for: what
+// kubelet projects into a control-plane pod of Dapr.
+func WritePodToken(ctx context.Context, c client.Client, pod *corev1.Pod, file string) error {
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: pod.Spec.ServiceAccountName, Namespace: pod.Namespace}}
 	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
-		Audiences:         []string{"dapr.io/sentry", "spiffe://cluster.local/ns/" + namespace + "/dapr-sentry"},
+		Audiences:         []string{"dapr.io/sentry", "spiffe://cluster.local/ns/" + pod.Namespace + "/dapr-sentry"},
 		ExpirationSeconds: ptr.To[int64](3600),
 		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
 	}}
 	if err := c.SubResource("token").Create(ctx, sa, req); err != nil {
-		return fmt.Errorf("requesting a token for pod %s/%s: %w", namespace, pod.Name, err)
+		return fmt.Errorf("requesting a token for pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	return os.WriteFile(file, []byte(req.Status.Token), 0o600)
 }

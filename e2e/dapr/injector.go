@@ -1,10 +1,15 @@
 package dapr
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // InjectorOptions say how to run Dapr's sidecar injector.
@@ -37,6 +42,8 @@ type InjectorOptions struct {
 // holding the anchors it read last, served with a certificate Sentry signs.
 type Injector struct {
 	*process
+	// Port is where its webhook listens.
+	Port int
 }
 
 // StartInjector starts the injector.
@@ -62,5 +69,46 @@ func StartInjector(o InjectorOptions) (*Injector, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Injector{process: p}, nil
+	return &Injector{process: p, Port: o.Port}, nil
+}
+
+// SuperviseInjector runs Dapr's injector under a Supervisor for the pods
+// labelled app=<app>: each process with a token bound to its pod (in dir),
+// signed by the Sentry serving at its start, the webhook registered for the
+// first and moved to each next once it serves. opts.Port, TokenFile and
+// SentryAddress are set per process.
+func SuperviseInjector(ctx context.Context, c client.Client, opts InjectorOptions, sentry *Supervisor[*Sentry], app, dir string) (*Supervisor[*Injector], error) {
+	return Supervise(ctx, SupervisorOptions[*Injector]{
+		Client: c, Namespace: opts.Namespace, App: app,
+		Start: func(ctx context.Context, pod *corev1.Pod, n int) (*Injector, error) {
+			o := opts
+			port, err := FreePort()
+			if err != nil {
+				return nil, err
+			}
+			if n == 1 {
+				// It patches its webhook configuration at start: it must exist.
+				if err := RegisterInjector(ctx, c, opts.Namespace, port); err != nil {
+					return nil, err
+				}
+			}
+			o.Port, o.TokenFile, o.SentryAddress = port, filepath.Join(dir, fmt.Sprintf("injector-token-%d", n)), sentry.Serving().Address
+			if err := WritePodToken(ctx, c, pod, o.TokenFile); err != nil {
+				return nil, err
+			}
+			return StartInjector(o)
+		},
+		Serve: func(ctx context.Context, inj *Injector) error { return pointWebhook(ctx, c, opts.Namespace, inj.Port) },
+	})
+}
+
+// SuperviseSentry runs Dapr's Sentry under a Supervisor for the pods
+// labelled app=<app>, each process with its state in dir.
+func SuperviseSentry(ctx context.Context, c client.Client, kubeconfig, namespace, app, dir string) (*Supervisor[*Sentry], error) {
+	return Supervise(ctx, SupervisorOptions[*Sentry]{
+		Client: c, Namespace: namespace, App: app,
+		Start: func(_ context.Context, _ *corev1.Pod, n int) (*Sentry, error) {
+			return StartSentry(kubeconfig, namespace, filepath.Join(dir, fmt.Sprintf("sentry-%d", n)))
+		},
+	})
 }

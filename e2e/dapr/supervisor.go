@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -12,21 +11,42 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
 )
 
-// InjectorSupervisor plays kubelet for Dapr's injector: it runs one process
-// for the live pod of the injector's Deployment, and when a restart replaces
-// that pod, a process for the new pod (a token bound to it, the anchors the
-// mount holds then); once that one serves, the webhook is moved to it and
-// the old one stopped, as a rolling update moves a Service's endpoints.
-type InjectorSupervisor struct {
-	c    client.Client
-	opts InjectorOptions
-	app  string
-	dir  string
+// Proc is one of Dapr's processes as a supervisor runs it.
+type Proc interface {
+	Healthy(context.Context) error
+	Exited() bool
+	Stop()
+	Log() string
+}
+
+// SupervisorOptions say which workload's pods a supervisor runs a process
+// for, and how.
+type SupervisorOptions[P Proc] struct {
+	Client client.Client
+	// Namespace and App (its pods' app label) name the workload.
+	Namespace, App string
+	// Start starts the process for pod; n counts the processes started.
+	Start func(ctx context.Context, pod *corev1.Pod, n int) (P, error)
+	// Serve, when set, makes a new process the one serving once it is
+	// healthy (the injector's webhook moves to it).
+	Serve func(ctx context.Context, p P) error
+}
+
+// Supervisor plays kubelet for one control-plane workload of Dapr: it runs
+// a process for the workload's live pod, and when a restart replaces the
+// pod, a process for the new pod. The new pod becomes ready only once its
+// process is healthy, as a readiness probe makes it (so a process Dapr's
+// code stops, on a bundle it refuses, holds the rollout); then the old
+// process stops, as a rolling update ends the old pod.
+type Supervisor[P Proc] struct {
+	o SupervisorOptions[P]
 
 	mu       sync.Mutex
-	current  *Injector
+	current  P
 	pod      types.UID
 	started  int
 	logs     []string
@@ -35,111 +55,103 @@ type InjectorSupervisor struct {
 	done     chan struct{}
 }
 
-// healthyWithin bounds how long a new injector process may take to serve.
+// healthyWithin bounds how long a new process may take to serve.
 const healthyWithin = 60 * time.Second
 
-// SuperviseInjector registers the injector's webhook and runs a process for
-// the live pod labelled app=<app> of namespace opts.Namespace, then follows
-// that pod's replacements until Stop. opts.Port and opts.TokenFile are set
-// per process; dir holds the tokens.
-func SuperviseInjector(ctx context.Context, c client.Client, opts InjectorOptions, app, dir string) (*InjectorSupervisor, error) {
-	s := &InjectorSupervisor{c: c, opts: opts, app: app, dir: dir, done: make(chan struct{})}
+// Supervise runs a process for the workload's live pod, marks that pod
+// ready once it serves, and follows the pod's replacements until Stop.
+func Supervise[P Proc](ctx context.Context, o SupervisorOptions[P]) (*Supervisor[P], error) {
+	s := &Supervisor[P]{o: o, done: make(chan struct{})}
 	pod, err := s.livePod(ctx)
 	if err != nil {
 		return nil, err
 	}
-	port, err := FreePort()
+	p, err := s.run(ctx, pod)
 	if err != nil {
 		return nil, err
 	}
-	if err := RegisterInjector(ctx, c, opts.Namespace, port); err != nil {
-		return nil, err
-	}
-	inj, err := s.run(ctx, pod, port)
-	if err != nil {
-		return nil, err
-	}
-	s.current, s.pod = inj, pod.UID
+	s.current, s.pod = p, pod.UID
 	loopCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	go s.follow(loopCtx)
+	go func() {
+		defer close(s.done)
+		every(loopCtx, func() { s.follow(loopCtx) })
+	}()
 	return s, nil
 }
 
-// run starts a process for pod on port and waits until it serves.
-func (s *InjectorSupervisor) run(ctx context.Context, pod *corev1.Pod, port int) (*Injector, error) {
+// run starts a process for pod, waits until it serves, makes it the one
+// serving and marks pod ready.
+func (s *Supervisor[P]) run(ctx context.Context, pod *corev1.Pod) (P, error) {
 	s.mu.Lock()
 	s.started++
-	token := filepath.Join(s.dir, fmt.Sprintf("token-%d", s.started))
+	n := s.started
 	s.mu.Unlock()
-	if err := WritePodToken(ctx, s.c, s.opts.Namespace, s.app, token); err != nil {
-		return nil, err
-	}
-	o := s.opts
-	o.Port, o.TokenFile = port, token
-	inj, err := StartInjector(o)
+	p, err := s.o.Start(ctx, pod, n)
 	if err != nil {
-		return nil, err
+		return p, err
 	}
 	deadline := time.Now().Add(healthyWithin)
-	for {
-		err := inj.Healthy(ctx)
-		if err == nil {
-			return inj, nil
-		}
-		if time.Now().After(deadline) || inj.Exited() || ctx.Err() != nil {
-			inj.Stop()
-			s.keepLog(inj)
-			return nil, fmt.Errorf("Dapr's injector for pod %s did not serve: %w", pod.Name, err)
+	for err := p.Healthy(ctx); err != nil; err = p.Healthy(ctx) {
+		if time.Now().After(deadline) || p.Exited() || ctx.Err() != nil {
+			p.Stop()
+			s.keepLog(p)
+			return p, fmt.Errorf("%s for pod %s did not serve: %w", s.o.App, pod.Name, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	if s.o.Serve != nil {
+		if err := s.o.Serve(ctx, p); err != nil {
+			p.Stop()
+			s.keepLog(p)
+			return p, err
+		}
+	}
+	return p, markReady(ctx, s.o.Client, pod)
 }
 
-// follow replaces the process each time the injector's pod is replaced.
-func (s *InjectorSupervisor) follow(ctx context.Context) {
-	defer close(s.done)
-	every(ctx, func() {
-		pod, err := s.livePod(ctx)
-		if err != nil || pod.UID == s.pod {
-			return
-		}
-		if err := s.replace(ctx, pod); err != nil && ctx.Err() == nil {
+// follow replaces the process when the workload's pod was replaced.
+func (s *Supervisor[P]) follow(ctx context.Context) {
+	pod, err := s.livePod(ctx)
+	if err != nil || pod.UID == s.pod {
+		return
+	}
+	p, err := s.run(ctx, pod)
+	if err != nil {
+		if ctx.Err() == nil {
 			s.mu.Lock()
 			s.failures = append(s.failures, err.Error())
+			s.pod = pod.UID // as kubelet, no retry: the pod stays unready
 			s.mu.Unlock()
 		}
-	})
-}
-
-// replace starts a process for pod, moves the webhook to it and stops the
-// old process.
-func (s *InjectorSupervisor) replace(ctx context.Context, pod *corev1.Pod) error {
-	port, err := FreePort()
-	if err != nil {
-		return err
-	}
-	inj, err := s.run(ctx, pod, port)
-	if err != nil {
-		return err
-	}
-	if err := pointWebhook(ctx, s.c, s.opts.Namespace, port); err != nil {
-		inj.Stop()
-		return err
+		return
 	}
 	s.mu.Lock()
 	old := s.current
-	s.current, s.pod = inj, pod.UID
+	s.current, s.pod = p, pod.UID
 	s.mu.Unlock()
 	old.Stop()
 	s.keepLog(old)
+}
+
+// markReady lets kwok make pod ready: the pods of a supervised workload
+// are created held unready (cluster.StayUnreadyAnnotation, see the
+// fixture's HoldUnready) until their process serves.
+func markReady(ctx context.Context, c client.Client, pod *corev1.Pod) error {
+	if _, held := pod.Annotations[cluster.StayUnreadyAnnotation]; !held {
+		return nil
+	}
+	patch := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:null}}}`, cluster.StayUnreadyAnnotation)
+	if err := c.Patch(ctx, pod.DeepCopy(), client.RawPatch(types.MergePatchType, patch)); err != nil {
+		return fmt.Errorf("marking pod %s ready: %w", pod.Name, err)
+	}
 	return nil
 }
 
-// livePod is the newest pod of the injector that is not terminating.
-func (s *InjectorSupervisor) livePod(ctx context.Context) (*corev1.Pod, error) {
+// livePod is the newest pod of the workload that is not terminating.
+func (s *Supervisor[P]) livePod(ctx context.Context) (*corev1.Pod, error) {
 	pods := &corev1.PodList{}
-	if err := s.c.List(ctx, pods, client.InNamespace(s.opts.Namespace), client.MatchingLabels{"app": s.app}); err != nil {
+	if err := s.o.Client.List(ctx, pods, client.InNamespace(s.o.Namespace), client.MatchingLabels{"app": s.o.App}); err != nil {
 		return nil, err
 	}
 	var live *corev1.Pod
@@ -150,26 +162,26 @@ func (s *InjectorSupervisor) livePod(ctx context.Context) (*corev1.Pod, error) {
 		}
 	}
 	if live == nil {
-		return nil, fmt.Errorf("no live pod of %s/%s", s.opts.Namespace, s.app)
+		return nil, fmt.Errorf("no live pod of %s/%s", s.o.Namespace, s.o.App)
 	}
 	return live, nil
 }
 
-func (s *InjectorSupervisor) keepLog(inj *Injector) {
+func (s *Supervisor[P]) keepLog(p P) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.logs = append(s.logs, inj.Log())
+	s.logs = append(s.logs, p.Log())
 }
 
-// Processes is how many injector processes were started.
-func (s *InjectorSupervisor) Processes() int {
+// Processes is how many processes were started.
+func (s *Supervisor[P]) Processes() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.started
 }
 
 // Err reports the replacements that failed.
-func (s *InjectorSupervisor) Err() error {
+func (s *Supervisor[P]) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.failures) == 0 {
@@ -178,26 +190,23 @@ func (s *InjectorSupervisor) Err() error {
 	return errors.New(strings.Join(s.failures, "; "))
 }
 
-// Serving is the process serving the webhook now.
-func (s *InjectorSupervisor) Serving() *Injector {
+// Serving is the process serving now.
+func (s *Supervisor[P]) Serving() P {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.current
 }
 
 // Log is every process's log, the stopped ones' first.
-func (s *InjectorSupervisor) Log() string {
+func (s *Supervisor[P]) Log() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return strings.Join(append(append([]string{}, s.logs...), s.current.Log()), "\n--- next injector process ---\n")
+	return strings.Join(append(append([]string{}, s.logs...), s.current.Log()), "\n--- next process ---\n")
 }
 
 // Stop ends the supervision and the process.
-func (s *InjectorSupervisor) Stop() {
+func (s *Supervisor[P]) Stop() {
 	s.cancel()
 	<-s.done
-	s.mu.Lock()
-	current := s.current
-	s.mu.Unlock()
-	current.Stop()
+	s.Serving().Stop()
 }
