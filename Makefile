@@ -79,6 +79,20 @@ test: binaries cert-manager-controller dapr ## Run every test (unit and e2e on a
 e2e: binaries cert-manager-controller dapr ## Run only the e2e suites on a local cluster.
 	$(GO) test -race -count=1 -timeout=40m $(TEST_FLAGS) ./e2e/...
 
+# make test-dapr DAPR_VERSIONS=v1.18.3,v1.17.5,v1.16.5
+DAPR_VERSIONS ?= $(DAPR_VERSION)
+# The e2e tests that run Dapr's own binaries.
+DAPR_TESTS := TestDaprSentry|TestRotationsUnderDaprsOwnInjector
+
+.PHONY: test-dapr
+test-dapr: binaries cert-manager-controller ## Run the e2e tests that run Dapr's own binaries on each of DAPR_VERSIONS (built once each).
+	DAPR_VERSIONS=$(DAPR_VERSIONS) hack/build-dapr.sh
+	@IFS=',' read -ra versions <<<"$(DAPR_VERSIONS)"; failed=(); for v in "$${versions[@]}"; do v="v$${v#v}"; \
+		echo "== Dapr $$v"; \
+		DAPR_BIN=$(BIN)/dapr/$$v $(GO) test -race -count=1 -timeout=20m -run '$(DAPR_TESTS)' $(TEST_FLAGS) ./e2e/ || failed+=("$$v"); \
+	done; \
+	if (( $${#failed[@]} )); then echo "Dapr versions that failed: $${failed[*]}" >&2; exit 1; fi; echo "Dapr versions that passed: $(DAPR_VERSIONS)"
+
 .PHONY: bench
 bench: ## Run the benchmarks.
 	$(GO) test -run='^$$' -bench=. -benchmem ./...

@@ -58,7 +58,7 @@ func StartInjector(o InjectorOptions) (*Injector, error) {
 	}
 	cmd := exec.Command(binary, "--kubeconfig", o.Kubeconfig, fmt.Sprintf("--port=%d", o.Port),
 		"--healthz-listen-address", "127.0.0.1", fmt.Sprintf("--healthz-port=%d", healthz), "--enable-metrics=false",
-		"--scheduler-enabled=false", "--log-level", "debug")
+		"--log-level", "debug") // only flags every supported release knows
 	cmd.Env = append(os.Environ(), "NAMESPACE="+o.Namespace, "SIDECAR_IMAGE="+o.SidecarImage,
 		"KUBE_CLUSTER_DOMAIN=cluster.local", "DAPR_CONTROL_PLANE_TRUST_DOMAIN=cluster.local",
 		"DAPR_TRUST_ANCHORS_FILE="+o.AnchorsFile, "DAPR_SENTRY_ADDRESS="+o.SentryAddress,

@@ -96,7 +96,7 @@ func (s *Supervisor[P]) run(ctx context.Context, pod *corev1.Pod) (P, error) {
 		if time.Now().After(deadline) || p.Exited() || ctx.Err() != nil {
 			p.Stop()
 			s.keepLog(p)
-			return p, fmt.Errorf("%s for pod %s did not serve: %w", s.o.App, pod.Name, err)
+			return p, fmt.Errorf("%s for pod %s did not serve: %w; its log ends:\n%s", s.o.App, pod.Name, err, tail(p.Log(), 15))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -209,4 +209,10 @@ func (s *Supervisor[P]) Stop() {
 	s.cancel()
 	<-s.done
 	s.Serving().Stop()
+}
+
+// tail is the last n lines of log.
+func tail(log string, n int) string {
+	lines := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
