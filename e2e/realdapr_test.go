@@ -152,14 +152,7 @@ func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
 	updateRotation(t, obj)
 	done := waitRotationCompleted(t, key, "second")
 	assertRestartedOnce(t, done.Status.LastCompletedRotation.ID)
-	published := publishedAnchorsNow(t)
-	for _, app := range daprApps() {
-		for _, p := range appPods(t, app) {
-			anchors, patched := injectedByDapr(&p)
-			g.Expect(patched).To(BeTrue(), "pod %s/%s was patched by Dapr's injector", p.Namespace, p.Name)
-			g.Expect(anchors).To(Equal(published), "pod %s/%s holds the published anchors", p.Namespace, p.Name)
-		}
-	}
+	assertAppsPatchedByDaprWith(t, publishedAnchorsNow(t))
 	g.Expect(done.Status.Rotation.Canary.VerifiedAt).NotTo(BeNil())
 	for _, s := range []interface{ Processes() int }{real.sentry, real.injector} {
 		g.Expect(s.Processes()).To(BeNumerically(">=", 2), "a process restarted with its pod")
@@ -192,4 +185,62 @@ func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
 	done = waitRotationCompleted(t, key, "third")
 	g.Expect(restartedApps(t, done.Status.LastCompletedRotation.ID)).To(HaveLen(len(daprApps())))
 	g.Expect(strings.HasPrefix(done.Status.Rotation.Canary.Pod, canary.Namespace+"/"+canary.Name+"-")).To(BeTrue())
+}
+
+// TestTakeOverWhatDaprsSentryGenerated: Dapr's own Sentry, started on an
+// empty trust bundle as on a fresh install, makes a CA of its own (its root
+// key thrown away) and writes it; the applications, recreated, get it from
+// Dapr's injector. A Rotate rotation then takes the install over through
+// Overlap, Switch and Prune under Dapr's own processes, restarted with their
+// pods in every phase: each phase's canary and in the end every
+// application's pods patched by Dapr's injector with the published anchors
+// alone, and the injector's certificate, from the Sentry serving last,
+// signed with the published issuer.
+func TestTakeOverWhatDaprsSentryGenerated(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	real := startRealDapr(t)
+	g.Expect(real.sentry.Serving().GeneratedCA()).To(BeTrue(), "Dapr's Sentry makes its CA on an empty bundle")
+	generated := publishedAnchorsNow(t)
+	g.Expect(generated).NotTo(BeEmpty())
+	generatedRoots, err := pki.ParseCertificates([]byte(generated))
+	g.Expect(err).NotTo(HaveOccurred())
+	redeployByOwners(t, daprApps()...)
+	assertAppsPatchedByDaprWith(t, generated)
+
+	startOperator(t)
+	key := newRotation(t, "take-over", rotatorv1.MTLSRootRotationSpec{
+		Trigger: "take-over", Root: rotatorv1.RootSpec{KeyPolicy: rotatorv1.KeyPolicyRotate},
+		Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 2},
+	})
+	done := waitRotationCompleted(t, key, "take-over")
+	g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
+	for _, phase := range []string{"overlap", "switch", "prune"} {
+		assertRestartedOnce(t, done.Status.LastCompletedRotation.ID+"-"+phase)
+	}
+	published := publishedAnchorsNow(t)
+	roots, err := pki.ParseCertificates([]byte(published))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(roots).To(HaveLen(1), "the root Sentry made is pruned")
+	g.Expect(pki.SamePublicKey(roots[0], generatedRoots[0])).To(BeFalse())
+	assertAppsPatchedByDaprWith(t, published)
+	g.Expect(real.sentry.Processes()).To(BeNumerically(">=", 4), "Sentry restarted with its pod in every phase")
+	g.Expect(real.sentry.Err()).NotTo(HaveOccurred())
+	g.Expect(real.injector.Err()).NotTo(HaveOccurred())
+	g.Expect(real.sentry.Serving().LoadedFromStore()).To(BeTrue())
+	assertInjectorSignedByPublishedIssuer(t, real)
+}
+
+// assertAppsPatchedByDaprWith: every live pod of every Dapr application was
+// patched by Dapr's own injector, with anchors.
+func assertAppsPatchedByDaprWith(t *testing.T, anchors string) {
+	t.Helper()
+	g := NewWithT(t)
+	for _, app := range daprApps() {
+		for _, p := range appPods(t, app) {
+			got, patched := injectedByDapr(&p)
+			g.Expect(patched).To(BeTrue(), "pod %s/%s was patched by Dapr's injector", p.Namespace, p.Name)
+			g.Expect(got).To(Equal(anchors), "pod %s/%s holds the anchors", p.Namespace, p.Name)
+		}
+	}
 }
