@@ -82,7 +82,7 @@ e2e: binaries cert-manager-controller dapr ## Run only the e2e suites on a local
 # make test-dapr DAPR_VERSIONS=v1.18.3,v1.17.5,v1.16.5
 DAPR_VERSIONS ?= $(DAPR_VERSION)
 # The e2e tests that run Dapr's own binaries.
-DAPR_TESTS := TestDaprSentry|TestRotationsUnderDaprsOwnInjector|TestTakeOverWhatDaprsSentryGenerated
+DAPR_TESTS := TestDaprSentry|TestRotationsUnderDaprsOwnInjector|TestTakeOverWhatDaprsSentryGenerated|TestPodsNoRestartReachesHoldTheGatesUnderDaprsInjector
 
 .PHONY: test-dapr
 test-dapr: binaries cert-manager-controller ## Run the e2e tests that run Dapr's own binaries on each of DAPR_VERSIONS (built once each).

@@ -13,11 +13,14 @@ import (
 	"github.com/fluxcd/pkg/apis/meta"
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
+	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
 	"github.com/mtls-rotator/mtls-rotator/e2e/dapr"
 	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 	"github.com/mtls-rotator/mtls-rotator/internal/pki"
@@ -243,4 +246,64 @@ func assertAppsPatchedByDaprWith(t *testing.T, anchors string) {
 			g.Expect(got).To(Equal(anchors), "pod %s/%s holds the anchors", p.Namespace, p.Name)
 		}
 	}
+}
+
+// TestPodsNoRestartReachesHoldTheGatesUnderDaprsInjector: a bare pod and a
+// Job's pod, both patched by Dapr's own injector (the bare pod's creator is
+// system:masters, the Job's pod the job controller's), hold a new-key
+// rotation at its Switch (Stalled PodsNotConverged, naming them) with the
+// Overlap bundle in place; once they are gone it completes.
+func TestPodsNoRestartReachesHoldTheGatesUnderDaprsInjector(t *testing.T) {
+	g, ctx := NewWithT(t), t.Context()
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, "gated-by-dapr", rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
+	waitRotationCompleted(t, key, "first")
+	startRealDapr(t)
+
+	const ns = "apps-a"
+	bare := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "bare-under-dapr", Namespace: ns, Labels: map[string]string{"app": "bare-under-dapr"},
+		Annotations: map[string]string{fixture.EnabledAnnotation: "true", fixture.AppIDAnnotation: "bare-under-dapr"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "fixture.invalid/app"}}}}
+	jobPod := fixture.DaprPodTemplate("job-under-dapr")
+	jobPod.Annotations[cluster.KeepRunningAnnotation] = "true"
+	jobPod.Spec.RestartPolicy = corev1.RestartPolicyNever
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "job-under-dapr", Namespace: ns},
+		Spec: batchv1.JobSpec{BackoffLimit: ptr.To[int32](20), Template: jobPod}}
+	for _, o := range []client.Object{bare, job} {
+		g.Expect(k8sClient.Create(ctx, o)).To(Succeed())
+		t.Cleanup(func() {
+			_ = k8sClient.Delete(context.Background(), o, client.PropagationPolicy(metav1.DeletePropagationForeground))
+		})
+	}
+	g.Eventually(func(g Gomega) {
+		for _, app := range []string{"bare-under-dapr", "job-under-dapr"} {
+			pods := &corev1.PodList{}
+			g.Expect(k8sClient.List(ctx, pods, client.InNamespace(ns), client.MatchingLabels{"app": app})).To(Succeed())
+			g.Expect(pods.Items).To(HaveLen(1))
+			_, patched := injectedByDapr(&pods.Items[0])
+			g.Expect(patched).To(BeTrue(), "%s was patched by Dapr's injector", pods.Items[0].Name)
+			g.Expect(running(&pods.Items[0])).To(BeTrue())
+		}
+	}).WithTimeout(60 * time.Second).WithPolling(250 * time.Millisecond).Should(Succeed())
+
+	obj := getRotation(t, key)
+	obj.Spec.Trigger, obj.Spec.Root.KeyPolicy = "new-key", rotatorv1.KeyPolicyRotate
+	updateRotation(t, obj)
+	stalled := waitStalled(t, key, rotatorv1.PodsNotConvergedReason)
+	g.Expect(stalled.Status.Rotation.Phase).To(Equal(rotatorv1.PhaseSwitch))
+	msg := conditions.GetMessage(stalled, meta.StalledCondition)
+	g.Expect(msg).To(ContainSubstring(ns + "/bare-under-dapr (no owner"))
+	g.Expect(msg).To(ContainSubstring(ns + "/job-under-dapr-"))
+	overlap, _ := readBundle(t)
+	g.Consistently(func(g Gomega) {
+		s, _ := readBundle(t)
+		g.Expect(s.Data["issuer.crt"]).To(Equal(overlap.Data["issuer.crt"]), "the new issuer is not published")
+	}).WithTimeout(3 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+
+	g.Expect(k8sClient.Delete(ctx, bare)).To(Succeed())
+	g.Expect(k8sClient.Delete(ctx, job, client.PropagationPolicy(metav1.DeletePropagationForeground))).To(Succeed())
+	done := waitRotationCompleted(t, key, "new-key")
+	g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
+	assertAppsPatchedByDaprWith(t, publishedAnchorsNow(t))
 }
