@@ -16,6 +16,7 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -102,6 +103,17 @@ func assertInjectorSignedByPublishedIssuer(t *testing.T, real *realDapr) {
 	g.Expect(leaf.CheckSignatureFrom(issuers[0])).To(Succeed(), "the injector's certificate is signed with the published issuer")
 }
 
+// issuedUnderRealDapr has an operator issue a first bundle for a new
+// MTLSRootRotation called name, then runs Dapr's Sentry and injector on it.
+func issuedUnderRealDapr(t *testing.T, name string) (types.NamespacedName, *realDapr) {
+	t.Helper()
+	freshBundle(t)
+	startOperator(t)
+	key := newRotation(t, name, rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
+	waitRotationCompleted(t, key, "first")
+	return key, startRealDapr(t)
+}
+
 // injectedByDapr reads the daprd of a pod Dapr's own injector patched: its
 // trust anchors, false when Dapr's injector did not patch it.
 func injectedByDapr(pod *corev1.Pod) (string, bool) {
@@ -130,11 +142,7 @@ func publishedAnchorsNow(t *testing.T) string {
 // and the canary's pods are recreated, it completes.
 func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
 	g, ctx := NewWithT(t), t.Context()
-	freshBundle(t)
-	startOperator(t)
-	key := newRotation(t, "real-dapr", rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
-	waitRotationCompleted(t, key, "first")
-	real := startRealDapr(t)
+	key, real := issuedUnderRealDapr(t, "real-dapr")
 	g.Expect(real.sentry.Serving().LoadedFromStore()).To(BeTrue(), "Sentry takes the operator's bundle")
 	assertInjectorSignedByPublishedIssuer(t, real)
 
@@ -255,11 +263,7 @@ func assertAppsPatchedByDaprWith(t *testing.T, anchors string) {
 // Overlap bundle in place; once they are gone it completes.
 func TestPodsNoRestartReachesHoldTheGatesUnderDaprsInjector(t *testing.T) {
 	g, ctx := NewWithT(t), t.Context()
-	freshBundle(t)
-	startOperator(t)
-	key := newRotation(t, "gated-by-dapr", rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 3}})
-	waitRotationCompleted(t, key, "first")
-	startRealDapr(t)
+	key, _ := issuedUnderRealDapr(t, "gated-by-dapr")
 
 	const ns = "apps-a"
 	bare := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "bare-under-dapr", Namespace: ns, Labels: map[string]string{"app": "bare-under-dapr"},
