@@ -136,10 +136,8 @@ func (p *pass) uninjectedPod(ctx context.Context, canary restart.Observed) (stri
 	id := rotation.RestartID(p.rot())
 	for i := range pods.Items {
 		pod := &pods.Items[i]
-		if !restart.RestartedFor(pod.Annotations, id) || pod.Labels[convergence.InjectedLabel] == "true" {
-			continue
-		}
-		if slices.ContainsFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == convergence.SidecarContainer }) {
+		if !restart.RestartedFor(pod.Annotations, id) ||
+			slices.ContainsFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == convergence.SidecarContainer }) {
 			continue
 		}
 		return fmt.Sprintf("its pod %s was created with no daprd container", pod.Name), nil

@@ -126,10 +126,11 @@ func injectedByDapr(pod *corev1.Pod) (string, bool) {
 	return "", false
 }
 
-// publishedAnchors are the anchors the ConfigMap holds.
+// publishedAnchorsNow are the anchors the ConfigMap holds.
 func publishedAnchorsNow(t *testing.T) string {
-	_, cm := readBundle(t)
-	return cm.Data["ca.crt"]
+	t.Helper()
+	_, anchors := trustBundleNow(t)
+	return anchors
 }
 
 // TestRotationsUnderDaprsOwnInjector: with Dapr's own Sentry and injector

@@ -10,9 +10,10 @@
 # binaries are.
 #
 #   DAPR_VERSIONS=v1.18.3,v1.17.5 hack/build-dapr.sh
+# The Makefile's DAPR_VERSION pins the release 'make test' runs; it passes it here.
 set -euo pipefail
 
-DAPR_VERSIONS="${DAPR_VERSIONS:-v1.18.3}"
+: "${DAPR_VERSIONS:?name the Dapr releases to build, as 'make dapr' does (DAPR_VERSIONS=v1.18.3)}"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 store="${DAPR_BIN_DIR:-$root/bin/dapr}"

@@ -125,7 +125,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(8)
+	ports, err := FreePorts(8)
 	if err != nil {
 		return nil, err
 	}

@@ -116,7 +116,7 @@ func TestStopDetachedWithoutACluster(t *testing.T) {
 
 func TestFreePortsAreDistinct(t *testing.T) {
 	g := NewWithT(t)
-	ports, err := freePorts(7)
+	ports, err := FreePorts(7)
 	g.Expect(err).NotTo(HaveOccurred())
 	seen := map[int]bool{}
 	for _, p := range ports {

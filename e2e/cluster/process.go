@@ -140,8 +140,8 @@ func processStartTicks(pid int) (uint64, error) {
 	return strconv.ParseUint(fields[19], 10, 64)
 }
 
-// freePorts returns n distinct free TCP ports on the loopback interface.
-func freePorts(n int) ([]int, error) {
+// FreePorts returns n distinct free TCP ports on the loopback interface.
+func FreePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	listeners := make([]net.Listener, 0, n)
 	defer func() {

@@ -52,10 +52,10 @@ func RegisterInjector(ctx context.Context, c client.Client, namespace string, po
 			TimeoutSeconds:          ptr.To[int32](10),
 		}},
 	}
+	if err := UnregisterInjector(ctx, c, namespace); err != nil {
+		return fmt.Errorf("replacing the injector's registration: %w", err)
+	}
 	for _, obj := range []client.Object{svc, webhook} {
-		if err := c.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("replacing %T %s: %w", obj, obj.GetName(), err)
-		}
 		if err := c.Create(ctx, obj); err != nil {
 			return fmt.Errorf("creating %T %s: %w", obj, obj.GetName(), err)
 		}

@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
 	"github.com/mtls-rotator/mtls-rotator/internal/testenv"
 )
 
@@ -148,23 +148,9 @@ func every(ctx context.Context, f func()) {
 
 // FreePort returns a loopback port free now.
 func FreePort() (int, error) {
-	ports, err := freePorts(1)
+	ports, err := cluster.FreePorts(1)
 	if err != nil {
 		return 0, err
 	}
 	return ports[0], nil
-}
-
-// freePorts returns n loopback ports free now.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

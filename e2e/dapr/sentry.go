@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
 )
 
 // Sentry is Dapr's Sentry running in Kubernetes mode against a cluster: it
@@ -24,7 +26,7 @@ func StartSentry(kubeconfig, namespace, dir string) (*Sentry, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(3)
+	ports, err := cluster.FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
