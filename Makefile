@@ -82,7 +82,7 @@ e2e: binaries cert-manager-controller dapr ## Run only the e2e suites on a local
 # make test-dapr DAPR_VERSIONS=v1.18.3,v1.17.5,v1.16.5
 DAPR_VERSIONS ?= $(DAPR_VERSION)
 # The e2e tests that run Dapr's own binaries.
-DAPR_TESTS := TestDaprSentry|TestRotationsUnderDaprsOwnInjector|TestTakeOverWhatDaprsSentryGenerated|TestPodsNoRestartReachesHoldTheGatesUnderDaprsInjector
+DAPR_TESTS := TestDaprSentry|TestRotationsUnderDaprsOwnInjector|TestTakeOverWhatDaprsSentryGenerated|TestPodsNoRestartReachesHoldTheGatesUnderDaprsInjector|TestManualRotationWithoutOverlapFailsCalls
 
 .PHONY: test-dapr
 test-dapr: binaries cert-manager-controller ## Run the e2e tests that run Dapr's own binaries on each of DAPR_VERSIONS (built once each).
@@ -129,7 +129,7 @@ binaries: ## Build etcd, kube-*, kubectl and kwok from the Go module proxy into 
 	hack/build-binaries.sh
 
 .PHONY: dapr
-dapr: ## Build Dapr's sentry and injector (DAPR_VERSION) from the Go module proxy into bin/dapr (once).
+dapr: ## Build Dapr's sentry, injector and the sidecar stand-in on its pkg/security (DAPR_VERSION) from the Go module proxy into bin/dapr (once).
 	DAPR_VERSIONS=$(DAPR_VERSION) hack/build-dapr.sh
 
 .PHONY: cert-manager-controller
@@ -149,18 +149,19 @@ cluster-down: localcluster ## Stop the local cluster and remove its state.
 	$(BIN)/localcluster --dir $(LOCAL_DIR) down
 
 .PHONY: fixture
-fixture: localcluster ## Install the Dapr fixture into the running local cluster.
-	$(BIN)/localcluster --dir $(LOCAL_DIR) fixture --apps 10
+fixture: localcluster ## Install the Dapr fixture into the running local cluster (FIXTURE_FLAGS=--real-dapr: on Dapr's own Sentry and injector).
+	$(BIN)/localcluster --dir $(LOCAL_DIR) fixture --apps 10 $(FIXTURE_FLAGS)
 
 .PHONY: operator
 operator: build localcluster ## Run the operator in the background on the local cluster, under its generated RBAC.
 	$(BIN)/localcluster --dir $(LOCAL_DIR) operator --binary $(BIN)/mtls-rotator
 
 .PHONY: demo
-demo: ## Local cluster, Dapr fixture and operator; a first issuance, then a same-key rotation. Left running.
+demo: ## Local cluster, Dapr's own Sentry and injector, sidecars on its mTLS code, the operator; a takeover, then a same-key rotation, with live call counts. Left running.
 	@if [[ -f $(LOCAL_DIR)/state.json ]]; then echo "a local cluster is already running; 'make cluster-down' first for a fresh demo" >&2; exit 1; fi
+	$(MAKE) dapr
 	$(MAKE) cluster-up
-	$(MAKE) fixture
+	$(MAKE) fixture FIXTURE_FLAGS=--real-dapr
 	$(MAKE) operator
 	hack/demo.sh
 

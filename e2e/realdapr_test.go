@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -32,65 +30,49 @@ import (
 const daprSidecarImage = "daprio/daprd:e2e"
 
 // realDapr is Dapr's own Sentry and sidecar injector running in the suite's
-// cluster, each supervised as kubelet would run it: restarted when its pod
-// is, its new pod ready only once the new process serves, the injector
-// reading the trust anchors of the mounted ConfigMap.
+// cluster (see dapr.ControlPlane), with its state in dir.
 type realDapr struct {
-	sentry   *dapr.Supervisor[*dapr.Sentry]
-	injector *dapr.Supervisor[*dapr.Injector]
-	// anchors mirrors the ConfigMap as kubelet mounts it.
-	anchors *dapr.Mirror
+	*dapr.ControlPlane
+	dir string
 }
+
+// Dapr's control plane Configuration in the suite: SVIDs that live 20 s,
+// so that every sidecar renews its SVID within any rotation.
+var suiteMTLS = dapr.MTLS{WorkloadCertTTL: 20 * time.Second, AllowedClockSkew: 2 * time.Second}
 
 // startRealDapr runs Dapr's Sentry and injector for the rest of the test;
 // the fixture's injector steps aside meanwhile.
 func startRealDapr(t *testing.T) *realDapr {
 	t.Helper()
-	g, ctx := NewWithT(t), t.Context()
 	ns, dir := fixture.ControlPlaneNamespace, t.TempDir()
-	sentry, err := dapr.SuperviseSentry(ctx, k8sClient, testCluster.Kubeconfig, ns, fixture.Sentry, dir)
-	g.Expect(err).NotTo(HaveOccurred())
+	cp, err := dapr.RunControlPlane(t.Context(), dapr.ControlPlaneOptions{Client: k8sClient, Kubeconfig: testCluster.Kubeconfig,
+		Namespace: ns, TrustBundle: fixture.TrustBundleName, Sentry: fixture.Sentry, Injector: fixture.SidecarInjector,
+		SidecarImage: daprSidecarImage, MTLS: suiteMTLS, Dir: dir})
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
 	t.Cleanup(func() {
-		sentry.Stop()
+		cp.Stop()
+		setSystemConfiguration(context.Background(), t, true) // the fixture's TTLs again
 		if t.Failed() {
-			t.Logf("Dapr sentry log:\n%s", sentry.Log())
-		}
-	})
-	mirrorCtx, stopMirror := context.WithCancel(context.Background())
-	t.Cleanup(stopMirror)
-	mount := filepath.Join(dir, "tls")
-	g.Expect(os.Mkdir(mount, 0o755)).To(Succeed())
-	mirror, err := dapr.MirrorConfigMap(mirrorCtx, k8sClient, bundleKey, "ca.crt", mount)
-	g.Expect(err).NotTo(HaveOccurred())
-	injector, err := dapr.SuperviseInjector(ctx, k8sClient, dapr.InjectorOptions{Kubeconfig: testCluster.Kubeconfig, Namespace: ns,
-		AnchorsFile: mirror.File, SidecarImage: daprSidecarImage}, sentry, fixture.SidecarInjector, dir)
-	g.Expect(err).NotTo(HaveOccurred())
-	t.Cleanup(func() {
-		injector.Stop()
-		_ = dapr.UnregisterInjector(context.Background(), k8sClient, ns)
-		if t.Failed() {
-			t.Logf("Dapr injector log:\n%s", injector.Log())
+			t.Log(cp.Log())
 		}
 	})
 	// Their new pods are ready once their processes serve (the supervisors
 	// mark them), as a readiness probe on Dapr's healthz makes them.
 	for _, app := range []string{fixture.Sentry, fixture.SidecarInjector} {
-		testInjector.HoldUnready(ns, app)
-		t.Cleanup(func() { testInjector.Release(ns, app) })
+		holdUnready(t, ns, app)
 	}
 	testInjector.StepAside(true)
 	t.Cleanup(func() { testInjector.StepAside(false) })
-	return &realDapr{sentry: sentry, injector: injector, anchors: mirror}
+	return &realDapr{ControlPlane: cp, dir: dir}
 }
 
 // assertInjectorSignedByPublishedIssuer: the serving certificate of the
 // injector process serving now, which Dapr's Sentry signed at its start,
 // verifies under the issuer the Secret holds: Sentry signs with what was
 // published.
-func assertInjectorSignedByPublishedIssuer(t *testing.T, real *realDapr) {
+func assertInjectorSignedByPublishedIssuer(g Gomega, t *testing.T, real *realDapr) {
 	t.Helper()
-	g := NewWithT(t)
-	conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", real.injector.Serving().Port), &tls.Config{
+	conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", real.Injector.Serving().Port), &tls.Config{
 		InsecureSkipVerify: true, //nolint:gosec // the certificate is inspected below, not trusted
 		ServerName:         dapr.InjectorName + "." + fixture.ControlPlaneNamespace + ".svc",
 	})
@@ -144,8 +126,10 @@ func publishedAnchorsNow(t *testing.T) string {
 func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
 	g, ctx := NewWithT(t), t.Context()
 	key, real := issuedUnderRealDapr(t, "real-dapr")
-	g.Expect(real.sentry.Serving().LoadedFromStore()).To(BeTrue(), "Sentry takes the operator's bundle")
-	assertInjectorSignedByPublishedIssuer(t, real)
+	g.Expect(real.Sentry.Serving().LoadedFromStore()).To(BeTrue(), "Sentry takes the operator's bundle")
+	mesh := startMesh(t, real)
+	calls := callsNow(t, mesh)
+	assertInjectorSignedByPublishedIssuer(g, t, real)
 
 	// A pod of system:masters, created in dry-run mode: what Dapr's injector hands out now.
 	probe := func() *corev1.Pod {
@@ -166,16 +150,17 @@ func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
 	assertRestartedOnce(t, done.Status.LastCompletedRotation.ID)
 	assertAppsPatchedByDaprWith(t, publishedAnchorsNow(t))
 	g.Expect(done.Status.Rotation.Canary.VerifiedAt).NotTo(BeNil())
-	for _, s := range []interface{ Processes() int }{real.sentry, real.injector} {
+	for _, s := range []interface{ Processes() int }{real.Sentry, real.Injector} {
 		g.Expect(s.Processes()).To(BeNumerically(">=", 2), "a process restarted with its pod")
 	}
-	g.Expect(real.sentry.Err()).NotTo(HaveOccurred())
-	g.Expect(real.injector.Err()).NotTo(HaveOccurred())
-	g.Expect(real.sentry.Serving().LoadedFromStore()).To(BeTrue())
-	assertInjectorSignedByPublishedIssuer(t, real)
+	g.Expect(real.Sentry.Err()).NotTo(HaveOccurred())
+	g.Expect(real.Injector.Err()).NotTo(HaveOccurred())
+	g.Expect(real.Sentry.Serving().LoadedFromStore()).To(BeTrue())
+	assertInjectorSignedByPublishedIssuer(g, t, real)
+	calls = assertCallsHeldThrough(t, mesh, calls, "same-key rotation")
 
 	// The mount lags: Dapr's injector keeps the anchors it has.
-	real.anchors.Hold(true)
+	real.Anchors.Hold(true)
 	obj = getRotation(t, key)
 	obj.Spec.Trigger = "third"
 	updateRotation(t, obj)
@@ -186,7 +171,7 @@ func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
 	g.Consistently(func() []string { return restartedApps(t, id) }).
 		WithTimeout(3*time.Second).WithPolling(200*time.Millisecond).Should(Equal([]string{canary.Name}), "no other application restarts onto the old anchors")
 
-	real.anchors.Hold(false)
+	real.Anchors.Hold(false)
 	g.Eventually(func(g Gomega) {
 		p := probe()
 		g.Expect(k8sClient.Create(ctx, p, client.DryRunAll)).To(Succeed())
@@ -197,6 +182,7 @@ func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
 	done = waitRotationCompleted(t, key, "third")
 	g.Expect(restartedApps(t, done.Status.LastCompletedRotation.ID)).To(HaveLen(len(daprApps())))
 	g.Expect(strings.HasPrefix(done.Status.Rotation.Canary.Pod, canary.Namespace+"/"+canary.Name+"-")).To(BeTrue())
+	assertCallsHeldThrough(t, mesh, calls, "same-key rotation held at a stale injector")
 }
 
 // TestTakeOverWhatDaprsSentryGenerated: Dapr's own Sentry, started on an
@@ -212,13 +198,15 @@ func TestTakeOverWhatDaprsSentryGenerated(t *testing.T) {
 	g := NewWithT(t)
 	freshBundle(t)
 	real := startRealDapr(t)
-	g.Expect(real.sentry.Serving().GeneratedCA()).To(BeTrue(), "Dapr's Sentry makes its CA on an empty bundle")
+	g.Expect(real.Sentry.Serving().GeneratedCA()).To(BeTrue(), "Dapr's Sentry makes its CA on an empty bundle")
 	generated := publishedAnchorsNow(t)
 	g.Expect(generated).NotTo(BeEmpty())
 	generatedRoots, err := pki.ParseCertificates([]byte(generated))
 	g.Expect(err).NotTo(HaveOccurred())
 	redeployByOwners(t, daprApps()...)
 	assertAppsPatchedByDaprWith(t, generated)
+	mesh := startMesh(t, real)
+	calls := callsNow(t, mesh)
 
 	startOperator(t)
 	key := newRotation(t, "take-over", rotatorv1.MTLSRootRotationSpec{
@@ -236,11 +224,12 @@ func TestTakeOverWhatDaprsSentryGenerated(t *testing.T) {
 	g.Expect(roots).To(HaveLen(1), "the root Sentry made is pruned")
 	g.Expect(pki.SamePublicKey(roots[0], generatedRoots[0])).To(BeFalse())
 	assertAppsPatchedByDaprWith(t, published)
-	g.Expect(real.sentry.Processes()).To(BeNumerically(">=", 4), "Sentry restarted with its pod in every phase")
-	g.Expect(real.sentry.Err()).NotTo(HaveOccurred())
-	g.Expect(real.injector.Err()).NotTo(HaveOccurred())
-	g.Expect(real.sentry.Serving().LoadedFromStore()).To(BeTrue())
-	assertInjectorSignedByPublishedIssuer(t, real)
+	g.Expect(real.Sentry.Processes()).To(BeNumerically(">=", 4), "Sentry restarted with its pod in every phase")
+	g.Expect(real.Sentry.Err()).NotTo(HaveOccurred())
+	g.Expect(real.Injector.Err()).NotTo(HaveOccurred())
+	g.Expect(real.Sentry.Serving().LoadedFromStore()).To(BeTrue())
+	assertInjectorSignedByPublishedIssuer(g, t, real)
+	assertCallsHeldThrough(t, mesh, calls, "takeover of Sentry's own CA (Overlap, Switch, Prune)")
 }
 
 // assertAppsPatchedByDaprWith: every live pod of every Dapr application was
@@ -264,7 +253,9 @@ func assertAppsPatchedByDaprWith(t *testing.T, anchors string) {
 // Overlap bundle in place; once they are gone it completes.
 func TestPodsNoRestartReachesHoldTheGatesUnderDaprsInjector(t *testing.T) {
 	g, ctx := NewWithT(t), t.Context()
-	key, _ := issuedUnderRealDapr(t, "gated-by-dapr")
+	key, real := issuedUnderRealDapr(t, "gated-by-dapr")
+	mesh := startMesh(t, real)
+	calls := callsNow(t, mesh)
 
 	const ns = "apps-a"
 	bare := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "bare-under-dapr", Namespace: ns, Labels: map[string]string{"app": "bare-under-dapr"},
@@ -311,4 +302,5 @@ func TestPodsNoRestartReachesHoldTheGatesUnderDaprsInjector(t *testing.T) {
 	done := waitRotationCompleted(t, key, "new-key")
 	g.Expect(publishedPhases(done)).To(Equal([]rotatorv1.RotationPhase{rotatorv1.PhaseOverlap, rotatorv1.PhaseSwitch, rotatorv1.PhasePrune}))
 	assertAppsPatchedByDaprWith(t, publishedAnchorsNow(t))
+	assertCallsHeldThrough(t, mesh, calls, "new-key rotation (Overlap, Switch, Prune) held at its Switch by a bare and a Job pod")
 }

@@ -4,10 +4,12 @@
 # keyed by version:
 #   bin/dapr/<version>/sentry
 #   bin/dapr/<version>/injector
-# A version already in the store is not rebuilt. Dapr never enters the
-# operator's go.mod: each version is built in a throwaway wrapper module that
-# requires it (and carries upstream's replace directives), as the Kubernetes
-# binaries are.
+#   bin/dapr/<version>/sidecar      e2e/dapr/sidecar on that release's pkg/security
+#   bin/dapr/<version>/crds/        Dapr's CRDs (its Configuration sets Sentry's TTLs)
+# A version already in the store is not rebuilt; its sidecar is, when
+# e2e/dapr/sidecar/main.go changed. Dapr never enters the operator's go.mod:
+# each version is built in a throwaway wrapper module that requires it (and
+# carries upstream's replace directives), as the Kubernetes binaries are.
 #
 #   DAPR_VERSIONS=v1.18.3,v1.17.5 hack/build-dapr.sh
 # The Makefile's DAPR_VERSION pins the release 'make test' runs; it passes it here.
@@ -29,13 +31,15 @@ IFS=',' read -ra versions <<<"$DAPR_VERSIONS"
 for version in "${versions[@]}"; do
 	version="v${version#v}"
 	out="$store/$version"
-	if [[ -x "$out/sentry" && -x "$out/injector" ]]; then
+	sidecar_src="$(sha256sum "$root/e2e/dapr/sidecar/main.go" | cut -c1-16)"
+	if [[ -x "$out/sentry" && -x "$out/injector" && -x "$out/sidecar" && "$(cat "$out/sidecar.src" 2>/dev/null)" == "$sidecar_src" ]]; then
 		continue
 	fi
-	step "building Dapr $version (sentry, injector); from empty caches this takes about 10 minutes on 2 cores"
 	d="$work/$version"
-	rm -rf "$d" && mkdir -p "$d"
-	upstream_mod="$(go mod download -json "github.com/dapr/dapr@$version" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+	rm -rf "$d" && mkdir -p "$d/sidecar"
+	upstream="$(go mod download -json "github.com/dapr/dapr@$version")"
+	upstream_mod="$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p' <<<"$upstream")"
+	upstream_dir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$upstream")"
 	[[ -f "$upstream_mod" ]] || { echo "build-dapr: cannot download github.com/dapr/dapr@$version" >&2; exit 1; }
 	{
 		echo "module localbuild/dapr"
@@ -46,13 +50,26 @@ for version in "${versions[@]}"; do
 		# carry over: its build resolves what Dapr's release resolved.
 		awk '/^replace \($/ { inblock = 1; print; next } inblock { print; if ($0 == ")") inblock = 0; next } /^replace / { print }' "$upstream_mod"
 	} >"$d/go.mod"
+	cp "$root/e2e/dapr/sidecar/main.go" "$d/sidecar/"
+	targets=(./sidecar)
+	if [[ ! -x "$out/sentry" || ! -x "$out/injector" ]]; then
+		step "building Dapr $version (sentry, injector, sidecar); from empty caches this takes about 10 minutes on 2 cores"
+		targets+=(github.com/dapr/dapr/cmd/sentry github.com/dapr/dapr/cmd/injector)
+	else
+		step "building the sidecar stand-in on Dapr $version"
+	fi
+	# The sidecar's own imports (gRPC, jwx) resolve at the versions Dapr's
+	# requirements select: Dapr is required first, -mod=mod adds the rest.
 	(cd "$d" \
-		&& go get "github.com/dapr/dapr/cmd/sentry@$version" "github.com/dapr/dapr/cmd/injector@$version" >/dev/null \
-		&& step "compiling Dapr $version" \
+		&& { go get "github.com/dapr/dapr@$version" "github.com/dapr/dapr/cmd/sentry@$version" "github.com/dapr/dapr/cmd/injector@$version" >get.log 2>&1 || { cat get.log >&2; false; }; } \
+		&& step "compiling on Dapr $version" \
 		&& mkdir -p "$out.tmp" \
 		&& go build -trimpath -ldflags "-s -w -X github.com/dapr/dapr/pkg/buildinfo.version=${version#v}" \
-			-o "$out.tmp/" github.com/dapr/dapr/cmd/sentry github.com/dapr/dapr/cmd/injector)
-	rm -rf "$out" && mv "$out.tmp" "$out"
+			-o "$out.tmp/" "${targets[@]}")
+	mkdir -p "$out/crds"
+	mv "$out.tmp"/* "$out/" && rmdir "$out.tmp"
+	install -m 0644 "$upstream_dir/charts/dapr/crds/configuration.yaml" "$out/crds/"
+	echo "$sidecar_src" >"$out/sidecar.src"
 	rm -rf "$d"
 	step "Dapr $version: $(du -sh "$out" | cut -f1) in $out"
 done

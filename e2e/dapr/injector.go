@@ -22,7 +22,8 @@ type InjectorOptions struct {
 	Kubeconfig string
 	// Namespace of the control plane.
 	Namespace string
-	// SentryAddress is where Sentry signs its serving certificate.
+	// SentryAddress reaches Sentry, which signs its serving certificate and
+	// each renewal of it.
 	SentryAddress string
 	// AnchorsFile is the trust anchors file it reads and watches (the
 	// dapr-trust-bundle ConfigMap a pod mounts; see Mirror).
@@ -74,10 +75,11 @@ func StartInjector(o InjectorOptions) (*Injector, error) {
 
 // SuperviseInjector runs Dapr's injector under a Supervisor for the pods
 // labelled app=<app>: each process with a token bound to its pod (in dir),
-// signed by the Sentry serving at its start, the webhook registered for the
-// first and moved to each next once it serves. opts.Port, TokenFile and
-// SentryAddress are set per process.
-func SuperviseInjector(ctx context.Context, c client.Client, opts InjectorOptions, sentry *Supervisor[*Sentry], app, dir string) (*Supervisor[*Injector], error) {
+// the webhook registered for the first and moved to each next once it
+// serves. opts.Port and TokenFile are set per process; opts.SentryAddress
+// must reach whichever Sentry serves (see Forward), as the injector renews
+// its certificate there.
+func SuperviseInjector(ctx context.Context, c client.Client, opts InjectorOptions, app, dir string) (*Supervisor[*Injector], error) {
 	return Supervise(ctx, SupervisorOptions[*Injector]{
 		Client: c, Namespace: opts.Namespace, App: app,
 		Start: func(ctx context.Context, pod *corev1.Pod, n int) (*Injector, error) {
@@ -92,7 +94,7 @@ func SuperviseInjector(ctx context.Context, c client.Client, opts InjectorOption
 					return nil, err
 				}
 			}
-			o.Port, o.TokenFile, o.SentryAddress = port, filepath.Join(dir, fmt.Sprintf("injector-token-%d", n)), sentry.Serving().Address
+			o.Port, o.TokenFile = port, filepath.Join(dir, fmt.Sprintf("injector-token-%d", n))
 			if err := WritePodToken(ctx, c, pod, o.TokenFile); err != nil {
 				return nil, err
 			}

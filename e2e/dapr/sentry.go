@@ -37,8 +37,12 @@ func StartSentry(kubeconfig, namespace, dir string) (*Sentry, error) {
 	cmd := exec.Command(binary, "--mode", "kubernetes", "--kubeconfig", kubeconfig, "--trust-domain", "cluster.local",
 		"--issuer-credentials", credentials, "--listen-address", "127.0.0.1", fmt.Sprintf("--port=%d", ports[0]),
 		"--healthz-listen-address", "127.0.0.1", fmt.Sprintf("--healthz-port=%d", ports[1]),
-		"--metrics-listen-address", "127.0.0.1", fmt.Sprintf("--metrics-port=%d", ports[2]), "--log-level", "debug")
+		"--metrics-listen-address", "127.0.0.1", fmt.Sprintf("--metrics-port=%d", ports[2]), "--log-level", "debug",
+		// JWTs too: its key joins the Secret and its JWKS the ConfigMap.
+		"--jwt-enabled")
 	cmd.Env = append(os.Environ(), "NAMESPACE="+namespace,
+		// It reads its Configuration (see InstallConfiguration) through this.
+		"KUBECONFIG="+kubeconfig,
 		// Any value selects Kubernetes mode; the API server is the kubeconfig's.
 		"KUBERNETES_SERVICE_HOST=127.0.0.1",
 		// Dapr refuses root in a container; here it runs as the test's user.
@@ -51,9 +55,13 @@ func StartSentry(kubeconfig, namespace, dir string) (*Sentry, error) {
 }
 
 // LoadedFromStore reports whether Sentry took the bundle it found as its CA
-// (and did not make one of its own).
+// (and did not make one of its own). Sentry logs the store written when it
+// made anything, its JWT key alone included.
 func (s *Sentry) LoadedFromStore() bool {
-	return strings.Contains(s.Log(), "Root and issuer certs found: using credentials from store")
+	log := s.Log()
+	started := strings.Contains(log, "Root and issuer certs found: using credentials from store") ||
+		strings.Contains(log, "Self-signed certs and JWT root key generated and persisted successfully")
+	return started && !s.GeneratedCA()
 }
 
 // GeneratedCA reports whether Sentry made a CA of its own, overwriting the

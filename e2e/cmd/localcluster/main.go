@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -28,8 +29,13 @@ Commands:
   up        start etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
             kwok and cert-manager in the background; return when ready
   down      stop exactly the processes 'up' (and 'fixture') started, remove DIR
-  fixture   start the Dapr sidecar injector stand-in and install the Dapr fixture
+  fixture   start the Dapr sidecar injector stand-in and install the Dapr fixture;
+            with --real-dapr, Dapr's own Sentry and injector run it instead, and
+            a sidecar on Dapr's mTLS code for each application pod calls the
+            others (counts in DIR/calls.txt)
   injector  serve the injector webhook in the foreground (used by 'fixture')
+  dapr      run Dapr's own control plane and the sidecars in the foreground
+            (used by 'fixture --real-dapr')
   operator  run the operator binary (--binary) in the background under its own
             ServiceAccount, bound to the ClusterRole generated from RBAC markers
 `
@@ -58,6 +64,8 @@ func main() {
 		err = installFixture(ctx, *dir, args)
 	case "injector":
 		err = serveInjector(ctx, args)
+	case "dapr":
+		err = serveDapr(ctx, args)
 	case "operator":
 		err = runOperator(ctx, *dir, args)
 	default:
@@ -109,6 +117,7 @@ func installFixture(ctx context.Context, dir string, args []string) error {
 	replicas := fs.Int("replicas", 2, "replicas of each application")
 	namespaces := fs.String("namespaces", "apps-a,apps-b,apps-c", "comma-separated namespaces the applications are spread over")
 	timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for the fixture to roll out")
+	realDapr := fs.Bool("real-dapr", false, "run Dapr's own Sentry and injector (bin/dapr, or DAPR_BIN) and sidecars on its mTLS code")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -121,15 +130,15 @@ func installFixture(ctx context.Context, dir string, args []string) error {
 	if err != nil {
 		return err
 	}
-	// A second 'fixture' (more applications) keeps the running injector.
-	if _, notRunning := cluster.DetachedPID(dir, "dapr-injector"); notRunning != nil {
-		readyFile := filepath.Join(dir, "injector.ready")
-		fmt.Println("starting the Dapr sidecar injector stand-in")
-		_ = os.Remove(readyFile)
-		if err := cluster.StartDetachedProcess(ctx, dir, "dapr-injector", self,
-			[]string{"injector", "--kubeconfig=" + kubeconfig, "--ready-file=" + readyFile}, cluster.FileExists(readyFile)); err != nil {
-			return err
-		}
+	daprReady := filepath.Join(dir, "dapr-apps.ready")
+	if *realDapr {
+		err = startDetached(ctx, dir, "dapr", self, "dapr", "--kubeconfig="+kubeconfig, "--state="+filepath.Join(dir, "dapr"),
+			"--dapr-ready-file="+daprReady, "--calls-file="+filepath.Join(dir, "calls.txt"))
+	} else {
+		err = startDetached(ctx, dir, "dapr-injector", self, "injector", "--kubeconfig="+kubeconfig)
+	}
+	if err != nil {
+		return err
 	}
 	c, err := newClient(kubeconfig)
 	if err != nil {
@@ -145,8 +154,34 @@ func installFixture(ctx context.Context, dir string, args []string) error {
 	if err := fixture.WaitRolledOut(waitCtx, c, opts); err != nil {
 		return err
 	}
+	if *realDapr {
+		fmt.Println("waiting for the applications to run on Dapr's own injector and sidecars")
+		daprCtx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		if err := wait.PollUntilContextCancel(daprCtx, time.Second, true, func(ctx context.Context) (bool, error) {
+			return cluster.FileExists(daprReady)(ctx) == nil, nil
+		}); err != nil {
+			return fmt.Errorf("Dapr did not come up (see %s): %w", filepath.Join(dir, "logs"), err)
+		}
+		if err := fixture.WaitRolledOut(daprCtx, c, opts); err != nil {
+			return err
+		}
+	}
 	fmt.Println("Dapr fixture is ready")
 	return nil
+}
+
+// startDetached starts this program's command in the background as name,
+// unless it runs already (a second 'fixture', for more applications, keeps
+// it), and waits for its ready file.
+func startDetached(ctx context.Context, dir, name, self, command string, args ...string) error {
+	if _, notRunning := cluster.DetachedPID(dir, name); notRunning == nil {
+		return nil
+	}
+	readyFile := filepath.Join(dir, name+".ready")
+	_ = os.Remove(readyFile)
+	fmt.Printf("starting %s\n", name)
+	return cluster.StartDetachedProcess(ctx, dir, name, self, append([]string{command, "--ready-file=" + readyFile}, args...), cluster.FileExists(readyFile))
 }
 
 func serveInjector(ctx context.Context, args []string) error {
