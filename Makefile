@@ -45,10 +45,13 @@ generate: $(CONTROLLER_GEN) ## Generate DeepCopy methods.
 manifests: $(CONTROLLER_GEN) ## Generate the CRD and the RBAC role from markers.
 	$(CONTROLLER_GEN) crd rbac:roleName=mtls-rotator-manager paths=./api/... paths=./controllers/... \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	@# The grant evictUnmanagedPods needs, a role of its own that an install opts into.
+	$(CONTROLLER_GEN) rbac:roleName=mtls-rotator-evictor paths=./internal/eviction/... output:rbac:artifacts:config=config/eviction
 	@# The Helm chart renders the same CRD, RBAC rules and alerts.
 	@mkdir -p charts/mtls-rotator/files/crds
 	cp config/crd/bases/mtls.rotator.dev_mtlsrotations.yaml charts/mtls-rotator/files/crds/
 	cp config/rbac/role.yaml charts/mtls-rotator/files/role.yaml
+	cp config/eviction/role.yaml charts/mtls-rotator/files/eviction-role.yaml
 	cp config/prometheus/rule.yaml charts/mtls-rotator/files/prometheus-rule.yaml
 	cp config/admission/policy.yaml charts/mtls-rotator/files/admission-policy.yaml
 
@@ -82,7 +85,7 @@ e2e: binaries cert-manager-controller dapr ## Run only the e2e suites on a local
 # make test-dapr DAPR_VERSIONS=v1.18.3,v1.17.5,v1.16.5
 DAPR_VERSIONS ?= $(DAPR_VERSION)
 # The e2e tests that run Dapr's own binaries.
-DAPR_TESTS := TestDaprSentry|TestRotationsUnderDaprsOwnInjector|TestTakeOverWhatDaprsSentryGenerated|TestPodsNoRestartReachesHoldTheGatesUnderDaprsInjector|TestManualRotationWithoutOverlapFailsCalls
+DAPR_TESTS := TestDaprSentry|TestRollbackRestoresWhatDaprsSentryGenerated|TestRotationsUnderDaprsOwnInjector|TestTakeOverWhatDaprsSentryGenerated|TestPodsNoRestartReachesHoldTheGatesUnderDaprsInjector|TestManualRotationWithoutOverlapFailsCalls
 
 .PHONY: test-dapr
 test-dapr: binaries cert-manager-controller ## Run the e2e tests that run Dapr's own binaries on each of DAPR_VERSIONS (built once each).

@@ -112,7 +112,7 @@ func (b backupStore) readOrNew(ctx context.Context) (s *corev1.Secret, exists bo
 func (b backupStore) setOriginal(s *corev1.Secret, installed pki.Bundle, rotationID string) {
 	s.Name, s.Namespace = backupName(b.obj), b.obj.Namespace
 	s.Labels = map[string]string{OwnerLabel: b.obj.Name}
-	s.Annotations = map[string]string{RotationAnnotation: rotationID, BundleHashAnnotation: bundle.Hash(installed)}
+	s.Annotations = map[string]string{RotationAnnotation: rotationID, BundleHashAnnotation: bundle.Hash(installed), MadeAnnotation: "true"}
 	s.Type = corev1.SecretTypeOpaque
 	s.Data, _ = bundle.SecretData(nil, installed, keysOf(b.obj))
 }
@@ -133,20 +133,27 @@ func (b backupStore) write(ctx context.Context, s *corev1.Secret, exists bool) e
 	return nil
 }
 
-// own makes the settled object the backup's controller again, in a patch of
-// its owner references alone; nothing when it already is or there is no
-// backup.
+// own makes the settled object the backup's controller again and drops the
+// private keys it holds, in one patch; nothing when that is done or there is
+// no backup. The keys served a rollback of the rotation, which is over: the
+// retired issuer keys (a compromised one, say) do not outlive it here. The
+// certificates stay.
 func (b backupStore) own(ctx context.Context) error {
 	s := &corev1.Secret{}
 	if err := b.Get(ctx, client.ObjectKey{Namespace: b.obj.Namespace, Name: backupName(b.obj)}, s); err != nil {
 		return client.IgnoreNotFound(err)
 	}
-	if metav1.IsControlledBy(s, b.obj) {
+	keyMaterial := bundle.KeyMaterial(keysOf(b.obj))
+	holdsKeys := slices.ContainsFunc(keyMaterial, func(k string) bool { _, ok := s.Data[k]; return ok })
+	if metav1.IsControlledBy(s, b.obj) && !holdsKeys {
 		return nil
 	}
 	before := s.DeepCopy()
 	if err := controllerutil.SetControllerReference(b.obj, s, b.Scheme()); err != nil {
 		return err
+	}
+	for _, k := range keyMaterial {
+		delete(s.Data, k)
 	}
 	if err := b.Patch(ctx, s, client.MergeFrom(before)); err != nil {
 		return fmt.Errorf("owning the backup Secret: %w", err)

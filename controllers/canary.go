@@ -121,7 +121,7 @@ func (p *pass) judgeCanary(ctx context.Context, canary restart.Observed) error {
 	}
 	return stall(rotatorv1.InjectorNotVerifiedReason,
 		"%s, restarted first, rolled out, but %s: Dapr's sidecar injector did not patch its new pods, so what it hands out is not known and no other application was restarted; check that the injector runs, that its webhook is registered, and that the pods' creator is one it allows (kube-system's controllers, ALLOWED_SERVICE_ACCOUNTS); then recreate the pod",
-		canary.Ref, bare).retry(p.pollInterval())
+		canary.Ref, bare).retry(p.stalledRetry(since.Time))
 }
 
 // uninjectedPod names, for a message, a pod of the canary's namespace

@@ -42,8 +42,22 @@ func (p *pass) reconcileConvergence(ctx context.Context) error {
 	if len(report.Stragglers) > 0 {
 		p.explainSameKey(ctx, report.Stragglers)
 	}
-	setConvergence(obj, convergenceStatus(report, required), p.now())
+	status := convergenceStatus(report, required)
+	status.CutOff = cutOffStatus(convergence.CutOffBefore(observed, obj.Status.Root.NotAfter.Time, maxNotConverged))
+	setConvergence(obj, status, p.now())
 	return nil
+}
+
+// cutOffStatus is c as status shows it; nil when no pod is cut off early.
+func cutOffStatus(c convergence.CutOff) *rotatorv1.CutOffStatus {
+	if c.Pods == 0 {
+		return nil
+	}
+	s := &rotatorv1.CutOffStatus{At: metav1.NewTime(c.At), Pods: int32(c.Pods)}
+	for _, p := range c.First {
+		s.First = append(s.First, p.Namespace+"/"+p.Name)
+	}
+	return s
 }
 
 // explainSameKey says of the pods that hold a previous certificate of the

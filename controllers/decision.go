@@ -96,10 +96,21 @@ func (p *pass) settle(ctx context.Context) error {
 	return p.backups().own(ctx)
 }
 
+// daprConfigurationRetry is how soon a rotation held by an unreadable Dapr
+// Configuration looks again.
+const daprConfigurationRetry = 30 * time.Second
+
 // begin starts the rotation the decision asks for, and records it before
 // anything is issued.
 func (p *pass) begin(ctx context.Context, d rotation.Decision) error {
 	obj, s := p.obj, d.Start
+	if err := p.daprConfigurationErr; err != nil && obj.Spec.Root.Retired.GetPolicy() == rotatorv1.RetiredRootsAuto {
+		// Not decided on an unknown answer: dropping a root that signed
+		// workflow histories would fail them for good.
+		return stall(rotatorv1.DaprConfigurationUnknownReason,
+			"whether Dapr's %s is on decides whether the roots a rotation retires stay in the trust anchors (spec.root.retired.policy Auto), and it is not known: %v; no rotation starts until Dapr's Configurations can be read, or spec.root.retired.policy is Keep or Drop",
+			WorkflowHistorySigningFeature, err).retry(daprConfigurationRetry)
+	}
 	if s.Cause == rotatorv1.CauseRenewal {
 		p.normal("RenewalDue", "Renew", "%s", d.Message)
 	}

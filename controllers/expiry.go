@@ -77,7 +77,7 @@ func (r *MTLSRootRotationReconciler) markExpiry(obj *rotatorv1.MTLSRootRotation,
 func expiringReason(names []string) string {
 	root, issuer := false, false
 	for _, n := range names {
-		root = root || n == "root"
+		root = root || n == "root" || n == "previous root"
 		issuer = issuer || n == "issuer"
 	}
 	switch {

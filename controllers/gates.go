@@ -16,6 +16,7 @@ import (
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/convergence"
+	"github.com/mtls-rotator/mtls-rotator/internal/eviction"
 	"github.com/mtls-rotator/mtls-rotator/internal/restart"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
@@ -28,7 +29,9 @@ const gateGrace = 30 * time.Second
 const podsWait = "Dapr pods"
 
 // observePods lists the live Dapr sidecar pods of this control plane, as the
-// cache holds them, once per pass.
+// cache holds them, once per pass. It notes the workloads whose live pods
+// all belong to another control plane: that control plane's rotations
+// restart them, not this one's.
 func (p *pass) observePods(ctx context.Context) ([]convergence.Pod, error) {
 	if p.pods != nil {
 		return p.pods, nil
@@ -39,13 +42,24 @@ func (p *pass) observePods(ctx context.Context) ([]convergence.Pod, error) {
 		return nil, fmt.Errorf("listing Dapr sidecar pods: %w", err)
 	}
 	observed := make([]convergence.Pod, 0, len(pods.Items))
+	ours, others := map[string]bool{}, map[string]bool{}
 	for i := range pods.Items {
 		o, live := convergence.Observe(&pods.Items[i])
-		if live && (o.ControlPlane == "" || o.ControlPlane == p.obj.Namespace) {
+		switch {
+		case !live:
+		case o.ControlPlane == "" || o.ControlPlane == p.obj.Namespace:
 			observed = append(observed, o)
+			ours[o.Workload] = true
+		default:
+			others[o.Workload] = true
 		}
 	}
-	p.pods = observed
+	for w := range others {
+		if ours[w] || w == "" {
+			delete(others, w)
+		}
+	}
+	p.pods, p.otherControlPlanes = observed, others
 	return observed, nil
 }
 
@@ -77,7 +91,7 @@ func (p *pass) phaseGate(ctx context.Context, newRoot string) ([][]string, error
 	since := rotation.Wait(rot, podsWait, now)
 	msg := fmt.Sprintf("the %s phase of rotation %s waits for %d of %d Dapr pods: %s", rot.Phase, rot.ID, r.Total-r.Converged, r.Total, describeStragglers(r))
 	if p.obj.Spec.Applications.EvictUnmanagedPods {
-		refused, err := p.evictUnmanaged(ctx, pods, newRoot)
+		refused, err := p.evictUnmanaged(ctx, pods, newRoot, fmt.Sprintf("holding the %s phase", rot.Phase))
 		if err != nil {
 			return nil, err
 		}
@@ -90,7 +104,21 @@ func (p *pass) phaseGate(ctx context.Context, newRoot string) ([][]string, error
 	}
 	return nil, stall(rotatorv1.PodsNotConvergedReason,
 		"%s; pods no rotation restarts (bare pods, Jobs' pods, other owners) must be deleted or recreated; the rotation goes on by itself once they are", msg).
-		retry(p.pollInterval())
+		retry(p.stalledRetry(since.Time))
+}
+
+// maxStalledRetry bounds how long a stalled pass waits before it looks
+// again by itself.
+const maxStalledRetry = 2 * time.Minute
+
+// stalledRetry is how soon a pass stalled since since looks again by
+// itself: at the poll interval at first, then after a quarter of the time
+// stalled, up to maxStalledRetry. What ends such a stall (a pod deleted or
+// started, a workload rolled out) wakes a pass by its own event; the retry
+// is the fallback, and each costs requests (an eviction per refused pod, a
+// live list).
+func (p *pass) stalledRetry(since time.Time) time.Duration {
+	return min(max(p.now().Sub(since)/4, p.pollInterval()), maxStalledRetry)
 }
 
 // gateRequirement is what every pod must satisfy before the current phase
@@ -240,19 +268,12 @@ func (p *pass) markConverged(ctx context.Context, apps []restart.Observed, lazy 
 	return nil
 }
 
-// Evicting goes through the eviction API, so that PodDisruptionBudgets hold.
-// +kubebuilder:rbac:groups="",resources=pods/eviction,verbs=create
-
 // evictUnmanaged evicts the pods holding the current gate that no workload
 // restart reaches: their owner, if any, recreates them on the published
 // anchors. It says which evictions were refused (a PodDisruptionBudget), or "".
-func (p *pass) evictUnmanaged(ctx context.Context, pods []convergence.Pod, newRoot string) (string, error) {
-	req := p.gateRequirement(newRoot)
+func (p *pass) evictUnmanaged(ctx context.Context, pods []convergence.Pod, newRoot, holding string) (string, error) {
 	var evicted, refused []string
-	for _, pod := range pods {
-		if pod.Workload != "" || pod.Terminating || convergence.Unmet(pod, req) == "" {
-			continue
-		}
+	for _, pod := range eviction.Candidates(pods, p.gateRequirement(newRoot)) {
 		name := pod.Namespace + "/" + pod.Name
 		target := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace}}
 		err := p.SubResource("eviction").Create(ctx, target, &policyv1.Eviction{ObjectMeta: target.ObjectMeta})
@@ -262,13 +283,17 @@ func (p *pass) evictUnmanaged(ctx context.Context, pods []convergence.Pod, newRo
 		case apierrors.IsNotFound(err):
 		case apierrors.IsTooManyRequests(err):
 			refused = append(refused, name)
+		case apierrors.IsForbidden(err):
+			return "", stall(rotatorv1.EvictionNotGrantedReason,
+				"spec.applications.evictUnmanagedPods is set, but the operator may not evict pods (%v): grant it with the kustomize component config/eviction or the chart's eviction.enabled, or unset evictUnmanagedPods and delete the pods by hand", err).
+				retry(30 * time.Second) // no event says the grant came
 		default:
 			return "", fmt.Errorf("evicting pod %s: %w", name, err)
 		}
 	}
 	if len(evicted) > 0 {
-		p.normal(rotatorv1.UnmanagedPodsEvictedReason, "Evict", "rotation %s: evicted %d Dapr pods no workload restart reaches, holding the %s phase: %s",
-			p.rot().ID, len(evicted), p.rot().Phase, strings.Join(evicted[:min(len(evicted), maxNotConverged)], ", "))
+		p.normal(rotatorv1.UnmanagedPodsEvictedReason, "Evict", "rotation %s: evicted %d Dapr pods no workload restart reaches, %s: %s",
+			p.rot().ID, len(evicted), holding, strings.Join(evicted[:min(len(evicted), maxNotConverged)], ", "))
 	}
 	if len(refused) == 0 {
 		return "", nil

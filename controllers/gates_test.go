@@ -1,11 +1,13 @@
 package controllers
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -65,6 +67,7 @@ func TestPhaseGates(t *testing.T) {
 		want       string
 		message    string
 		wantEvents []string
+		retry      time.Duration // a stall's: looked at again after
 	}{{
 		name: "switch: every pod trusts the new root",
 		obj:  rotationObj(switchPhase...), installed: overlap,
@@ -79,7 +82,12 @@ func TestPhaseGates(t *testing.T) {
 		name: "switch: then stalls naming it, whatever the spec restarts",
 		obj:  rotationObj(append(switchPhase, waitingSince(podsWait, t0.Add(-time.Minute)))...), installed: overlap,
 		pods: []client.Object{sidecarPod("team", "a", "web-1", ns, both), sidecarPod("team", "bare", "", ns, k.old.CertPEM())},
-		want: "stall:" + rotatorv1.PodsNotConvergedReason, message: "waits for 1 of 2 Dapr pods: team/bare",
+		want: "stall:" + rotatorv1.PodsNotConvergedReason, message: "waits for 1 of 2 Dapr pods: team/bare", retry: 15 * time.Second,
+	}, {
+		name: "switch: a stall looks again by itself less often the longer it lasts",
+		obj:  rotationObj(append(switchPhase, waitingSince(podsWait, t0.Add(-time.Hour)))...), installed: overlap,
+		pods: []client.Object{sidecarPod("team", "bare", "", ns, k.old.CertPEM())},
+		want: "stall:" + rotatorv1.PodsNotConvergedReason, retry: maxStalledRetry,
 	}, {
 		name: "switch: a pod whose anchors cannot be read holds it too",
 		obj:  rotationObj(switchPhase...), installed: overlap,
@@ -133,6 +141,9 @@ func TestPhaseGates(t *testing.T) {
 				g.Expect(err.Error()).To(ContainSubstring(tt.message))
 			}
 			g.Expect(h.eventReasons()).To(Equal(tt.wantEvents))
+			if tt.retry != 0 {
+				g.Expect(err.(*stallError).RetryAfter).To(Equal(tt.retry))
+			}
 			if tt.want != "" {
 				s := h.get(&corev1.Secret{}, "dapr-trust-bundle").(*corev1.Secret)
 				g.Expect(bundle.FromSecret(s.Data, keysOf(p.obj))).To(Equal(tt.installed), "a closed gate publishes nothing")
@@ -235,4 +246,30 @@ func TestGateEvictsUnmanagedPodsWhenAskedTo(t *testing.T) {
 	g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: "rs-of-its-own-x"}, &corev1.Pod{})).NotTo(Succeed(),
 		"a ReplicaSet of its own is no Deployment's, whatever its name: evicted")
 	g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: "a-5d4f9-x"}, &corev1.Pod{})).To(Succeed(), "a Deployment's pod is left to its restart")
+}
+
+// TestSameKeyRotationEvictsItsStragglersWhenAskedTo: with
+// evictUnmanagedPods, once a same-key rotation has restarted its
+// applications, the pods no restart reached that hold only the root
+// certificate it replaced are evicted, and pods holding the published one
+// are not; without it, nothing is evicted (status.convergence.cutOff names
+// them instead).
+func TestSameKeyRotationEvictsItsStragglersWhenAskedTo(t *testing.T) {
+	k := newPKI(t)
+	for _, evict := range []bool{true, false} {
+		t.Run(fmt.Sprintf("evictUnmanagedPods %v", evict), func(t *testing.T) {
+			g := NewWithT(t)
+			obj := rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), canaryVerified("Deployment team/a"),
+				withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Applications.EvictUnmanagedPods = evict }))
+			h := newHarness(t, append(trustBundle(bundleFrom(t, k.renewIssuer, k.renewed)), daprApp("team", "a", "r-1"),
+				sidecarPod("team", "bare", "", ns, k.old.CertPEM()), sidecarPod("team", "bare-renewed", "", ns, k.renewed.CertPEM()), obj)...)
+			g.Expect(kindOf(h.pass("mesh").stepApplications(t.Context()))).To(BeEmpty())
+			err := h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: "bare"}, &corev1.Pod{})
+			g.Expect(apierrors.IsNotFound(err)).To(Equal(evict), "evicted only when asked to: %v", err)
+			g.Expect(h.client.Get(t.Context(), client.ObjectKey{Namespace: "team", Name: "bare-renewed"}, &corev1.Pod{})).To(Succeed())
+			if evict {
+				g.Expect(h.eventReasons()).To(ContainElement(rotatorv1.UnmanagedPodsEvictedReason))
+			}
+		})
+	}
 }

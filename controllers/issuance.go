@@ -18,6 +18,16 @@ import (
 // OwnerLabel names the MTLSRootRotation an object belongs to.
 const OwnerLabel = "mtls.rotator.dev/rotation"
 
+// MadeAnnotation marks, from its creation, a Secret the operator made (the
+// backup, an imported root key) or had cert-manager make for it (the root
+// and issuer Secrets). The admission policy lets the operator delete only
+// Secrets that carry it, and never add it to one: labeling a Secret does
+// not make it the operator's to delete.
+const MadeAnnotation = "mtls.rotator.dev/made-by-operator"
+
+// madeAnnotations are the annotations of a Secret made for the operator.
+func madeAnnotations() map[string]string { return map[string]string{MadeAnnotation: "true"} }
+
 // issuanceNames are the cert-manager objects of one MTLSRootRotation.
 type issuanceNames struct {
 	SelfSigned string // Issuer
@@ -107,7 +117,7 @@ func desiredIssuance(obj *rotatorv1.MTLSRootRotation) []client.Object {
 		&cmapi.Certificate{ObjectMeta: meta(n.Root), Spec: cmapi.CertificateSpec{
 			IsCA: true, CommonName: cn, Subject: subject,
 			SecretName:     rootSecretName(obj),
-			SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: map[string]string{OwnerLabel: obj.Name}},
+			SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: map[string]string{OwnerLabel: obj.Name}, Annotations: madeAnnotations()},
 			Duration:       &metav1.Duration{Duration: spec.Root.GetDuration()},
 			PrivateKey:     keySpec(spec.Root.PrivateKey, cmapi.RotationPolicyNever),
 			Usages:         []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageCRLSign, cmapi.UsageDigitalSignature},
@@ -125,7 +135,7 @@ func issuerCertificate(obj *rotatorv1.MTLSRootRotation, meta metav1.ObjectMeta, 
 	return &cmapi.Certificate{ObjectMeta: meta, Spec: cmapi.CertificateSpec{
 		IsCA: true, CommonName: spec.GetTrustDomain(),
 		SecretName:     meta.Name,
-		SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: map[string]string{OwnerLabel: obj.Name}},
+		SecretTemplate: &cmapi.CertificateSecretTemplate{Labels: map[string]string{OwnerLabel: obj.Name}, Annotations: madeAnnotations()},
 		Duration:       &metav1.Duration{Duration: spec.Issuer.GetDuration()},
 		PrivateKey:     keySpec(spec.Issuer.PrivateKey, cmapi.RotationPolicyAlways),
 		Usages:         []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageCRLSign, cmapi.UsageDigitalSignature},

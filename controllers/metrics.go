@@ -122,7 +122,7 @@ type stateCollector struct {
 
 var (
 	expirationDesc = prometheus.NewDesc("mtls_rotator_certificate_expiration_timestamp_seconds",
-		"When the root or issuer certificate Dapr Sentry holds expires, as a Unix timestamp; issuer-root is the anchor the issuer chains to, when it is not the newest (root).",
+		"When the root or issuer certificate Dapr Sentry holds expires, as a Unix timestamp; issuer-root is the anchor the issuer chains to, when it is not the newest (root); pods-root is when the first running Dapr pods that hold only an older root lose it.",
 		[]string{"namespace", "name", "certificate"}, nil)
 	stepDesc = prometheus.NewDesc("mtls_rotator_rotation_step",
 		"The step (and trust-overlap phase) of each object's current or last rotation: 1 for it.",
@@ -157,6 +157,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			if s != nil {
 				ch <- prometheus.MustNewConstMetric(expirationDesc, prometheus.GaugeValue, float64(s.NotAfter.Unix()), ns, name, cert)
 			}
+		}
+		if c := st.Convergence; c != nil && c.CutOff != nil {
+			ch <- prometheus.MustNewConstMetric(expirationDesc, prometheus.GaugeValue, float64(c.CutOff.At.Unix()), ns, name, "pods-root")
 		}
 		if st.Rotation != nil {
 			ch <- prometheus.MustNewConstMetric(stepDesc, prometheus.GaugeValue, 1, ns, name, string(st.Rotation.Step), string(st.Rotation.Phase))

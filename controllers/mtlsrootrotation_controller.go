@@ -243,6 +243,12 @@ func (r *MTLSRootRotationReconciler) finalize(ctx context.Context, p *pass, pass
 		if st.Due != expiry.None && o.stall == nil && !rotation.InFlight(obj.Status.Rotation) {
 			next = r.now().Time
 		}
+		if p.completed {
+			// The settled state (the backup owned and stripped of keys, the
+			// keys and objects the rotation replaced dropped) is kept by
+			// the next pass, which no event may bring.
+			next = r.now().Time
+		}
 		if !next.IsZero() {
 			if d := next.Sub(r.now().Time) + time.Second; o.result.RequeueAfter == 0 || d < o.result.RequeueAfter {
 				o.result.RequeueAfter = d

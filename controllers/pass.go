@@ -25,12 +25,21 @@ type pass struct {
 	log  logr.Logger
 	// ran is false when the pass did nothing (suspended).
 	ran bool
+	// completed: this pass completed the rotation in status; the next one
+	// settles it (settle), at once.
+	completed bool
 	// target is the Secret and ConfigMap Sentry reads, as last read.
 	target *target
 	// chosen is the strategy of the rotation in flight (see strategy).
 	chosen strategy
 	// pods are the Dapr sidecar pods observed (see observePods).
 	pods []convergence.Pod
+	// otherControlPlanes are the workloads whose live Dapr pods all belong
+	// to another control plane (see observePods).
+	otherControlPlanes map[string]bool
+	// daprConfigurationErr is why Dapr's Configurations could not be read
+	// this pass, if they could not.
+	daprConfigurationErr error
 }
 
 func (r *MTLSRootRotationReconciler) newPass(ctx context.Context, obj *rotatorv1.MTLSRootRotation) *pass {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,6 +30,10 @@ func (p *pass) reconcileDryRun(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	changed := planChanged(p.obj.Status.Plan, plan)
+	if !changed {
+		plan = p.obj.Status.Plan // its ComputedAt too: a pass that finds the same plan writes nothing
+	}
 	p.obj.Status.Plan = plan
 	msg := fmt.Sprintf("dry run: a %s rotation would issue %d certificates, restart %d control-plane workloads, then %d applications in %d waves per phase%s",
 		plan.KeyPolicy, len(plan.Certificates), len(plan.ControlPlane), plan.Applications, plan.Waves, phaseList(plan.Phases))
@@ -42,8 +47,21 @@ func (p *pass) reconcileDryRun(ctx context.Context) error {
 		msg += fmt.Sprintf("; it would stop: %s", plan.Blockers[0])
 	}
 	markReady(p.obj, "%s", msg)
-	p.normal("RotationPlanned", "Plan", "%s", msg)
+	if changed {
+		p.normal("RotationPlanned", "Plan", "%s", msg)
+	}
 	return errDone
+}
+
+// planChanged reports whether plan says anything old did not, the time it
+// was computed aside.
+func planChanged(old, plan *rotatorv1.RotationPlan) bool {
+	if old == nil {
+		return true
+	}
+	same := plan.DeepCopy()
+	same.ComputedAt = old.ComputedAt
+	return !equality.Semantic.DeepEqual(old, same)
 }
 
 func phaseList(phases []rotatorv1.RotationPhase) string {
@@ -58,7 +76,10 @@ func phaseList(phases []rotatorv1.RotationPhase) string {
 func (p *pass) plan(ctx context.Context) (*rotatorv1.RotationPlan, error) {
 	obj := p.obj
 	plan := &rotatorv1.RotationPlan{ComputedAt: p.now(), KeyPolicy: obj.Spec.Root.GetKeyPolicy()}
-	if keeps, why := rotation.KeepsRetiredRoots(&obj.Spec.Root.Retired, obj.Status.DaprConfiguration); keeps {
+	if err := p.daprConfigurationErr; err != nil && obj.Spec.Root.Retired.GetPolicy() == rotatorv1.RetiredRootsAuto {
+		plan.Blockers = append(plan.Blockers, fmt.Sprintf("Dapr's Configurations cannot be read, so whether the roots it retires stay is not known (%s): %v",
+			rotatorv1.DaprConfigurationUnknownReason, err))
+	} else if keeps, why := rotation.KeepsRetiredRoots(&obj.Spec.Root.Retired, obj.Status.DaprConfiguration); keeps {
 		plan.KeepsRetiredRoots = fmt.Sprintf("the roots it retires stay in the trust anchors until %s after each expires (%s)", obj.Spec.Root.Retired.GetKeepAfterExpiry(), why)
 	}
 	if err := p.strategyFor(specRotation(obj)).plan(ctx, p.installed(), plan); err != nil {
@@ -81,6 +102,10 @@ func (p *pass) plan(ctx context.Context) (*rotatorv1.RotationPlan, error) {
 			return nil, fmt.Errorf("reading %s: %w", ref, err)
 		default:
 			plan.ControlPlane = append(plan.ControlPlane, ref.String())
+			if why := observe(o, "").NeverRollsOut; why != "" {
+				plan.Blockers = append(plan.Blockers, fmt.Sprintf("control-plane workload %s %s, so a restart would never roll it out: it would stop (%s)",
+					ref, why, rotatorv1.UpdateStrategyUnsupportedReason))
+			}
 		}
 	}
 	if obj.Spec.Applications.RestartEnabled() {
@@ -103,6 +128,9 @@ func (p *pass) planApplications(ctx context.Context, plan *rotatorv1.RotationPla
 	refs := make([]restart.Ref, 0, len(apps))
 	for _, a := range apps {
 		refs = append(refs, a.Ref)
+	}
+	if stuck := neverRollOut(apps); stuck != "" {
+		plan.Blockers = append(plan.Blockers, fmt.Sprintf("%s, so a restart would never roll them out: it would stop (%s)", stuck, rotatorv1.UpdateStrategyUnsupportedReason))
 	}
 	waves := restart.Waves(refs, p.obj.Spec.Applications.GetMaxConcurrent())
 	plan.Applications, plan.Waves = int32(len(refs)), int32(len(waves))

@@ -71,6 +71,10 @@ func TestPrometheusRuleUsesExportedMetrics(t *testing.T) {
 	g.Expect(alerts["MTLSRotationStalled"]).To(ContainSubstring(`type="Stalled"`))
 	g.Expect(alerts["DaprTrustCertificateExpiringSoon"]).To(ContainSubstring("unless on(namespace, name) mtls_rotator_next_renewal_timestamp_seconds"),
 		"no warning for a healthy automatic renewal ahead")
+	g.Expect(alerts["DaprTrustCertificateExpiringSoon"]).To(ContainSubstring(`certificate!="pods-root"`),
+		"pods holding an older root alone have an alert of their own, which no renewal silences")
+	g.Expect(alerts["DaprPodsTrustOnlyAnExpiringRoot"]).To(ContainSubstring(`certificate="pods-root"`))
+	g.Expect(alerts["DaprPodsTrustOnlyAnExpiringRoot"]).NotTo(ContainSubstring("next_renewal"))
 	g.Expect(alerts["DaprTrustCertificateRenewalOverdue"]).To(ContainSubstring("mtls_rotator_next_renewal_timestamp_seconds"))
 	g.Expect(alerts["MTLSRotatorAbsent"]).To(HavePrefix("absent("))
 }

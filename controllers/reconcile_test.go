@@ -16,6 +16,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -79,10 +81,10 @@ func TestReconcile(t *testing.T) {
 			g.Expect(conditions.GetMessage(obj, meta.StalledCondition)).To(ContainSubstring("dapr-system/owner already manages"))
 		},
 	}, {
-		name: "a selector the API server stored but cannot parse stalls before anything is done",
+		name: "a selector stored before the CRD refused it, which the operator cannot parse, stalls before anything is done",
 		objs: trustBundle(installed),
 		obj: rotationObj(withSpec(func(s *rotatorv1.MTLSRootRotationSpec) {
-			s.Applications.Selector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "app", Operator: "Sometimes"}}}
+			s.Applications.Selector = &rotatorv1.LabelSelector{MatchExpressions: []rotatorv1.LabelSelectorRequirement{{Key: "app", Operator: "Sometimes"}}}
 		})),
 		wantTerminal: true, wantReady: metav1.ConditionFalse, wantReason: rotatorv1.InvalidSpecReason,
 		wantEvents: []string{rotatorv1.InvalidSpecReason},
@@ -324,6 +326,16 @@ func TestDryRunPlansWhatTheStrategyWouldDo(t *testing.T) {
 			g.Expect(h.writes).To(HaveEach("status-patch MTLSRootRotation/mesh"), "a dry run writes only status")
 			g.Expect(h.eventReasons()).To(ContainElement("RotationPlanned"))
 			g.Expect(h.eventReasons()).To(HaveEach(BeElementOf("RotationPlanned", rotatorv1.ExpiringSoonReason)))
+
+			// A pass a minute later finds the same plan: it writes nothing and raises no event.
+			events := len(h.eventReasons())
+			h.r.Now = func() time.Time { return t0.Add(time.Minute) }
+			h.writes = nil
+			again, _, err := h.reconcileOnce()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(h.writes).To(BeEmpty(), "the same plan is not written again")
+			g.Expect(h.eventReasons()).To(HaveLen(events), "nor announced again")
+			g.Expect(again.Status.Plan.ComputedAt).To(Equal(obj.Status.Plan.ComputedAt))
 		})
 	}
 }
@@ -381,6 +393,12 @@ func TestConvergenceIsObservedFromThePods(t *testing.T) {
 			Reason: "it is terminating, and does not trust root " + pki.Fingerprint(k.renewed.Cert)[:11]},
 	}))
 	g.Expect(c.LastChangeTime.Time).To(BeTemporally("==", t0))
+	// The pods holding only the root certificate the renewal replaced lose
+	// every peer when it expires, before the published one does.
+	g.Expect(c.CutOff).NotTo(BeNil())
+	g.Expect(c.CutOff.At.Time).To(BeTemporally("==", k.old.Cert.NotAfter))
+	g.Expect(c.CutOff.Pods).To(Equal(int32(2)))
+	g.Expect(c.CutOff.First).To(Equal([]string{"team/bare", "team/leaving"}), "this control plane's only")
 
 	h.writes = nil
 	h.r.Now = func() time.Time { return t0.Add(time.Minute) }
@@ -388,6 +406,38 @@ func TestConvergenceIsObservedFromThePods(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(again.Status.Convergence.LastChangeTime.Time).To(BeTemporally("==", t0), "nothing changed")
 	g.Expect(h.writes).NotTo(ContainElement("status-patch MTLSRootRotation/mesh"), "an unchanged observation writes nothing")
+}
+
+// TestPodsHoldingOnlyAPreviousRootAreWarnedOf: the expiry that cuts the
+// mesh off is the one the running pods hold: a same-key renewal that left a
+// bare pod on the root certificate it replaced is Ready, but ExpiringSoon
+// names that certificate and the pod once it is within expiryWarning, and
+// once the pod is gone the warning goes with it.
+func TestPodsHoldingOnlyAPreviousRootAreWarnedOf(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	published := bundleFrom(t, k.renewIssuer, k.renewed)
+	// The old root expires 47 hours before the renewed one: this warning
+	// covers it (and the 90-day issuer), not the published root.
+	warn := rotationObj(settled("a"), withSpec(func(s *rotatorv1.MTLSRootRotationSpec) {
+		s.ExpiryWarning = &metav1.Duration{Duration: (365*24 - 47) * time.Hour}
+	}))
+	bare := sidecarPod("team", "bare", "", ns, k.old.CertPEM())
+	h := newHarness(t, append(trustBundle(published), sidecarPod("team", "a-1", "app-1", ns, k.renewed.CertPEM()), bare, warn)...)
+	got, _, err := h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(conditions.IsReady(got)).To(BeTrue())
+	g.Expect(conditions.GetReason(got, rotatorv1.ExpiringSoonCondition)).To(Equal("RootAndIssuer" + rotatorv1.ExpiringSoonReason))
+	msg := conditions.GetMessage(got, rotatorv1.ExpiringSoonCondition)
+	g.Expect(msg).To(ContainSubstring("previous root certificate expires at " + k.old.Cert.NotAfter.UTC().Format(time.RFC3339)))
+	g.Expect(msg).To(ContainSubstring("every peer of 1 Dapr pods that trust no newer root (team/bare)"))
+	g.Expect(msg).NotTo(ContainSubstring("; root certificate"), "the published root is not within the warning")
+
+	g.Expect(h.client.Delete(t.Context(), bare)).To(Succeed())
+	got, _, err = h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(got.Status.Convergence.CutOff).To(BeNil())
+	g.Expect(conditions.GetMessage(got, rotatorv1.ExpiringSoonCondition)).NotTo(ContainSubstring("previous root"))
 }
 
 // TestConvergenceExplainsThePreviousCertificateOfTheSameKey: a pod on the
@@ -584,7 +634,13 @@ func TestBackupIsOwnedOnceSettled(t *testing.T) {
 	got, _, err := h.reconcileOnce()
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(h.writes).To(ContainElement("patch Secret/mesh-backup"))
-	g.Expect(metav1.IsControlledBy(h.get(&corev1.Secret{}, "mesh-backup"), got)).To(BeTrue())
+	owned := h.get(&corev1.Secret{}, "mesh-backup").(*corev1.Secret)
+	g.Expect(metav1.IsControlledBy(owned, got)).To(BeTrue())
+	g.Expect(owned.Data).NotTo(HaveKey("issuer.key"), "the retired issuer key does not outlive the rotation")
+	g.Expect(owned.Data).NotTo(HaveKey("replaced.issuer.key"))
+	g.Expect(owned.Data).To(HaveKey("ca.crt"), "the certificates stay")
+	g.Expect(owned.Data).To(HaveKey("issuer.crt"))
+	g.Expect(owned.Data).To(HaveKey("replaced.issuer.crt"))
 
 	h.writes = nil
 	_, _, err = h.reconcileOnce()
@@ -601,4 +657,72 @@ func unlabeled(objs []client.Object) []client.Object {
 		}
 	}
 	return objs
+}
+
+// configurationsUnreadable is an API reader that may not list Dapr's
+// Configurations (RBAC, a timeout).
+type configurationsUnreadable struct{ client.Reader }
+
+func (r configurationsUnreadable) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	if u, ok := list.(*unstructured.UnstructuredList); ok && u.GetKind() == daprConfigurationGVK.Kind+"List" {
+		return apierrors.NewForbidden(schema.GroupResource{Group: daprConfigurationGVK.Group, Resource: "configurations"}, "", errors.New("RBAC"))
+	}
+	return r.Reader.List(ctx, list, opts...)
+}
+
+// TestNoRotationStartsOnAnUnknownDaprConfiguration: with retired roots on
+// Auto, whether a rotation keeps the roots it retires depends on Dapr's
+// Configurations; when they cannot be read, no rotation starts (Stalled
+// DaprConfigurationUnknown, nothing written but status) until they can. A
+// policy that does not depend on them starts at once.
+func TestNoRotationStartsOnAnUnknownDaprConfiguration(t *testing.T) {
+	k := newPKI(t)
+	for _, tt := range []struct {
+		policy    rotatorv1.RetiredRootsPolicy
+		wantStall bool
+	}{{rotatorv1.RetiredRootsAuto, true}, {rotatorv1.RetiredRootsDrop, false}, {rotatorv1.RetiredRootsKeep, false}} {
+		t.Run(string(tt.policy), func(t *testing.T) {
+			g := NewWithT(t)
+			obj := rotationObj(withSpec(func(s *rotatorv1.MTLSRootRotationSpec) { s.Root.Retired.Policy = tt.policy }))
+			h := newHarness(t, append(trustBundle(bundleFrom(t, k.oldIssuer, k.old)), obj)...)
+			h.r.APIReader = configurationsUnreadable{Reader: h.client}
+			got, _, err := h.reconcileOnce()
+			g.Expect(err).NotTo(HaveOccurred())
+			if !tt.wantStall {
+				g.Expect(got.Status.Rotation).NotTo(BeNil(), "the rotation starts")
+				return
+			}
+			g.Expect(got.Status.Rotation).To(BeNil(), "no rotation starts")
+			g.Expect(conditions.GetReason(got, meta.StalledCondition)).To(Equal(rotatorv1.DaprConfigurationUnknownReason))
+			g.Expect(conditions.GetMessage(got, meta.StalledCondition)).To(ContainSubstring("WorkflowHistorySigning is on decides whether the roots a rotation retires stay"))
+			g.Expect(conditions.GetMessage(got, meta.StalledCondition)).To(ContainSubstring("forbidden"))
+			g.Expect(h.writes).To(HaveEach("status-patch MTLSRootRotation/mesh"))
+
+			h.r.APIReader = h.client // readable again
+			got, _, err = h.reconcileOnce()
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(got.Status.Rotation).NotTo(BeNil(), "the rotation starts once they can be read")
+		})
+	}
+}
+
+// TestACompletedRotationIsSettledAtOnce: the pass that completes a rotation
+// asks for the next one at once: it settles the object (owns the backup and
+// drops its keys), and no event may come to bring it.
+func TestACompletedRotationIsSettledAtOnce(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	installed := bundleFrom(t, k.renewIssuer, k.renewed)
+	obj := rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), canaryVerified("Deployment team/a"),
+		func(obj *rotatorv1.MTLSRootRotation) { obj.Status.PublishedBundleHash = bundle.Hash(installed) })
+	h := newHarness(t, append(trustBundle(installed), daprApp("team", "a", "r-1"), backupOf(t, bundleFrom(t, k.oldIssuer, k.old)), obj)...)
+	got, res, err := h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(got.Status.Rotation.Step).To(Equal(rotatorv1.StepCompleted))
+	g.Expect(res.RequeueAfter).To(Equal(time.Second), "the settling pass comes at once")
+
+	got, res, err = h.reconcileOnce()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(metav1.IsControlledBy(h.get(&corev1.Secret{}, "mesh-backup"), got)).To(BeTrue(), "settled")
+	g.Expect(res.RequeueAfter).NotTo(Equal(time.Second), "once: a settled object does not poll")
 }

@@ -69,8 +69,12 @@ func (p *pass) stepRollingBack(ctx context.Context) error {
 	if err := p.writeBundle(ctx, replaced.Bundle, cmCA, rot.ID); err != nil {
 		return fmt.Errorf("restoring the bundle: %w", err)
 	}
-	if err := p.restartWorkload(ctx, stuck, rollbackID(restartID)); err != nil {
-		return err
+	// Restarted once: a second patch would carry a new restarted-at and roll
+	// the workload out again.
+	if !done {
+		if err := p.restartWorkload(ctx, stuck, rollbackID(restartID)); err != nil {
+			return err
+		}
 	}
 	setPublished(obj, bundle.Hash(replaced.Bundle), parsed)
 	p.strategy().rolledBack()

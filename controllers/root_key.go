@@ -63,7 +63,7 @@ func (p *pass) importRootKey(ctx context.Context) error {
 	switch {
 	case apierrors.IsNotFound(err):
 		root = &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: obj.Namespace, Labels: map[string]string{OwnerLabel: obj.Name}},
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: obj.Namespace, Labels: map[string]string{OwnerLabel: obj.Name}, Annotations: madeAnnotations()},
 			Type:       corev1.SecretTypeTLS,
 			Data:       map[string][]byte{corev1.TLSCertKey: {}, corev1.TLSPrivateKeyKey: keyPEM},
 		}

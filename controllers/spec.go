@@ -3,8 +3,6 @@ package controllers
 import (
 	"context"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
 	"github.com/mtls-rotator/mtls-rotator/internal/rotation"
 )
@@ -18,12 +16,12 @@ func (p *pass) reconcileSpec(context.Context) error {
 	obj := p.obj
 	for _, f := range []struct {
 		name string
-		sel  *metav1.LabelSelector
+		sel  *rotatorv1.LabelSelector
 	}{
 		{"spec.applications.namespaceSelector", obj.Spec.Applications.NamespaceSelector},
 		{"spec.applications.selector", obj.Spec.Applications.Selector},
 	} {
-		if _, err := metav1.LabelSelectorAsSelector(f.sel); err != nil {
+		if _, err := f.sel.AsSelector(); err != nil {
 			return stall(rotatorv1.InvalidSpecReason, "%s is not a valid label selector: %v; nothing was done", f.name, err).terminal()
 		}
 	}

@@ -73,6 +73,7 @@ func (p *pass) reconcileSteps(ctx context.Context) error {
 	}
 	p.normal("RotationCompleted", "Rotate", "rotation %s completed", rot.ID)
 	p.log.Info("rotation completed", "rotation", rot.ID)
+	p.completed = true
 	return nil
 }
 

@@ -9,9 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -64,9 +62,11 @@ func observe(o client.Object, rotationID string) restart.Observed {
 	case *appsv1.StatefulSet:
 		obs.Ref = restart.Ref{Kind: string(rotatorv1.StatefulSet), Namespace: w.Namespace, Name: w.Name}
 		st, tmpl, obs.Pods = rollout.StatefulSet(w), w.Spec.Template.Annotations, ptr.Deref(w.Spec.Replicas, 1)
+		obs.NeverRollsOut = rollout.StatefulSetNeverRollsOut(w)
 	case *appsv1.DaemonSet:
 		obs.Ref = restart.Ref{Kind: string(rotatorv1.DaemonSet), Namespace: w.Namespace, Name: w.Name}
 		st, tmpl, obs.Pods = rollout.DaemonSet(w), w.Spec.Template.Annotations, w.Status.DesiredNumberScheduled
+		obs.NeverRollsOut = rollout.DaemonSetNeverRollsOut(w)
 	}
 	obs.Restarted = restart.RestartedFor(tmpl, rotationID)
 	if obs.Restarted {
@@ -125,6 +125,11 @@ func (p *pass) stepControlPlane(ctx context.Context) error {
 		return stall(rotatorv1.WorkloadNotFoundReason,
 			"control-plane workload %s does not exist; no application was restarted (mark it optional in spec.controlPlane.workloads if this Dapr version has none)", a.Workload.Ref).retry(30 * time.Second)
 	case restart.Restart:
+		if why := a.Workload.NeverRollsOut; why != "" {
+			return stall(rotatorv1.UpdateStrategyUnsupportedReason,
+				"control-plane workload %s %s, so a restart would never roll it out; nothing was restarted: set its updateStrategy to RollingUpdate without a partition", a.Workload.Ref, why).
+				retry(30 * time.Second)
+		}
 		if err := p.guardPublished(ctx, a.Workload.Ref.String()); err != nil {
 			return err
 		}
@@ -186,7 +191,7 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 	spec := obj.Spec.Applications
 	var namespaces map[string]bool
 	if spec.NamespaceSelector != nil {
-		sel, err := metav1.LabelSelectorAsSelector(spec.NamespaceSelector)
+		sel, err := spec.NamespaceSelector.AsSelector()
 		if err != nil {
 			return nil, fmt.Errorf("spec.applications.namespaceSelector: %w", err)
 		}
@@ -199,13 +204,12 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 			namespaces[ns.Name] = true
 		}
 	}
-	selector := labels.Everything()
-	if spec.Selector != nil {
-		sel, err := metav1.LabelSelectorAsSelector(spec.Selector)
-		if err != nil {
-			return nil, fmt.Errorf("spec.applications.selector: %w", err)
-		}
-		selector = sel
+	selector, err := spec.Selector.AsSelector()
+	if err != nil {
+		return nil, fmt.Errorf("spec.applications.selector: %w", err)
+	}
+	if _, err := p.observePods(ctx); err != nil {
+		return nil, err
 	}
 	// Only Dapr-enabled workloads are listed (daprEnabledField), and only
 	// read: no copy of every workload of the cluster on each pass.
@@ -213,7 +217,10 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 	var apps []restart.Observed
 	add := func(o client.Object, tmpl map[string]string) {
 		if (namespaces == nil || namespaces[o.GetNamespace()]) && daprEnabled(tmpl) {
-			apps = append(apps, observe(o, restartID))
+			a := observe(o, restartID)
+			if !p.otherControlPlanes[a.Ref.String()] {
+				apps = append(apps, a)
+			}
 		}
 	}
 	deployments := &appsv1.DeploymentList{}
@@ -249,13 +256,50 @@ func (p *pass) applications(ctx context.Context, restartID string) ([]restart.Ob
 }
 
 // stepApplications restarts the Dapr applications that need it, at most
-// maxConcurrent at a time (advanceWindow).
+// maxConcurrent at a time (advanceWindow); then, for a same-key rotation with
+// applications.evictUnmanagedPods, evicts the pods no restart reached that
+// hold only the root certificate it replaced.
 func (p *pass) stepApplications(ctx context.Context) error {
+	if err := p.restartApplications(ctx); err != nil {
+		return err
+	}
+	return p.evictSameKeyStragglers(ctx)
+}
+
+// evictSameKeyStragglers evicts, when asked to, the pods no workload restart
+// reaches that do not trust the root a same-key rotation published: they
+// would lose every peer when the certificate they hold expires. A new-key
+// rotation evicts such pods at its gates instead.
+func (p *pass) evictSameKeyStragglers(ctx context.Context) error {
+	obj := p.obj
+	if !obj.Spec.Applications.EvictUnmanagedPods || p.rot().Phase != "" || obj.Status.Root == nil {
+		return nil
+	}
+	pods, err := p.observePods(ctx)
+	if err != nil {
+		return err
+	}
+	refused, err := p.evictUnmanaged(ctx, pods, obj.Status.Root.SHA256Fingerprint, "holding only the root certificate the rotation replaced")
+	if err != nil {
+		return err
+	}
+	if refused != "" {
+		p.event(corev1.EventTypeWarning, rotatorv1.UnmanagedPodsEvictedReason, "Evict", "rotation %s: %s; they keep the previous root until they are recreated (status.convergence.cutOff)", p.rot().ID, refused)
+	}
+	return nil
+}
+
+// restartApplications restarts the Dapr applications that need it, at most
+// maxConcurrent at a time (advanceWindow).
+func (p *pass) restartApplications(ctx context.Context) error {
 	rot, obj := p.rot(), p.obj
+	// Judged on the bundle as published, read live: a cache that has not
+	// seen the publish yet would take pods on the anchors from before it for
+	// converged, and skip them.
+	if err := p.refreshTarget(ctx); err != nil {
+		return err
+	}
 	if rot.Renews == string(expiry.Issuer) {
-		if err := p.refreshTarget(ctx); err != nil {
-			return err
-		}
 		changed, err := p.backups().anchorsChanged(ctx, p.target.Secret)
 		if err != nil {
 			return err
@@ -273,6 +317,9 @@ func (p *pass) stepApplications(ctx context.Context) error {
 			"rotation %s: applications not restarted (spec.applications.restart is false): their sidecars keep their trust anchors until their pods are recreated", rot.ID)
 		return nil
 	}
+	if err := p.afterSwitchSecond(); err != nil {
+		return err
+	}
 	apps, err := p.applications(ctx, rotation.RestartID(rot))
 	if err != nil {
 		return err
@@ -280,12 +327,50 @@ func (p *pass) stepApplications(ctx context.Context) error {
 	if err := p.markConverged(ctx, apps, p.lazy() != nil); err != nil {
 		return err
 	}
+	if stuck := neverRollOut(apps); stuck != "" {
+		return stall(rotatorv1.UpdateStrategyUnsupportedReason,
+			"%s, so a restart would never roll them out; no further application is restarted: set their updateStrategy to RollingUpdate without a partition, or recreate their pods and leave them out with spec.applications.selector", stuck).
+			retry(30 * time.Second)
+	}
 	plan := restart.NextWave(apps, obj.Spec.Applications.GetMaxConcurrent())
 	obj.Status.Applications = &rotatorv1.ApplicationsStatus{
 		Total: int32(plan.Total), Restarted: int32(plan.Restarted), Skipped: int32(plan.Skipped),
 		Progress: fmt.Sprintf("%d/%d", plan.Restarted+plan.Skipped, plan.Total),
 	}
 	return p.advanceWindow(ctx, apps, plan)
+}
+
+// afterSwitchSecond holds a Switch phase's application restarts until the
+// second after its control plane finished restarting (Sentry signing with the
+// new issuer). Start times are kept to the second, and a pod counts as
+// started after that moment only in a later second (convergence): a pod
+// restarted within the same second would hold the Prune gate for a whole
+// workloadCertTTL. The wait is under a second.
+func (p *pass) afterSwitchSecond() error {
+	rot := p.rot()
+	if rot.Phase != rotatorv1.PhaseSwitch {
+		return nil
+	}
+	signed := phaseStepFinished(rot, rotatorv1.StepRestartingControlPlane, rotatorv1.PhaseSwitch)
+	if next := signed.Truncate(time.Second).Add(time.Second); !signed.IsZero() && p.now().Time.Before(next) {
+		return p.pollUntil(next, "rotation %s: restarting applications from the second after Sentry's restart", rot.ID)
+	}
+	return nil
+}
+
+// neverRollOut names the applications that still need their pods
+// replaced and whose update strategy never replaces them, or "".
+func neverRollOut(apps []restart.Observed) string {
+	var names []string
+	for _, a := range apps {
+		if a.NeverRollsOut != "" && !a.Converged {
+			names = append(names, a.Ref.String()+" "+a.NeverRollsOut)
+		}
+	}
+	if len(names) > 3 {
+		names = append(names[:3], fmt.Sprintf("and %d more", len(names)-3))
+	}
+	return strings.Join(names, "; ")
 }
 
 // appsWait is what status.rotation.waitingFor names while applications roll out.

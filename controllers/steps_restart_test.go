@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"context"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -90,7 +92,9 @@ func TestStepControlPlane(t *testing.T) {
 		obj:  rotationObj(cp),
 		objs: []client.Object{deployment("dapr-sentry", "r-1-rollback"), deployment("dapr-sidecar-injector", ""), backupOf(t, before)},
 		want: "stall:" + rotatorv1.RolledBackReason, wantStep: rotatorv1.StepRolledBack,
-		restored: true,
+		// The workload is not restarted a second time.
+		wantWrites: []string{"status-patch MTLSRootRotation/mesh", "apply Secret/dapr-trust-bundle", "apply ConfigMap/dapr-trust-bundle"},
+		restored:   true,
 	}, {
 		name: "a rollout past its timeout over a first issuance has nothing to roll back to: it stalls",
 		obj:  rotationObj(cp, late),
@@ -141,6 +145,30 @@ func TestRollingBackResumesAfterACrash(t *testing.T) {
 	g.Expect(p.rot().Step).To(Equal(rotatorv1.StepRolledBack))
 	s := h.get(&corev1.Secret{}, "dapr-trust-bundle").(*corev1.Secret)
 	g.Expect(bundle.FromSecret(s.Data, keysOf(p.obj))).To(Equal(before))
+}
+
+// TestARolledBackWorkloadIsRestartedOnce: the pass that rolled back lost
+// its last status patch (RolledBack never recorded; the operator crashed or
+// the API refused it), so the next pass replays the rollback from the
+// RollingBack record: it restarts the stuck workload no second time.
+func TestARolledBackWorkloadIsRestartedOnce(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	before, after := bundleFrom(t, k.oldIssuer, k.old), bundleFrom(t, k.renewIssuer, k.renewed)
+	obj := rotationObj(atStep(rotatorv1.StepRestartingControlPlane, rotatorv1.KeyPolicyReuse, ""),
+		waitingSince("Deployment dapr-system/dapr-sentry", t0.Add(-11*time.Minute)))
+	h := newHarness(t, append(trustBundle(after), deployment("dapr-sentry", "r-1", stuck), deployment("dapr-sidecar-injector", ""), backupOf(t, before), obj)...)
+	g.Expect(kindOf(h.pass("mesh").stepControlPlane(t.Context()))).To(Equal("stall:" + rotatorv1.RolledBackReason))
+	g.Expect(h.writes).To(ContainElement("patch Deployment/dapr-sentry"))
+	restarted := h.get(&appsv1.Deployment{}, "dapr-sentry").(*appsv1.Deployment).Spec.Template.Annotations
+
+	replay := h.pass("mesh") // the status as stored: the rollback recorded, not its end
+	g.Expect(replay.rot().Step).To(Equal(rotatorv1.StepRollingBack))
+	h.writes = nil
+	g.Expect(kindOf(replay.reconcileSteps(t.Context()))).To(Equal("stall:" + rotatorv1.RolledBackReason))
+	g.Expect(h.writes).NotTo(ContainElement("patch Deployment/dapr-sentry"), "the stuck workload is not rolled out twice")
+	g.Expect(h.get(&appsv1.Deployment{}, "dapr-sentry").(*appsv1.Deployment).Spec.Template.Annotations).To(Equal(restarted))
+	g.Expect(replay.rot().Step).To(Equal(rotatorv1.StepRolledBack))
 }
 
 // TestRollbackOfAnOverlapReturnsToThePreviousKey: the new root reached no
@@ -214,6 +242,13 @@ func TestStepApplications(t *testing.T) {
 			withRotation(func(r *rotatorv1.RotationStatus) { r.Cause, r.Renews = rotatorv1.CauseRenewal, string(expiry.Issuer) })),
 		objs: append(apps(), backupOf(t, bundleFrom(t, k.oldIssuer, k.old))), want: "wait", wantProgress: "0/3",
 		wantWrites: []string{"patch Deployment/a"},
+	}, {
+		name: "an application whose pods another control plane injected is that control plane's to restart",
+		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves, opened),
+		objs: append(apps("a"), sidecarPod("team", "b-5d4f9-x", "b-5d4f9", "tenant-system", nil),
+			sidecarPod("team", "c-5d4f9-x", "c-5d4f9", "tenant-system", nil), sidecarPod("team", "c-5d4f9-y", "c-5d4f9", ns, nil)),
+		want: "wait", wantProgress: "1/2",
+		wantWrites: []string{"patch Deployment/c"}, // c runs a pod of this control plane too
 	}, {
 		name: "a slot freed while another application still rolls out is used at once",
 		obj:  rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), waves, opened),
@@ -354,6 +389,117 @@ func TestRollbackRefusesWhatWouldNotHelp(t *testing.T) {
 			g.Expect(err.Error()).To(ContainSubstring("no application was restarted"))
 			g.Expect(p.rot().Step).To(Equal(rotatorv1.StepRestartingControlPlane))
 			g.Expect(h.writes).To(BeEmpty(), "nothing restored, nothing restarted")
+		})
+	}
+}
+
+// staleTarget is a cache that has not seen the last publish: it holds the
+// Secret and ConfigMap Sentry reads as they were before it.
+type staleTarget struct {
+	client.Client
+	before []client.Object
+}
+
+func (c staleTarget) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	for _, o := range c.before {
+		if key.Name == o.GetName() && reflect.TypeOf(o) == reflect.TypeOf(obj) {
+			reflect.ValueOf(obj).Elem().Set(reflect.ValueOf(o.DeepCopyObject()).Elem())
+			return nil
+		}
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+// TestApplicationsAreJudgedOnTheBundleReadLive: which applications still
+// need a restart is judged against the anchors published, read live: a
+// cache that has not seen the publish would take pods holding the anchors
+// before it for converged, and skip them.
+func TestApplicationsAreJudgedOnTheBundleReadLive(t *testing.T) {
+	g := NewWithT(t)
+	k := newPKI(t)
+	before, published := bundleFrom(t, k.oldIssuer, k.old), bundleFrom(t, k.renewIssuer, k.renewed)
+	obj := rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), canaryVerified("Deployment team/z"))
+	h := newHarness(t, append(trustBundle(published), daprApp("team", "a", ""), sidecarPod("team", "a-5d4f9-x", "a-5d4f9", ns, before.TrustAnchors), obj)...)
+	h.r.Client, h.r.APIReader = staleTarget{Client: h.client, before: trustBundle(before)}, h.client
+	p := h.pass("mesh")
+	g.Expect(kindOf(p.stepApplications(t.Context()))).To(Equal("wait"))
+	g.Expect(h.writes).To(Equal([]string{"patch Deployment/a"}), "its pod holds the anchors from before the publish")
+}
+
+// onDeleteStatefulSet is a Dapr application StatefulSet, rolled out, whose
+// updateStrategy is OnDelete.
+func onDeleteStatefulSet(namespace, name string) *appsv1.StatefulSet {
+	s := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Generation: 1},
+		Spec: appsv1.StatefulSetSpec{Replicas: ptr.To[int32](1), UpdateStrategy: appsv1.StatefulSetUpdateStrategy{Type: appsv1.OnDeleteStatefulSetStrategyType}},
+		Status: appsv1.StatefulSetStatus{ObservedGeneration: 1, Replicas: 1, ReadyReplicas: 1, AvailableReplicas: 1, UpdatedReplicas: 1,
+			CurrentRevision: "r1", UpdateRevision: "r1"}}
+	s.Spec.Template.Annotations = map[string]string{rotatorv1.DaprEnabledAnnotation: rotatorv1.DaprEnabledAnnotationValue}
+	return s
+}
+
+// TestUpdateStrategiesThatNeverRollOutStall: a workload whose update
+// strategy never replaces its pods on a restart (OnDelete, a partition)
+// stalls the rotation with UpdateStrategyUnsupported before anything is
+// restarted, naming the strategy, rather than timing out after a restart;
+// one whose pods hold the published anchors already needs no restart.
+func TestUpdateStrategiesThatNeverRollOutStall(t *testing.T) {
+	k := newPKI(t)
+	published := bundleFrom(t, k.renewIssuer, k.renewed)
+	t.Run("an application", func(t *testing.T) {
+		g := NewWithT(t)
+		obj := rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), canaryVerified("Deployment team/z"))
+		h := newHarness(t, append(trustBundle(published), daprApp("team", "a", ""), onDeleteStatefulSet("team", "db"), obj)...)
+		err := h.pass("mesh").stepApplications(t.Context())
+		g.Expect(kindOf(err)).To(Equal("stall:" + rotatorv1.UpdateStrategyUnsupportedReason))
+		g.Expect(err.Error()).To(ContainSubstring("StatefulSet team/db has updateStrategy OnDelete"))
+		g.Expect(h.writes).To(BeEmpty(), "nothing restarted")
+	})
+	t.Run("an application whose pods hold the published anchors", func(t *testing.T) {
+		g := NewWithT(t)
+		obj := rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyReuse, ""), canaryVerified("Deployment team/z"))
+		pod := sidecarPod("team", "db-0", "", ns, published.TrustAnchors)
+		pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "StatefulSet", Name: "db", UID: "sts", Controller: ptr.To(true)}}
+		h := newHarness(t, append(trustBundle(published), onDeleteStatefulSet("team", "db"), pod, obj)...)
+		g.Expect(kindOf(h.pass("mesh").stepApplications(t.Context()))).To(BeEmpty())
+	})
+	t.Run("a control-plane workload", func(t *testing.T) {
+		g := NewWithT(t)
+		placement := onDeleteStatefulSet(ns, "dapr-placement-server")
+		placement.Spec.Template.Annotations = nil
+		obj := rotationObj(atStep(rotatorv1.StepRestartingControlPlane, rotatorv1.KeyPolicyReuse, ""), withSpec(func(s *rotatorv1.MTLSRootRotationSpec) {
+			s.ControlPlane.Workloads = append(s.ControlPlane.Workloads, rotatorv1.ControlPlaneWorkload{Kind: rotatorv1.StatefulSet, Name: "dapr-placement-server"})
+		}))
+		h := newHarness(t, append(trustBundle(published), deployment("dapr-sentry", "r-1"), deployment("dapr-sidecar-injector", "r-1"), placement, obj)...)
+		err := h.pass("mesh").stepControlPlane(t.Context())
+		g.Expect(kindOf(err)).To(Equal("stall:" + rotatorv1.UpdateStrategyUnsupportedReason))
+		g.Expect(err.Error()).To(ContainSubstring("StatefulSet dapr-system/dapr-placement-server has updateStrategy OnDelete"))
+		g.Expect(h.writes).To(BeEmpty())
+	})
+}
+
+// TestSwitchRestartsApplicationsFromTheNextSecond: start times are kept to
+// the second, and only a pod started in a later second than Sentry's
+// Switch restart counts as started after it; a Switch phase's applications
+// are restarted from the second after it, not within it.
+func TestSwitchRestartsApplicationsFromTheNextSecond(t *testing.T) {
+	k := newPKI(t)
+	published := bundleFrom(t, k.freshIssuer, k.old, k.fresh)
+	for _, tt := range []struct {
+		name       string
+		signed     time.Time
+		want       string
+		wantWrites []string
+	}{
+		{"in the second Sentry's restart finished: waits", t0, "wait", nil},
+		{"from the next second: the canary restarts", t0.Add(-time.Second), "wait", []string{"patch Deployment/a"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			obj := rotationObj(atStep(rotatorv1.StepRestartingApplications, rotatorv1.KeyPolicyRotate, rotatorv1.PhaseSwitch),
+				afterPhases(tt.signed, rotatorv1.PhaseSwitch))
+			h := newHarness(t, append(trustBundle(published), daprApp("team", "a", ""), obj)...)
+			g.Expect(kindOf(h.pass("mesh").stepApplications(t.Context()))).To(Equal(tt.want))
+			g.Expect(h.writes).To(Equal(tt.wantWrites))
 		})
 	}
 }

@@ -97,7 +97,9 @@ func (p *pass) reconcileTarget(ctx context.Context) error {
 	// been read, only between rotations.
 	if obj.Status.DaprConfiguration == nil || !rotation.InFlight(obj.Status.Rotation) {
 		if err := p.readDaprConfiguration(ctx, obj); err != nil {
-			// Monitoring only: it never holds a rotation up.
+			// Monitoring, but for the start of a rotation that must know
+			// whether to keep the roots it retires (see begin).
+			p.daprConfigurationErr = err
 			p.log.Error(err, "reading the Dapr Configuration")
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/fluxcd/pkg/runtime/conditions"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -76,8 +77,9 @@ func createBareDaprPod(t *testing.T) *corev1.Pod {
 // TestConvergenceIsObservedFromThePodsThatRun: status.convergence counts the
 // Dapr sidecar pods that actually run, read from the anchors each was given,
 // against the newest root published. A bare Dapr pod, which no rotation
-// restarts, keeps the old root and is named, with its reason; it goes away
-// from the report with the pod.
+// restarts, keeps the old root and is named, with its reason and when it
+// loses every peer (cutOff); with evictUnmanagedPods the next same-key
+// rotation evicts it, and it goes away from the report with the pod.
 func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
 	g := NewWithT(t)
 	ctx := t.Context()
@@ -122,6 +124,10 @@ func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
 		g.Expect(bareStatus.Roots).To(Equal([]string{convergence.Short(root1)}), "with the root it holds")
 		g.Expect(bareStatus.Reason).To(HavePrefix("it holds the previous certificate of the same root key ("+convergence.Short(root1)+"), which keeps verifying the new issuer's certificates until"),
 			"and that it keeps working until that certificate expires")
+		g.Expect(c.CutOff).NotTo(BeNil(), "it loses every peer before the published root expires")
+		g.Expect(c.CutOff.At.Time).To(BeTemporally("==", first.Status.Root.NotAfter.Time), "when the root certificate it holds expires")
+		g.Expect(c.CutOff.Pods).To(Equal(int32(1)))
+		g.Expect(c.CutOff.First).To(Equal([]string{"apps-a/bare-dapr-pod"}))
 	}).WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed())
 
 	// mtls-rotator inspect says the same from outside the operator, and
@@ -147,12 +153,23 @@ func TestConvergenceIsObservedFromThePodsThatRun(t *testing.T) {
 	g.Expect(report.NotConverged[0].Name).To(Equal("bare-dapr-pod"))
 	g.Expect(report.NotConverged[0].Restartable).To(BeFalse())
 
-	g.Expect(k8sClient.Delete(ctx, bare)).To(Succeed())
+	// Asked to, the next same-key rotation evicts it once its applications
+	// are restarted.
+	obj = getRotation(t, key)
+	obj.Spec.Trigger, obj.Spec.Applications.EvictUnmanagedPods = "third", true
+	updateRotation(t, obj)
+	waitRotationCompleted(t, key, "third")
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(bare), &corev1.Pod{}))
+	}).
+		WithTimeout(30*time.Second).Should(BeTrue(), "the bare pod is evicted")
+	g.Expect(eventsFor(t, key)[rotatorv1.UnmanagedPodsEvictedReason]).NotTo(BeEmpty())
 	g.Eventually(func(g Gomega) {
 		n++
 		c := convergenceOf(t, g, key, fmt.Sprintf("gone-%d", n))
 		g.Expect(c.Converged).To(Equal(c.Pods))
 		g.Expect(c.NotConverged).To(BeEmpty())
+		g.Expect(c.CutOff).To(BeNil())
 	}).WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed())
 	code, out, errOut = mtlsRotator("inspect", "--kubeconfig", testCluster.Kubeconfig)
 	g.Expect(code).To(Equal(0), errOut)
@@ -281,4 +298,34 @@ func TestUnmanagedPodsAreEvictedWhenAskedTo(t *testing.T) {
 	g.Expect(events).To(HaveKey(rotatorv1.UnmanagedPodsEvictedReason))
 	g.Expect(events[rotatorv1.UnmanagedPodsEvictedReason][0].Message).To(ContainSubstring("apps-a/bare-dapr-pod"))
 	g.Expect(events).NotTo(HaveKey(rotatorv1.PodsNotConvergedReason), "it never stalled")
+}
+
+// TestEvictionNeedsItsGrant: pods/eviction is an opt-in of the install
+// (config/eviction, the chart's eviction.enabled). Without it, a rotation
+// asked to evict the bare pod holding its Switch gate stops with Stalled
+// EvictionNotGranted, saying how to grant it, and evicts nothing; granted,
+// it goes on by itself.
+func TestEvictionNeedsItsGrant(t *testing.T) {
+	g := NewWithT(t)
+	operatorConfig(t) // the grant exists
+	grant := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "mtls-rotator-evictor"}}
+	g.Expect(k8sClient.Get(t.Context(), client.ObjectKeyFromObject(grant), grant)).To(Succeed())
+	g.Expect(k8sClient.Delete(t.Context(), grant)).To(Succeed())
+	restore := func() {
+		grant.ResourceVersion = ""
+		if err := k8sClient.Create(context.Background(), grant); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Errorf("restoring the eviction grant: %v", err)
+		}
+	}
+	t.Cleanup(restore)
+
+	key, bare := rotateOverABareDaprPod(t, "not-granted", rotatorv1.ApplicationsSpec{MaxConcurrent: 3, EvictUnmanagedPods: true})
+	stalled := waitStalled(t, key, rotatorv1.EvictionNotGrantedReason)
+	g.Expect(stalled.Status.Rotation.Phase).To(Equal(rotatorv1.PhaseSwitch))
+	g.Expect(conditions.GetMessage(stalled, meta.StalledCondition)).To(ContainSubstring("config/eviction or the chart's eviction.enabled"))
+	g.Expect(k8sClient.Get(t.Context(), client.ObjectKeyFromObject(bare), &corev1.Pod{})).To(Succeed(), "nothing evicted")
+
+	restore()
+	waitRotationCompleted(t, key, "new-key")
+	g.Expect(apierrors.IsNotFound(k8sClient.Get(t.Context(), client.ObjectKeyFromObject(bare), &corev1.Pod{}))).To(BeTrue(), "evicted once granted")
 }

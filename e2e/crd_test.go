@@ -3,11 +3,14 @@ package e2e
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -65,4 +68,24 @@ func TestMTLSRotationsCRDInstalled(t *testing.T) {
 	obj := &rotatorv1.MTLSRootRotation{}
 	g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: "dapr"}, obj)).To(Succeed())
 	g.Expect(obj.Status.ObservedGeneration).To(Equal(int64(-1)))
+}
+
+// TestTheLongestNameTheCRDAcceptsRotates: every object the operator names
+// after an MTLSRootRotation (Certificates, Issuers, key Secrets, backups,
+// labels and restart ids) still fits when the name is the longest the CRD
+// accepts, through a new-key rotation's three phases; and one character more
+// is refused at apply time.
+func TestTheLongestNameTheCRDAcceptsRotates(t *testing.T) {
+	g := NewWithT(t)
+	freshBundle(t)
+	startOperator(t)
+	name := "l" + strings.Repeat("o", 61) + "g"
+	key := newRotation(t, name, rotatorv1.MTLSRootRotationSpec{Trigger: "first", Applications: rotatorv1.ApplicationsSpec{MaxConcurrent: 5}})
+	waitRotationCompleted(t, key, "first")
+	g.Expect(rotateToANewKey(t, key).Status.RootKeyGeneration).To(Equal(int32(2)))
+
+	tooLong := &rotatorv1.MTLSRootRotation{ObjectMeta: metav1.ObjectMeta{Name: name + "x", Namespace: fixture.ControlPlaneNamespace}}
+	err := k8sClient.Create(t.Context(), tooLong)
+	g.Expect(apierrors.IsInvalid(err)).To(BeTrue(), "%v", err)
+	g.Expect(err.Error()).To(ContainSubstring("metadata.name must be at most 63 characters"))
 }

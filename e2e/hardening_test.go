@@ -171,9 +171,10 @@ func TestRestartsGoOnlyOntoThePublishedBundle(t *testing.T) {
 
 // TestOperatorMayOnlyRestartWorkloads: under the admission policy of
 // config/admission (installed with the operator's RBAC for the whole suite),
-// the operator's ServiceAccount restarts a workload the way a rotation does,
-// and every other change it attempts to a workload is refused, whatever its
-// namespace.
+// the operator's ServiceAccount restarts a Dapr workload (an application,
+// or a part of Dapr's control plane) the way a rotation does; a workload that
+// is not Dapr's it may not restart, and every other change it attempts to a
+// workload is refused, whatever its namespace.
 func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
 	g := NewWithT(t)
 	c, err := client.New(operatorConfig(t), client.Options{Scheme: k8sClient.Scheme()})
@@ -182,7 +183,7 @@ func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
 	// Workloads that run no pod (no Dapr pod without anchors for other
 	// tests to find): no replicas, and a DaemonSet on no node.
 	template := fixture.DaprPodTemplate("policy")
-	template.Annotations = map[string]string{"example.com/keep": "yes"}
+	template.Annotations["example.com/keep"] = "yes"
 	template.Spec.NodeSelector = map[string]string{"example.com/no-node": "true"}
 	selector := &metav1.LabelSelector{MatchLabels: template.Labels}
 	deployment := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "app"},
@@ -191,7 +192,15 @@ func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
 		Spec: appsv1.StatefulSetSpec{Replicas: ptr.To[int32](0), Template: template, Selector: selector}}
 	daemonSet := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "agent"},
 		Spec: appsv1.DaemonSetSpec{Template: template, Selector: selector}}
-	for _, o := range []client.Object{deployment, statefulSet, daemonSet} {
+	// Not Dapr's: no Dapr in its pod template, not part of Dapr's control
+	// plane; and one that is, as Dapr's chart labels it.
+	plain := fixture.DaprPodTemplate("plain")
+	plain.Annotations = nil
+	foreign := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "foreign"},
+		Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](0), Template: plain, Selector: &metav1.LabelSelector{MatchLabels: plain.Labels}}}
+	controlPlane := foreign.DeepCopy()
+	controlPlane.Name, controlPlane.Labels = "dapr-part", map[string]string{"app.kubernetes.io/part-of": "dapr"}
+	for _, o := range []client.Object{deployment, statefulSet, daemonSet, foreign, controlPlane} {
 		g.Expect(k8sClient.Create(t.Context(), o)).To(Succeed())
 	}
 	patch := func(obj client.Object, p string) error {
@@ -208,6 +217,9 @@ func TestOperatorMayOnlyRestartWorkloads(t *testing.T) {
 	g.Expect(patch(deployment, string(restart.Patch("r-policy", time.Now())))).To(Succeed(), "a restart, as a rotation makes it")
 	g.Expect(patch(statefulSet, string(restart.Patch("r-policy", time.Now())))).To(Succeed())
 	g.Expect(patch(daemonSet, string(restart.Patch("r-policy", time.Now())))).To(Succeed(), "the API server's own template-generation annotation is no change of the operator's")
+	g.Expect(patch(controlPlane, string(restart.Patch("r-policy", time.Now())))).To(Succeed(), "a workload of Dapr's control plane")
+	g.Expect(patch(foreign, string(restart.Patch("r-policy", time.Now())))).To(MatchError(ContainSubstring("may restart only Dapr applications")),
+		"a workload that is not Dapr's is not the operator's to restart")
 	refused := []struct {
 		name  string
 		obj   client.Object

@@ -46,8 +46,9 @@ const (
 var operatorRBACOnce sync.Once
 
 // operatorConfig returns a REST config that authenticates as the operator's
-// ServiceAccount, bound to the ClusterRole generated from the RBAC markers
-// (config/rbac/role.yaml) and nothing else.
+// ServiceAccount, bound to the roles generated from the RBAC markers
+// (config/rbac/role.yaml, and the eviction opt-in config/eviction) and
+// nothing else.
 func operatorConfig(t *testing.T) *rest.Config {
 	t.Helper()
 	g := NewWithT(t)
@@ -56,6 +57,11 @@ func operatorConfig(t *testing.T) *rest.Config {
 		root, err := cluster.RepoRoot()
 		g.Expect(err).NotTo(HaveOccurred())
 		_, err = testCluster.Kubectl(ctx, "apply", "-f", filepath.Join(root, "config", "rbac", "role.yaml"))
+		g.Expect(err).NotTo(HaveOccurred())
+		// The opt-in grant of pods/eviction (config/eviction), as an install
+		// that asks for it has it; TestEvictionNeedsItsGrant takes it away.
+		_, err = testCluster.Kubectl(ctx, "apply", "-f", filepath.Join(root, "config", "eviction", "role.yaml"),
+			"-f", filepath.Join(root, "config", "eviction", "role_binding.yaml"))
 		g.Expect(err).NotTo(HaveOccurred())
 		// Every operator of the suite runs under the admission policy that
 		// lets it change nothing of a workload but its restart annotations.
@@ -80,9 +86,17 @@ func operatorConfig(t *testing.T) *rest.Config {
 			}
 		}
 	})
+	return serviceAccountConfig(t, operatorNamespace, operatorServiceAccount)
+}
+
+// serviceAccountConfig is a client config that authenticates as the
+// ServiceAccount namespace/name, with a bound token, as its pod would.
+func serviceAccountConfig(t *testing.T, namespace, name string) *rest.Config {
+	t.Helper()
+	g := NewWithT(t)
 	kube, err := kubernetes.NewForConfig(testCluster.Config)
 	g.Expect(err).NotTo(HaveOccurred())
-	tr, err := kube.CoreV1().ServiceAccounts(operatorNamespace).CreateToken(ctx, operatorServiceAccount,
+	tr, err := kube.CoreV1().ServiceAccounts(namespace).CreateToken(t.Context(), name,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
 	g.Expect(err).NotTo(HaveOccurred())
 	cfg := rest.AnonymousClientConfig(testCluster.Config)

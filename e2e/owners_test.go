@@ -107,8 +107,8 @@ func TestEveryOwnerIsObservedThroughANewKeyRotation(t *testing.T) {
 	// Mid-rotation, a commit leaves one application out of the restarts.
 	left := daprApps()[1]
 	obj := getRotation(t, key)
-	obj.Spec.Applications.Selector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
-		{Key: "app", Operator: metav1.LabelSelectorOpNotIn, Values: []string{left.Name}},
+	obj.Spec.Applications.Selector = &rotatorv1.LabelSelector{MatchExpressions: []rotatorv1.LabelSelectorRequirement{
+		{Key: "app", Operator: metav1.LabelSelectorOpNotIn, Values: []rotatorv1.LabelValue{rotatorv1.LabelValue(left.Name)}},
 	}}
 	updateRotation(t, obj)
 	recoverWorkload(t, fixture.ControlPlaneNamespace, fixture.Operator)

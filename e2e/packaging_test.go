@@ -1,22 +1,29 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/mtls-rotator/mtls-rotator/e2e/cluster"
+	"github.com/mtls-rotator/mtls-rotator/e2e/fixture"
 )
 
 // documents splits rendered YAML into objects.
@@ -154,6 +161,24 @@ func TestKustomizeDefaultIsAccepted(t *testing.T) {
 	g.Expect(find(documents(t, withPolicy), "NetworkPolicy", "mtls-rotator-system", "")).NotTo(BeNil())
 	out, err = dryRun(t, withPolicy)
 	g.Expect(err).NotTo(HaveOccurred(), out)
+
+	// The eviction opt-in, as a component added to config/default.
+	overlay := t.TempDir()
+	rel := func(dir string) string {
+		p, err := filepath.Rel(overlay, filepath.Join(root, "config", dir))
+		g.Expect(err).NotTo(HaveOccurred())
+		return p
+	}
+	g.Expect(os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), fmt.Appendf(nil,
+		"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- %s\ncomponents:\n- %s\n", rel("default"), rel("eviction")), 0o600)).To(Succeed())
+	withEviction, err := testCluster.Kubectl(t.Context(), "kustomize", "--load-restrictor=LoadRestrictionsNone", overlay)
+	g.Expect(err).NotTo(HaveOccurred(), withEviction)
+	evictor := find(documents(t, withEviction), "ClusterRole", "", "mtls-rotator-evictor")
+	g.Expect(evictor).NotTo(BeNil())
+	g.Expect(rulesOf(t, evictor)).To(ConsistOf(HaveField("Resources", ConsistOf("pods/eviction"))))
+	g.Expect(find(documents(t, withEviction), "ClusterRoleBinding", "", "mtls-rotator-evictor")).NotTo(BeNil())
+	out, err = dryRun(t, withEviction)
+	g.Expect(err).NotTo(HaveOccurred(), out)
 }
 
 // helm runs the helm binary hack/build-binaries.sh builds.
@@ -192,6 +217,10 @@ func TestHelmChartIsAccepted(t *testing.T) {
 	g.Expect(rulesOf(t, find(objs, "ClusterRole", "", "rotator-mtls-rotator-manager"))).To(Equal(generatedRules(t, "ClusterRole")))
 	g.Expect(rulesOf(t, find(objs, "Role", "dapr-system", "rotator-mtls-rotator-manager"))).To(Equal(generatedRules(t, "Role")))
 	g.Expect(find(objs, "ServiceMonitor", "mtls-rotator-system", "")).To(BeNil(), "off by default")
+	g.Expect(find(objs, "ClusterRole", "", "rotator-mtls-rotator-evictor")).To(BeNil(), "pods/eviction is an opt-in")
+	for _, r := range generatedRules(t, "ClusterRole") {
+		g.Expect(r.Resources).NotTo(ContainElement("pods/eviction"), "not in the operator's own role")
+	}
 	// The admission policies of config/admission, for the release's ServiceAccount.
 	kustomized := documents(t, string(repoFile(t, "config", "admission", "policy.yaml")))
 	for _, k := range kustomized {
@@ -218,13 +247,16 @@ func TestHelmChartIsAccepted(t *testing.T) {
 	everything := helm(t, "template", "rotator", "charts/mtls-rotator", "--namespace", "mtls-rotator-system",
 		"--set", "managedNamespaces={dapr-system,dapr-system-b}",
 		"--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
-		"--set", "networkPolicy.enabled=true", "--set", "crds.keep=false", "--set", "leaderElection.enabled=false",
+		"--set", "networkPolicy.enabled=true", "--set", "crds.keep=false", "--set", "leaderElection.enabled=false", "--set", "eviction.enabled=true",
 		"--set", "image.tag=v9.9.9")
 	objs = documents(t, everything)
 	for _, ns := range []string{"dapr-system", "dapr-system-b"} {
 		g.Expect(rulesOf(t, find(objs, "Role", ns, "rotator-mtls-rotator-manager"))).To(Equal(generatedRules(t, "Role")), ns)
 		g.Expect(find(objs, "RoleBinding", ns, "rotator-mtls-rotator-manager")).NotTo(BeNil(), ns)
 	}
+	evictor := documents(t, string(repoFile(t, "config", "eviction", "role.yaml")))[0]
+	g.Expect(rulesOf(t, find(objs, "ClusterRole", "", "rotator-mtls-rotator-evictor"))).To(Equal(rulesOf(t, evictor)), "the generated eviction grant")
+	g.Expect(find(objs, "ClusterRoleBinding", "", "rotator-mtls-rotator-evictor")).NotTo(BeNil())
 	deploy := find(objs, "Deployment", "mtls-rotator-system", "mtls-rotator")
 	g.Expect(deploy).NotTo(BeNil())
 	containers, _, _ := unstructured.NestedSlice(deploy.Object, "spec", "template", "spec", "containers")
@@ -242,4 +274,68 @@ func TestHelmChartIsAccepted(t *testing.T) {
 	out, err = dryRun(t, everything)
 	g.Expect(err).NotTo(HaveOccurred(), out)
 	g.Expect(out).To(ContainSubstring("prometheusrule.monitoring.coreos.com/mtls-rotator serverside-applied (server dry run)"))
+}
+
+// TestPoliciesHoldWhereAnOverlayMovesTheOperator: an overlay of
+// config/default that moves the operator into another namespace (a
+// namespace transformer, the usual first customisation) keeps its admission
+// policies bound to it: with the operator's roles granted to the moved
+// ServiceAccount, a delete of a Secret it did not make and a change to
+// a workload beyond its restart annotations are still refused.
+func TestPoliciesHoldWhereAnOverlayMovesTheOperator(t *testing.T) {
+	g, ctx := NewWithT(t), t.Context()
+	root, err := cluster.RepoRoot()
+	g.Expect(err).NotTo(HaveOccurred())
+	const moved = "ops-rotator"
+	overlay := t.TempDir()
+	base, err := filepath.Rel(overlay, filepath.Join(root, "config", "default")) // kustomize takes no absolute root
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), fmt.Appendf(nil,
+		"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: %s\nresources:\n- %s\n", moved, base), 0o600)).To(Succeed())
+	rendered, err := testCluster.Kubectl(ctx, "kustomize", "--load-restrictor=LoadRestrictionsNone", overlay)
+	g.Expect(err).NotTo(HaveOccurred(), rendered)
+	objs := documents(t, rendered)
+	g.Expect(find(objs, "ServiceAccount", moved, "mtls-rotator")).NotTo(BeNil(), "the overlay moved the operator")
+
+	// The policies the overlay renders are the ones the API server enforces.
+	var policies []string
+	for _, o := range objs {
+		if strings.HasPrefix(o.GetKind(), "ValidatingAdmissionPolicy") {
+			y, err := yaml.Marshal(o.Object)
+			g.Expect(err).NotTo(HaveOccurred())
+			policies = append(policies, string(y))
+		}
+	}
+	g.Expect(policies).To(HaveLen(4))
+	file := filepath.Join(t.TempDir(), "policies.yaml")
+	g.Expect(os.WriteFile(file, []byte(strings.Join(policies, "---\n")), 0o600)).To(Succeed())
+	out, err := testCluster.Kubectl(ctx, "apply", "--server-side", "--force-conflicts", "-f", file)
+	g.Expect(err).NotTo(HaveOccurred(), out)
+	t.Cleanup(func() { // the suite's own policies again
+		_, _ = testCluster.Kubectl(context.Background(), "apply", "-k", filepath.Join(root, "config", "admission"))
+	})
+
+	createOrReplace(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: moved}})
+	createOrReplace(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "mtls-rotator", Namespace: moved}})
+	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "moved-mtls-rotator", Namespace: fixture.ControlPlaneNamespace},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "mtls-rotator-manager"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "mtls-rotator", Namespace: moved}}}
+	clusterBinding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "moved-mtls-rotator"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "mtls-rotator-manager"},
+		Subjects: binding.Subjects}
+	for _, b := range []client.Object{binding, clusterBinding} {
+		createOrReplace(t, b)
+		t.Cleanup(func() { _ = k8sClient.Delete(context.Background(), b) })
+	}
+	operatorConfig(t) // the Role exists
+	c, err := client.New(serviceAccountConfig(t, moved, "mtls-rotator"), client.Options{Scheme: k8sClient.Scheme()})
+	g.Expect(err).NotTo(HaveOccurred())
+
+	foreign := daprNamespaceSecret(t, "overlay-foreign", corev1.SecretTypeOpaque, nil)
+	g.Eventually(func() error { return c.Delete(ctx, foreign, client.DryRunAll) }).WithTimeout(10*time.Second).WithPolling(200*time.Millisecond).
+		Should(MatchError(ContainSubstring("mtls-rotator-secrets")), "a Secret it did not make is not its to delete")
+	sentry := &appsv1.Deployment{}
+	g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: fixture.ControlPlaneNamespace, Name: fixture.Sentry}, sentry)).To(Succeed())
+	err = c.Patch(ctx, sentry, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"template":{"spec":{"serviceAccountName":"default"}}}}`)), client.DryRunAll)
+	g.Expect(err).To(MatchError(ContainSubstring("mtls-rotator-restarts-only")), "nor a workload's pod spec its to change")
 }

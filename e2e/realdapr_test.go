@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -196,15 +197,9 @@ func TestRotationsUnderDaprsOwnInjector(t *testing.T) {
 // signed with the published issuer.
 func TestTakeOverWhatDaprsSentryGenerated(t *testing.T) {
 	g := NewWithT(t)
-	freshBundle(t)
-	real := startRealDapr(t)
-	g.Expect(real.Sentry.Serving().GeneratedCA()).To(BeTrue(), "Dapr's Sentry makes its CA on an empty bundle")
-	generated := publishedAnchorsNow(t)
-	g.Expect(generated).NotTo(BeEmpty())
+	real, generated := onWhatDaprsSentryGenerated(t)
 	generatedRoots, err := pki.ParseCertificates([]byte(generated))
 	g.Expect(err).NotTo(HaveOccurred())
-	redeployByOwners(t, daprApps()...)
-	assertAppsPatchedByDaprWith(t, generated)
 	mesh := startMesh(t, real)
 	calls := callsNow(t, mesh)
 
@@ -230,6 +225,64 @@ func TestTakeOverWhatDaprsSentryGenerated(t *testing.T) {
 	g.Expect(real.Sentry.Serving().LoadedFromStore()).To(BeTrue())
 	assertInjectorSignedByPublishedIssuer(g, t, real)
 	assertCallsHeldThrough(t, mesh, calls, "takeover of Sentry's own CA (Overlap, Switch, Prune)")
+}
+
+// TestRollbackRestoresWhatDaprsSentryGenerated: a takeover of the CA Dapr's
+// Sentry generated, whose restart of Sentry never serves (its new pod cannot
+// start, as on a node that cannot pull the image), rolls back: the bundle
+// Sentry made, its JWT key and JWKS included, is restored byte for byte, and
+// Dapr's Sentry, started on the rollback's pod, takes it as its own (a byte
+// off and it would make a new CA, cutting every sidecar off) and signs the
+// sidecars' renewed SVIDs with its issuer. No call between any two sidecars
+// fails, before the rollback or after.
+func TestRollbackRestoresWhatDaprsSentryGenerated(t *testing.T) {
+	g := NewWithT(t)
+	real, _ := onWhatDaprsSentryGenerated(t)
+	mesh := startMesh(t, real)
+	calls := callsNow(t, mesh)
+	before, beforeCM := readBundle(t)
+	g.Expect(before.Data).To(HaveKey("jwt.key"), "Sentry made a JWT key too")
+
+	original := real.Sentry.Serving()
+	real.Sentry.Hold()
+	startOperator(t)
+	key := newRotation(t, "rollback-under-dapr", rotateWithShortRollouts())
+	rolledBack := expectRolledBack(t, key, before, beforeCM)
+	g.Expect(rolledBack.Status.Rotation.Phase).To(Equal(rotatorv1.PhaseOverlap))
+	g.Expect(real.Sentry.Processes()).To(Equal(1), "no Sentry ran on the Overlap bundle")
+
+	real.Sentry.Release()
+	g.Eventually(func() bool { return real.Sentry.Serving() != original }).WithTimeout(60*time.Second).Should(BeTrue(),
+		"Sentry serves from the rollback's pod: %v", real.Sentry.Err())
+	restarted := real.Sentry.Serving()
+	g.Expect(real.Sentry.Processes()).To(Equal(2))
+	g.Expect(restarted.LoadedFromStore()).To(BeTrue(), "Dapr's Sentry takes the restored bundle as its CA")
+	// Every sidecar renews its SVID again, from the restarted Sentry alone.
+	afterRestart := callsNow(t, mesh)
+	g.Eventually(func() int { return callsNow(t, mesh).Renewals - afterRestart.Renewals }).
+		WithTimeout(2*suiteMTLS.WorkloadCertTTL + 20*time.Second).WithPolling(time.Second).Should(BeNumerically(">=", liveSidecars(afterRestart)))
+	assertCallsHeldThrough(t, mesh, calls, "a takeover rolled back at Sentry, then renewals from Sentry restarted on the restored bundle")
+	g.Expect(real.Sentry.Serving()).To(BeIdenticalTo(restarted))
+	g.Expect(restarted.GeneratedCA()).To(BeFalse(), "no CA of its own")
+	s, _ := readBundle(t)
+	g.Expect(bytes.Equal(s.Data["ca.crt"], before.Data["ca.crt"])).To(BeTrue(), "Sentry's root is still the published one")
+}
+
+// onWhatDaprsSentryGenerated runs Dapr's Sentry and injector on an empty
+// trust bundle, as on a fresh install: Sentry makes a CA of its own (its root
+// key thrown away), and the applications, recreated, get its anchors from
+// Dapr's injector. It returns those anchors.
+func onWhatDaprsSentryGenerated(t *testing.T) (*realDapr, string) {
+	t.Helper()
+	g := NewWithT(t)
+	freshBundle(t)
+	real := startRealDapr(t)
+	g.Expect(real.Sentry.Serving().GeneratedCA()).To(BeTrue(), "Dapr's Sentry makes its CA on an empty bundle")
+	generated := publishedAnchorsNow(t)
+	g.Expect(generated).NotTo(BeEmpty())
+	redeployByOwners(t, daprApps()...)
+	assertAppsPatchedByDaprWith(t, generated)
+	return real, generated
 }
 
 // assertAppsPatchedByDaprWith: every live pod of every Dapr application was

@@ -9,7 +9,6 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	rotatorv1 "github.com/mtls-rotator/mtls-rotator/api/v1alpha1"
@@ -208,7 +207,7 @@ func TestRotateWithExplicitEmptySelectors(t *testing.T) {
 	waitRotationCompleted(t, key, "one")
 	obj := getRotation(t, key)
 	obj.Spec.Trigger, obj.Spec.Root.KeyPolicy = "two", rotatorv1.KeyPolicyRotate
-	obj.Spec.Applications.Selector, obj.Spec.Applications.NamespaceSelector = &metav1.LabelSelector{}, &metav1.LabelSelector{}
+	obj.Spec.Applications.Selector, obj.Spec.Applications.NamespaceSelector = &rotatorv1.LabelSelector{}, &rotatorv1.LabelSelector{}
 	updateRotation(t, obj)
 	g.Expect(getRotation(t, key).Spec.Applications.Selector).NotTo(BeNil(), "stored as {}, not dropped")
 	done := waitRotationCompleted(t, key, "two")

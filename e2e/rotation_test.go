@@ -207,6 +207,9 @@ func TestSameKeyRotation(t *testing.T) {
 	g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: "dapr-backup"}, backup)).To(Succeed())
 	g.Expect(backup.Data["ca.crt"]).To(Equal(pki.EncodeCertificates(root1)), "the backup holds the bundle before the rotation")
 	g.Expect(metav1.IsControlledBy(backup, second)).To(BeTrue())
+	for k := range backup.Data {
+		g.Expect(k).NotTo(HaveSuffix(".key"), "a settled backup holds no private key: %s", k)
+	}
 }
 
 // checkRotation asserts what every completed rotation must show.

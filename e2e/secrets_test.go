@@ -81,8 +81,10 @@ func TestOperatorHoldsOnlyTheSecretsItManages(t *testing.T) {
 // config/admission, the operator's ServiceAccount may write only Opaque and
 // TLS Secrets, each labeled with an object after the write (taking an
 // unlabeled one over labels it, as its first publish to Sentry's Secret
-// does, and a renamed object takes its Secrets over from the old name);
-// everything else its Role would allow in the Dapr namespace is refused.
+// does, and a renamed object takes its Secrets over from the old name), and
+// delete only those made for it from their creation: labeling a Secret and
+// then deleting it fails at the second step. Everything else its Role would
+// allow in the Dapr namespace is refused.
 func TestOperatorMayWriteOnlyItsSecrets(t *testing.T) {
 	g := NewWithT(t)
 	c, err := client.New(operatorConfig(t), client.Options{Scheme: k8sClient.Scheme()})
@@ -120,6 +122,10 @@ func TestOperatorMayWriteOnlyItsSecrets(t *testing.T) {
 		{"removing the label", func() error {
 			return patch(labeled, fmt.Sprintf(`{"metadata":{"labels":{%q:null}}}`, controllers.OwnerLabel))
 		}},
+		{"deleting a labeled Secret it did not make", func() error { return c.Delete(t.Context(), labeled) }},
+		{"marking a Secret it did not make as made for it", func() error {
+			return patch(labeled, fmt.Sprintf(`{"metadata":{"annotations":{%q:"true"}}}`, controllers.MadeAnnotation))
+		}},
 	}
 	for _, tt := range refused {
 		err := tt.write()
@@ -129,11 +135,18 @@ func TestOperatorMayWriteOnlyItsSecrets(t *testing.T) {
 
 	g.Expect(patch(taken, fmt.Sprintf(`{"metadata":{"labels":{%q:"policy-probe"}},"data":{"ca.crt":"eA=="}}`, controllers.OwnerLabel))).
 		To(Succeed(), "taking an unlabeled Secret over, labeled, as the first publish does")
+	g.Expect(c.Delete(t.Context(), taken)).To(MatchError(ContainSubstring("may delete only the Secrets made for it")),
+		"labeling a Secret, then deleting it: the second step is refused")
 	g.Expect(patch(labeled, `{"data":{"x":"eA=="}}`)).To(Succeed())
 	g.Expect(patch(labeled, fmt.Sprintf(`{"metadata":{"labels":{%q:"renamed"}}}`, controllers.OwnerLabel))).
 		To(Succeed(), "an object created under another name takes the Secret over")
 	created := newSecret("policy-created", mine, corev1.SecretTypeOpaque)
+	created.Annotations = map[string]string{controllers.MadeAnnotation: "true"}
 	g.Expect(c.Create(t.Context(), created)).To(Succeed())
-	g.Expect(c.Delete(t.Context(), created)).To(Succeed())
-	g.Expect(k8sClient.Get(t.Context(), client.ObjectKeyFromObject(foreign), &corev1.Secret{})).To(Succeed(), "not deleted")
+	g.Expect(patch(created, fmt.Sprintf(`{"metadata":{"annotations":{%q:"no"}}}`, controllers.MadeAnnotation))).
+		To(MatchError(ContainSubstring("may not add, change or remove the annotation")))
+	g.Expect(c.Delete(t.Context(), created)).To(Succeed(), "a Secret made for it, from its creation")
+	for _, s := range []*corev1.Secret{foreign, taken, labeled} {
+		g.Expect(k8sClient.Get(t.Context(), client.ObjectKeyFromObject(s), &corev1.Secret{})).To(Succeed(), "%s not deleted", s.Name)
+	}
 }

@@ -27,8 +27,28 @@ type ConvergenceStatus struct {
 	// +listType=atomic
 	// +optional
 	NotConverged []PodConvergence `json:"notConverged,omitempty"`
+	// CutOff names the live pods whose every trusted root expires before
+	// Root does, when there are any: pods no rotation restarted that hold
+	// only an older root certificate (a bare pod, a Job's pod, one a
+	// selector or applications.restart false left out). Their sidecars reject
+	// every peer from CutOff.At on; recreating them gives them the published
+	// anchors.
+	// +optional
+	CutOff *CutOffStatus `json:"cutOff,omitempty"`
 	// LastChangeTime is when any of the above last changed.
 	LastChangeTime metav1.Time `json:"lastChangeTime"`
+}
+
+// CutOffStatus says when the first pods lose every root they trust.
+type CutOffStatus struct {
+	// At is when the first of them loses the last root it trusts.
+	At metav1.Time `json:"at"`
+	// Pods counts the live pods whose trust ends before Root expires.
+	Pods int32 `json:"pods"`
+	// First names the first of them (namespace/name), soonest cut off first.
+	// +listType=atomic
+	// +optional
+	First []string `json:"first,omitempty"`
 }
 
 // TrustSetStatus is one set of roots some pods hold.

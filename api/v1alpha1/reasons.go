@@ -29,6 +29,20 @@ const (
 	// canary) got other trust anchors from Dapr's sidecar injector than the
 	// phase published; no other application is restarted.
 	InjectorStaleReason = "InjectorStale"
+	// DaprConfigurationUnknownReason: Dapr's Configurations could not be
+	// read, so whether WorkflowHistorySigning is on (which decides, with
+	// spec.root.retired.policy Auto, whether retired roots stay) is not known;
+	// no rotation starts until it is.
+	DaprConfigurationUnknownReason = "DaprConfigurationUnknown"
+	// UpdateStrategyUnsupportedReason: a workload to restart has an update
+	// strategy (OnDelete, or a StatefulSet partition) under which a restart
+	// of its pod template never replaces its pods; nothing is restarted.
+	UpdateStrategyUnsupportedReason = "UpdateStrategyUnsupported"
+	// EvictionNotGrantedReason: spec.applications.evictUnmanagedPods is set,
+	// but the operator's ServiceAccount was not granted pods/eviction (an
+	// opt-in of the install: config/eviction, or the chart's
+	// eviction.enabled).
+	EvictionNotGrantedReason = "EvictionNotGranted"
 	// InjectorNotVerifiedReason: the canary's new pods were admitted without
 	// a Dapr sidecar, so what the injector hands out is not known; no other
 	// application is restarted.

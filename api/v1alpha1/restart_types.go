@@ -71,13 +71,13 @@ type ApplicationsSpec struct {
 	// NamespaceSelector selects the namespaces searched for applications; empty
 	// selects every namespace.
 	// +optional
-	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	NamespaceSelector *LabelSelector `json:"namespaceSelector,omitempty"`
 
 	// Selector narrows, by workload label, the Dapr applications restarted. An
 	// application is a Deployment, StatefulSet or DaemonSet whose pod template is
 	// annotated dapr.io/enabled: "true"; empty selects all of them.
 	// +optional
-	Selector *metav1.LabelSelector `json:"selector,omitempty"`
+	Selector *LabelSelector `json:"selector,omitempty"`
 
 	// MaxConcurrent is the most applications restarting at once: a sliding
 	// window, where a new restart starts as soon as one in flight has rolled
@@ -98,12 +98,15 @@ type ApplicationsSpec struct {
 	// +optional
 	RolloutTimeout *metav1.Duration `json:"rolloutTimeout,omitempty"`
 
-	// EvictUnmanagedPods lets a new-key rotation evict, through the eviction
-	// API (PodDisruptionBudgets are honoured), the Dapr pods no workload
-	// restart reaches (bare pods, Jobs' pods, pods of other owners) that hold
-	// its Switch or Prune gate: their owner, if any, recreates them on the
-	// published anchors. Off, such pods are named and the gate waits for
-	// someone to delete them.
+	// EvictUnmanagedPods lets a rotation evict, through the eviction API
+	// (PodDisruptionBudgets are honoured), the Dapr pods no workload restart
+	// reaches (bare pods, Jobs' pods, pods of other owners) that hold a
+	// new-key rotation's Switch or Prune gate, or that a same-key rotation
+	// leaves on the root certificate it replaced once its applications are
+	// restarted: their owner, if any, recreates them on the published
+	// anchors. Off, such pods are named (the gate waits for someone to
+	// delete them; status.convergence.cutOff names those a same-key rotation
+	// left, and when they lose every peer).
 	// +optional
 	EvictUnmanagedPods bool `json:"evictUnmanagedPods,omitempty"`
 

@@ -51,6 +51,7 @@ type Supervisor[P Proc] struct {
 	started  int
 	logs     []string
 	failures []string
+	held     bool
 	cancel   context.CancelFunc
 	done     chan struct{}
 }
@@ -112,6 +113,12 @@ func (s *Supervisor[P]) run(ctx context.Context, pod *corev1.Pod) (P, error) {
 
 // follow replaces the process when the workload's pod was replaced.
 func (s *Supervisor[P]) follow(ctx context.Context) {
+	s.mu.Lock()
+	held := s.held
+	s.mu.Unlock()
+	if held {
+		return
+	}
 	pod, err := s.livePod(ctx)
 	if err != nil || pod.UID == s.pod {
 		return
@@ -171,6 +178,23 @@ func (s *Supervisor[P]) keepLog(p P) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.logs = append(s.logs, p.Log())
+}
+
+// Hold stops starting processes for new pods, as on a node that cannot pull
+// their image: a restart's new pod stays unready while the process serving
+// now goes on serving, as the old pod of a stuck rolling update does.
+func (s *Supervisor[P]) Hold() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.held = true
+}
+
+// Release starts a process for the workload's live pod again, and for its
+// pods from then on.
+func (s *Supervisor[P]) Release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.held = false
 }
 
 // Processes is how many processes were started.

@@ -125,6 +125,11 @@ func ReplacedData(backup map[string][]byte, r Replaced, k Keys) map[string][]byt
 	return data
 }
 
+// KeyMaterial are the backup data keys that hold private keys: the issuer
+// key of the bundle installed before the rotation, and of what the last
+// publish replaced.
+func KeyMaterial(k Keys) []string { return []string{k.IssuerKey, replacedPrefix + k.IssuerKey} }
+
 // ReplacedFrom reads what ReplacedData recorded.
 func ReplacedFrom(backup map[string][]byte, k Keys) Replaced {
 	cm, ok := backup[replacedConfigMapPrefix+k.CA]

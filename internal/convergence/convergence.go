@@ -36,38 +36,52 @@ const (
 	AnchorsAnnotation      = "mtls.rotator.dev/observed-anchors"
 	ProblemAnnotation      = "mtls.rotator.dev/observed-anchors-problem"
 	ControlPlaneAnnotation = "mtls.rotator.dev/observed-control-plane"
+	// TrustEndsAnnotation carries, likewise, when the last of its anchors
+	// expires (RFC 3339).
+	TrustEndsAnnotation = "mtls.rotator.dev/observed-trust-ends"
 )
 
 // Anchors reads the trust anchors a pod's sidecar was given, as the
 // SHA-256 fingerprints of its roots in the order given, or says why they
 // cannot be read. A pod reduced by Trim answers from its annotations.
 func Anchors(pod *corev1.Pod) (fingerprints []string, problem string) {
+	fingerprints, _, problem = readAnchors(pod)
+	return fingerprints, problem
+}
+
+// readAnchors is Anchors, and when the last of the anchors expires: from
+// then on the sidecar verifies no peer.
+func readAnchors(pod *corev1.Pod) (fingerprints []string, trustEnds time.Time, problem string) {
 	if v, ok := pod.Annotations[AnchorsAnnotation]; ok {
-		return strings.Split(v, ","), ""
+		trustEnds, _ = time.Parse(time.RFC3339, pod.Annotations[TrustEndsAnnotation])
+		return strings.Split(v, ","), trustEnds, ""
 	}
 	if p, ok := pod.Annotations[ProblemAnnotation]; ok {
-		return nil, p
+		return nil, time.Time{}, p
 	}
 	i := slices.IndexFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == SidecarContainer })
 	if i < 0 {
-		return nil, fmt.Sprintf("no %s container", SidecarContainer)
+		return nil, time.Time{}, fmt.Sprintf("no %s container", SidecarContainer)
 	}
 	env := pod.Spec.Containers[i].Env
 	j := slices.IndexFunc(env, func(e corev1.EnvVar) bool { return e.Name == TrustAnchorsEnv })
 	switch {
 	case j < 0:
-		return nil, fmt.Sprintf("its %s container has no %s", SidecarContainer, TrustAnchorsEnv)
+		return nil, time.Time{}, fmt.Sprintf("its %s container has no %s", SidecarContainer, TrustAnchorsEnv)
 	case env[j].ValueFrom != nil:
-		return nil, fmt.Sprintf("%s is not a literal value", TrustAnchorsEnv)
+		return nil, time.Time{}, fmt.Sprintf("%s is not a literal value", TrustAnchorsEnv)
 	}
 	certs, err := pki.ParseCertificates([]byte(env[j].Value))
 	if err != nil {
-		return nil, fmt.Sprintf("%s cannot be parsed: %v", TrustAnchorsEnv, err)
+		return nil, time.Time{}, fmt.Sprintf("%s cannot be parsed: %v", TrustAnchorsEnv, err)
 	}
 	for _, c := range certs {
 		fingerprints = append(fingerprints, pki.Fingerprint(c))
+		if c.NotAfter.After(trustEnds) {
+			trustEnds = c.NotAfter
+		}
 	}
-	return fingerprints, ""
+	return fingerprints, trustEnds.UTC().Truncate(time.Second), ""
 }
 
 // The labels a Deployment and an Argo Rollout put on the pods of their
@@ -146,6 +160,9 @@ type Pod struct {
 	// they cannot be read, says why.
 	Anchors []string
 	Problem string
+	// TrustEnds is when the last of its anchors expires: its sidecar
+	// rejects every peer from then on. Zero when the anchors cannot be read.
+	TrustEnds time.Time
 }
 
 // Observe reads what convergence needs of a live pod: false for a pod that
@@ -168,7 +185,7 @@ func Observe(pod *corev1.Pod) (Pod, bool) {
 			o.Owner, o.Workload = ref.Kind+" "+ref.Name, workloadOf(pod, ref)
 		}
 	}
-	o.Anchors, o.Problem = Anchors(pod)
+	o.Anchors, o.TrustEnds, o.Problem = readAnchors(pod)
 	return o, true
 }
 
@@ -202,7 +219,8 @@ type Requirement struct {
 	// phase published, not a set that merely includes them.
 	Exactly bool
 	// StartedAfter, when set, is when it must have started after: a pod
-	// started before it may still present a certificate it got earlier.
+	// started before it (or in the same second) may still present a
+	// certificate it got earlier.
 	StartedAfter time.Time
 	// Why says why StartedAfter matters, for the reason of a pod started before it.
 	Why string
@@ -286,10 +304,18 @@ func unmet(p Pod, required Requirement) string {
 			}
 		}
 	}
-	if !required.StartedAfter.IsZero() && p.Started.Before(required.StartedAfter) {
+	if !required.StartedAfter.IsZero() && !startedAfter(p.Started, required.StartedAfter) {
 		return fmt.Sprintf("it started at %s, %s", p.Started.UTC().Format(time.RFC3339), required.Why)
 	}
 	return ""
+}
+
+// startedAfter reports whether a pod that started at started surely did so
+// after at. Kubernetes keeps a pod's start time, and the operator's status
+// its own times, to the second: a pod that started in the second of at is
+// not known to have started after it.
+func startedAfter(started, at time.Time) bool {
+	return started.Truncate(time.Second).After(at.Truncate(time.Second))
 }
 
 // Short is the first bytes of a fingerprint, for messages and status.
@@ -306,3 +332,37 @@ func ShortAll(fingerprints []string) []string {
 
 // Progress is the converged pods out of the total, as "998/1000".
 func (r Report) Progress() string { return fmt.Sprintf("%d/%d", r.Converged, r.Total) }
+
+// CutOff is what the anchors the pods hold leave them: the pods whose trust
+// ends before the newest published root expires (they hold only older
+// roots, which no rotation restarted them off), and when the first of them
+// loses every root it trusts.
+type CutOff struct {
+	// At is when the first of them loses every root; zero when no pod does
+	// before the newest root expires.
+	At time.Time
+	// Pods counts them; First are the first, soonest cut off first.
+	Pods  int
+	First []Pod
+}
+
+// CutOffBefore finds the pods whose trust ends before rootExpires, the
+// expiry of the newest root published, naming the first limit of them.
+func CutOffBefore(pods []Pod, rootExpires time.Time, limit int) CutOff {
+	var c CutOff
+	for _, p := range pods {
+		if p.TrustEnds.IsZero() || !p.TrustEnds.Before(rootExpires) {
+			continue
+		}
+		c.Pods++
+		if c.At.IsZero() || p.TrustEnds.Before(c.At) {
+			c.At = p.TrustEnds
+		}
+		c.First = append(c.First, p)
+	}
+	slices.SortFunc(c.First, func(a, b Pod) int {
+		return cmp.Or(a.TrustEnds.Compare(b.TrustEnds), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	c.First = c.First[:min(len(c.First), limit)]
+	return c
+}

@@ -91,6 +91,7 @@ func TestTrimKeepsWhatConvergenceNeedsAndNoPEM(t *testing.T) {
 	g.Expect(got).To(Equal(want))
 	g.Expect(got.Owner).To(Equal("ReplicaSet app-7d4"), "the controller, not any owner")
 	g.Expect(got.ControlPlane).To(Equal("dapr-system"))
+	g.Expect(got.TrustEnds).To(Equal(root.Cert.NotAfter.UTC()), "when its one root expires")
 	g.Expect(trimmed.OwnerReferences).To(HaveLen(1))
 	g.Expect(trimmed.Labels).To(Equal(full.Labels), "label selectors still match")
 	g.Expect(trimmed.Status.StartTime).To(Equal(full.Status.StartTime))
@@ -294,4 +295,47 @@ func TestSummarizeNamesTheFirstStragglersInAnyOrder(t *testing.T) {
 		g.Expect(r.Stragglers).To(Equal(all[:5]), "seed %d", seed)
 		g.Expect(r.Converged).To(Equal(14))
 	}
+}
+
+// TestCutOffBefore: the pods whose anchors all expire before the newest
+// root published (they hold only an older certificate of it, or an older
+// root) are the ones cut off first; those that hold the newest are not.
+func TestCutOffBefore(t *testing.T) {
+	g := NewWithT(t)
+	now := time.Now()
+	old := pkitest.NewRoot(t, pkitest.Options{NotBefore: now.Add(-time.Hour), Validity: 24 * time.Hour})
+	renewed := pkitest.RenewRoot(t, old, pkitest.Options{NotBefore: now, Validity: 48 * time.Hour})
+	older := pkitest.NewRoot(t, pkitest.Options{NotBefore: now.Add(-2 * time.Hour), Validity: 12 * time.Hour})
+	observe := func(name string, anchors ...*pkitest.CA) Pod {
+		var pem []byte
+		for _, a := range anchors {
+			pem = append(pem, a.CertPEM()...)
+		}
+		p, _ := Observe(Trim(daprPod(name, pem, "")))
+		return p
+	}
+	pods := []Pod{observe("converged", renewed), observe("both", old, renewed), observe("bare", old), observe("job", older),
+		observe("unreadable", nil...)}
+	c := CutOffBefore(pods, renewed.Cert.NotAfter, 5)
+	g.Expect(c.Pods).To(Equal(2))
+	g.Expect(c.At).To(Equal(older.Cert.NotAfter.UTC().Truncate(time.Second)), "the first to lose every root")
+	g.Expect([]string{c.First[0].Name, c.First[1].Name}).To(Equal([]string{"job", "bare"}), "soonest first")
+	g.Expect(CutOffBefore(pods, renewed.Cert.NotAfter, 1).First).To(HaveLen(1))
+	g.Expect(CutOffBefore(pods[:2], renewed.Cert.NotAfter, 5).Pods).To(BeZero(), "none when every pod holds the newest")
+}
+
+// TestStartedInTheSameSecondIsNotAfter: start times are kept to the second,
+// so a pod that started in the second a requirement's moment falls in is
+// not known to have started after it: it does not meet the requirement (a
+// fast cluster restarts pods within the second a phase's control plane
+// finished restarting).
+func TestStartedInTheSameSecondIsNotAfter(t *testing.T) {
+	g := NewWithT(t)
+	at := time.Date(2026, 12, 6, 8, 41, 27, 600_000_000, time.UTC)
+	req := Requirement{Roots: []string{"a"}, StartedAfter: at, Why: "before the new issuer"}
+	pod := func(started time.Time) Pod { return Pod{Name: "p", Anchors: []string{"a"}, Started: started} }
+	g.Expect(Unmet(pod(at.Truncate(time.Second)), req)).To(ContainSubstring("started at 2026-12-06T08:41:27Z"), "stored to the second, as the API keeps it")
+	g.Expect(Unmet(pod(at.Add(100*time.Millisecond)), req)).NotTo(BeEmpty(), "the same second")
+	g.Expect(Unmet(pod(at.Add(-time.Second)), req)).NotTo(BeEmpty())
+	g.Expect(Unmet(pod(at.Truncate(time.Second).Add(time.Second)), req)).To(BeEmpty(), "the next second is after")
 }

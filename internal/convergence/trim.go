@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"strings"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -91,10 +92,11 @@ func (m *anchorMemo) annotations(pod *corev1.Pod) map[string]string {
 		return a
 	}
 	a := map[string]string{}
-	if fingerprints, problem := Anchors(pod); problem != "" {
+	if fingerprints, trustEnds, problem := readAnchors(pod); problem != "" {
 		a[ProblemAnnotation] = problem
 	} else {
 		a[AnchorsAnnotation] = strings.Join(fingerprints, ",")
+		a[TrustEndsAnnotation] = trustEnds.Format(time.RFC3339)
 	}
 	withControlPlane(a, controlPlane)
 	if len(m.byValue) >= maxAnchorSets {

@@ -5,14 +5,17 @@ package expiry
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
 
 // Certificate is the validity of one published certificate.
 type Certificate struct {
-	Name     string // "root" or "issuer", for messages
+	Name     string // "root", "issuer" or "previous root", for messages
 	NotAfter time.Time
+	// Detail follows the certificate's expiry in messages.
+	Detail string
 }
 
 // Policy is what the spec asks for.
@@ -56,15 +59,18 @@ type State struct {
 }
 
 // Evaluate computes the State of root and issuer at now. A zero NotAfter
-// means the certificate is not known (nothing published yet).
-func Evaluate(root, issuer Certificate, p Policy, now time.Time) State {
+// means the certificate is not known (nothing published yet). held are
+// certificates that running pods still depend on (a previous root some hold
+// alone): they are reported as expiring like the others, but no renewal
+// helps them.
+func Evaluate(root, issuer Certificate, p Policy, now time.Time, held ...Certificate) State {
 	var s State
 	consider := func(t time.Time) {
 		if t.After(now) && (s.Next.IsZero() || t.Before(s.Next)) {
 			s.Next = t
 		}
 	}
-	for _, c := range []Certificate{issuer, root} {
+	for _, c := range append([]Certificate{issuer, root}, held...) {
 		if c.NotAfter.IsZero() {
 			continue
 		}
@@ -75,9 +81,7 @@ func Evaluate(root, issuer Certificate, p Policy, now time.Time) State {
 		consider(warnAt)
 		consider(c.NotAfter)
 	}
-	if len(s.Expiring) == 2 && s.Expiring[1].NotAfter.Before(s.Expiring[0].NotAfter) {
-		s.Expiring[0], s.Expiring[1] = s.Expiring[1], s.Expiring[0]
-	}
+	slices.SortStableFunc(s.Expiring, func(a, b Certificate) int { return a.NotAfter.Compare(b.NotAfter) })
 	renewAt := func(due time.Time) {
 		if s.RenewAt.IsZero() || due.Before(s.RenewAt) {
 			s.RenewAt = due
@@ -116,7 +120,7 @@ func Describe(expiring []Certificate, now time.Time) string {
 		if !c.NotAfter.After(now) {
 			verb = "expired"
 		}
-		parts = append(parts, fmt.Sprintf("%s certificate %s at %s", c.Name, verb, c.NotAfter.UTC().Format(time.RFC3339)))
+		parts = append(parts, fmt.Sprintf("%s certificate %s at %s%s", c.Name, verb, c.NotAfter.UTC().Format(time.RFC3339), c.Detail))
 	}
 	return strings.Join(parts, "; ")
 }

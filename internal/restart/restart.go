@@ -90,6 +90,9 @@ type Observed struct {
 	// Pods is how many pods it is meant to run: a restart of one that runs
 	// none creates none.
 	Pods int32
+	// NeverRollsOut says why a restart would never roll it out (its update
+	// strategy); "" when one does.
+	NeverRollsOut string
 }
 
 // ActionType is what the control-plane step must do next.

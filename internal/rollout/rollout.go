@@ -44,6 +44,31 @@ func Deployment(d *appsv1.Deployment) Status {
 	return Status{Done: true}
 }
 
+// StatefulSetNeverRollsOut says why a restart of the StatefulSet's pod
+// template would never roll it out, or "": with updateStrategy OnDelete its
+// controller replaces no pod, and with a partition it leaves the pods below
+// the partition's ordinal on the old template.
+func StatefulSetNeverRollsOut(s *appsv1.StatefulSet) string {
+	u := s.Spec.UpdateStrategy
+	switch {
+	case u.Type == appsv1.OnDeleteStatefulSetStrategyType:
+		return "has updateStrategy OnDelete: its controller replaces a pod only when the pod is deleted"
+	case u.RollingUpdate != nil && u.RollingUpdate.Partition != nil && *u.RollingUpdate.Partition > 0:
+		return fmt.Sprintf("has updateStrategy RollingUpdate with partition %d: its pods with an ordinal below %d keep the old template",
+			*u.RollingUpdate.Partition, *u.RollingUpdate.Partition)
+	}
+	return ""
+}
+
+// DaemonSetNeverRollsOut says why a restart of the DaemonSet's pod template
+// would never roll it out, or "".
+func DaemonSetNeverRollsOut(ds *appsv1.DaemonSet) string {
+	if ds.Spec.UpdateStrategy.Type == appsv1.OnDeleteDaemonSetStrategyType {
+		return "has updateStrategy OnDelete: its controller replaces a pod only when the pod is deleted"
+	}
+	return ""
+}
+
 // StatefulSet: the controller has observed the latest generation, the current
 // revision is the update revision, and every replica is updated and ready.
 func StatefulSet(s *appsv1.StatefulSet) Status {

@@ -130,3 +130,21 @@ func TestArgoRollout(t *testing.T) {
 		})
 	}
 }
+
+func TestNeverRollsOut(t *testing.T) {
+	g := NewWithT(t)
+	sts := func(u appsv1.StatefulSetUpdateStrategy) *appsv1.StatefulSet {
+		return &appsv1.StatefulSet{Spec: appsv1.StatefulSetSpec{UpdateStrategy: u}}
+	}
+	partition := func(n int32) appsv1.StatefulSetUpdateStrategy {
+		return appsv1.StatefulSetUpdateStrategy{Type: appsv1.RollingUpdateStatefulSetStrategyType,
+			RollingUpdate: &appsv1.RollingUpdateStatefulSetStrategy{Partition: &n}}
+	}
+	g.Expect(StatefulSetNeverRollsOut(sts(appsv1.StatefulSetUpdateStrategy{}))).To(BeEmpty(), "the default rolls out")
+	g.Expect(StatefulSetNeverRollsOut(sts(partition(0)))).To(BeEmpty())
+	g.Expect(StatefulSetNeverRollsOut(sts(appsv1.StatefulSetUpdateStrategy{Type: appsv1.OnDeleteStatefulSetStrategyType}))).To(ContainSubstring("updateStrategy OnDelete"))
+	g.Expect(StatefulSetNeverRollsOut(sts(partition(2)))).To(ContainSubstring("partition 2"))
+	g.Expect(DaemonSetNeverRollsOut(&appsv1.DaemonSet{})).To(BeEmpty())
+	g.Expect(DaemonSetNeverRollsOut(&appsv1.DaemonSet{Spec: appsv1.DaemonSetSpec{UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.OnDeleteDaemonSetStrategyType}}})).
+		To(ContainSubstring("updateStrategy OnDelete"))
+}

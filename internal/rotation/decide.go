@@ -94,6 +94,10 @@ func Decide(spec *rotatorv1.MTLSRootRotationSpec, status *rotatorv1.MTLSRootRota
 		d.Action, d.Reason, d.Message, d.RetryAt = Hold, rotatorv1.RolledBackReason, rot.Message, retryAt
 		if !retryAt.IsZero() {
 			d.Message = WithRetryNote(rot.Message, retryAt)
+		} else if state := ExpiryOf(spec, status, now); state.Due != "" {
+			// Held until spec.trigger changes, as the user asked; said, so
+			// that the renewal falling due meanwhile is not missed.
+			d.Message = withHeldRenewalNote(rot.Message, status, state.Due)
 		}
 		return d
 	}
@@ -190,6 +194,18 @@ const retryNote = "; the renewal is tried again at "
 func WithRetryNote(msg string, at time.Time) string {
 	base, _, _ := strings.Cut(msg, retryNote)
 	return base + retryNote + at.UTC().Format(time.RFC3339)
+}
+
+// heldRenewalNote starts what a rotation held after its rollback says of a
+// renewal that fell due meanwhile.
+const heldRenewalNote = "; meanwhile the "
+
+// withHeldRenewalNote is msg saying that the renewal of due is held with
+// the rotation, in place of what it said of it before.
+func withHeldRenewalNote(msg string, status *rotatorv1.MTLSRootRotationStatus, due expiry.Renewal) string {
+	base, _, _ := strings.Cut(msg, heldRenewalNote)
+	return base + heldRenewalNote + DescribeDue(status, due) +
+		" and falls within spec.renewBefore, but is not renewed while this rolled-back rotation holds: change spec.trigger to rotate again"
 }
 
 // RenewalRetryAt returns when a rolled-back automatic renewal is tried
@@ -309,7 +325,20 @@ func ExpiryOf(spec *rotatorv1.MTLSRootRotationSpec, status *rotatorv1.MTLSRootRo
 		Warning:       spec.GetExpiryWarning(),
 		RenewBefore:   spec.GetRenewBefore(),
 		RootRenewable: spec.Issuer.IssuerRef == nil,
-	}, now)
+	}, now, heldByPods(status)...)
+}
+
+// heldByPods is the previous root running pods still hold alone, whose
+// expiry cuts them off before the published root's does (see
+// status.convergence.cutOff); none when no pod holds one.
+func heldByPods(status *rotatorv1.MTLSRootRotationStatus) []expiry.Certificate {
+	if status.Convergence == nil || status.Convergence.CutOff == nil {
+		return nil
+	}
+	c := status.Convergence.CutOff
+	return []expiry.Certificate{{Name: "previous root", NotAfter: c.At.Time, Detail: fmt.Sprintf(
+		", and with it every peer of %d Dapr pods that trust no newer root (%s): recreate them to give them the published anchors",
+		c.Pods, strings.Join(c.First, ", "))}}
 }
 
 // rootThatExpires is the published root whose expiry cuts the mesh off

@@ -284,6 +284,14 @@ func TestDecide(t *testing.T) {
 		status: statusOf(append(settled, inFlight("r-2", "b", rotatorv1.StepRolledBack, withMessage("rolled back because")))...),
 		want:   Decision{Action: Hold, Reason: rotatorv1.RolledBackReason, Message: "rolled back because"},
 	}, {
+		name: "a rolled-back rotation holding while a renewal falls due says so, once however often it is held",
+		spec: specOf(trigger("b"), renewBefore(3*time.Hour)),
+		status: statusOf(lastDone("r-last", "a", rotatorv1.CauseTrigger, t0.Add(-24*time.Hour)), published(far, t0.Add(2*time.Hour)),
+			inFlight("r-2", "b", rotatorv1.StepRolledBack, withMessage("rolled back because; meanwhile the root certificate expires at an earlier time"))),
+		want: Decision{Action: Hold, Reason: rotatorv1.RolledBackReason,
+			Message: "rolled back because; meanwhile the issuer certificate expires at " + t0.Add(2*time.Hour).UTC().Format(time.RFC3339) +
+				" and falls within spec.renewBefore, but is not renewed while this rolled-back rotation holds: change spec.trigger to rotate again"},
+	}, {
 		// The restored issuer expires at t0+2h; the rollback was at t0-1h.
 		name: "a rolled-back renewal holds until halfway from the rollback to the restored issuer's expiry",
 		spec: specOf(renewBefore(3 * time.Hour)),
