@@ -53,7 +53,7 @@ for version in "${versions[@]}"; do
 	cp "$root/e2e/dapr/sidecar/main.go" "$d/sidecar/"
 	targets=(./sidecar)
 	if [[ ! -x "$out/sentry" || ! -x "$out/injector" ]]; then
-		step "building Dapr $version (sentry, injector, sidecar); from empty caches this takes about 10 minutes on 2 cores"
+		step "building Dapr $version (sentry, injector, sidecar); about a minute or two a version on 2 cores, several from empty Go caches"
 		targets+=(github.com/dapr/dapr/cmd/sentry github.com/dapr/dapr/cmd/injector)
 	else
 		step "building the sidecar stand-in on Dapr $version"
