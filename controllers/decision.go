@@ -96,6 +96,16 @@ func (p *pass) settle(ctx context.Context) error {
 	return p.backups().own(ctx)
 }
 
+// retiredRootsUnknown is why a rotation started now could not tell whether
+// to keep the roots it retires (spec.root.retired.policy Auto, and Dapr's
+// Configurations unreadable this pass), or nil.
+func (p *pass) retiredRootsUnknown() error {
+	if p.obj.Spec.Root.Retired.GetPolicy() != rotatorv1.RetiredRootsAuto {
+		return nil
+	}
+	return p.daprConfigurationErr
+}
+
 // daprConfigurationRetry is how soon a rotation held by an unreadable Dapr
 // Configuration looks again.
 const daprConfigurationRetry = 30 * time.Second
@@ -104,7 +114,7 @@ const daprConfigurationRetry = 30 * time.Second
 // anything is issued.
 func (p *pass) begin(ctx context.Context, d rotation.Decision) error {
 	obj, s := p.obj, d.Start
-	if err := p.daprConfigurationErr; err != nil && obj.Spec.Root.Retired.GetPolicy() == rotatorv1.RetiredRootsAuto {
+	if err := p.retiredRootsUnknown(); err != nil {
 		// Not decided on an unknown answer: dropping a root that signed
 		// workflow histories would fail them for good.
 		return stall(rotatorv1.DaprConfigurationUnknownReason,

@@ -76,7 +76,7 @@ func phaseList(phases []rotatorv1.RotationPhase) string {
 func (p *pass) plan(ctx context.Context) (*rotatorv1.RotationPlan, error) {
 	obj := p.obj
 	plan := &rotatorv1.RotationPlan{ComputedAt: p.now(), KeyPolicy: obj.Spec.Root.GetKeyPolicy()}
-	if err := p.daprConfigurationErr; err != nil && obj.Spec.Root.Retired.GetPolicy() == rotatorv1.RetiredRootsAuto {
+	if err := p.retiredRootsUnknown(); err != nil {
 		plan.Blockers = append(plan.Blockers, fmt.Sprintf("Dapr's Configurations cannot be read, so whether the roots it retires stay is not known (%s): %v",
 			rotatorv1.DaprConfigurationUnknownReason, err))
 	} else if keeps, why := rotation.KeepsRetiredRoots(&obj.Spec.Root.Retired, obj.Status.DaprConfiguration); keeps {
